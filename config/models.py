@@ -1,0 +1,360 @@
+"""Configuration models: one TOML file per deployment, parsed into frozen pydantic models.
+
+Every model is frozen and rejects unknown keys, so a typo in a TOML file fails at start with
+the key's path instead of being silently ignored. Secrets never live in TOML: a field typed
+`SecretStr` is filled from the environment variable named next to it (`*_env`), and its
+`repr` is masked.
+
+Nothing here reads the environment or the file system at import time; `load_config` does both
+when it is called.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+Adapter = Literal["auto", "chat_message", "metric_reading", "business_event"]
+"""How raw records of a source are mapped into the canonical event."""
+
+BatchMode = Literal["pack", "fanout"]
+"""`pack`: several events in one prompt; `fanout`: one request per event."""
+
+LatePolicy = Literal["count", "dead_letter"]
+"""What happens to an event that arrives after its window closed."""
+
+PLACEHOLDER_MARKERS = ("changeme", "change-me", "placeholder", "xxx", "<", "todo")
+
+
+class Frozen(BaseModel):
+    """Base for every config model: immutable, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AppConfig(Frozen):
+    name: str = "contextstream"
+    profile: Literal["local", "dev", "production"] = "local"
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class SaslConfig(Frozen):
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    username_env: str = "KAFKA_SASL_USERNAME"
+    password_env: str = "KAFKA_SASL_PASSWORD"
+
+
+class TlsConfig(Frozen):
+    ca_location: str | None = None
+    certificate_location: str | None = None
+    key_location: str | None = None
+    endpoint_identification: bool = True
+
+
+class KafkaConfig(Frozen):
+    """Connection to the Kafka cluster; maps onto librdkafka settings."""
+
+    brokers: tuple[str, ...] = ("127.0.0.1:9092",)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    tls: TlsConfig = TlsConfig()
+    sasl: SaslConfig | None = None
+    # Bounded read-ahead: librdkafka's default (64 MiB per partition) dominates RSS otherwise.
+    queued_max_messages_kbytes: int = Field(default=16384, ge=1024)
+    batch_size: int = Field(default=1000, ge=1, le=100_000)
+    message_max_bytes: int = Field(default=1_000_000, ge=1000)
+    delivery_timeout_ms: int = Field(default=30_000, ge=1000)
+    extra: dict[str, str] = Field(default_factory=dict)
+    """Further librdkafka settings, passed through verbatim (no secrets here)."""
+
+    @field_validator("brokers")
+    @classmethod
+    def _brokers_non_empty(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            msg = "kafka.brokers must name at least one host:port"
+            raise ValueError(msg)
+        return v
+
+    def client_settings(self) -> dict[str, str]:
+        """librdkafka settings shared by consumers, producers and admin clients.
+
+        Reads SASL credentials from the environment here, at connection time.
+        """
+        conf: dict[str, str] = {
+            "bootstrap.servers": ",".join(self.brokers),
+            "security.protocol": self.security_protocol.lower(),
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            if self.tls.ca_location:
+                conf["ssl.ca.location"] = self.tls.ca_location
+            if self.tls.certificate_location:
+                conf["ssl.certificate.location"] = self.tls.certificate_location
+            if self.tls.key_location:
+                conf["ssl.key.location"] = self.tls.key_location
+            conf["ssl.endpoint.identification.algorithm"] = (
+                "https" if self.tls.endpoint_identification else "none"
+            )
+        if self.sasl is not None:
+            user = os.environ.get(self.sasl.username_env, "")
+            password = os.environ.get(self.sasl.password_env, "")
+            conf["sasl.mechanism"] = self.sasl.mechanism
+            conf["sasl.username"] = user
+            conf["sasl.password"] = password
+        conf.update(self.extra)
+        return conf
+
+
+class SourceConfig(Frozen):
+    """One input: a Kafka topic or a JSON-lines file, and the adapter for its records."""
+
+    name: str
+    topic: str | None = None
+    path: str | None = None
+    adapter: Adapter = "auto"
+    tenant: str | None = None
+    """Tenant for records that do not name one; None means such records are invalid."""
+
+    @model_validator(mode="after")
+    def _one_location(self) -> SourceConfig:
+        if (self.topic is None) == (self.path is None):
+            msg = f"source {self.name!r}: set exactly one of `topic` or `path`"
+            raise ValueError(msg)
+        return self
+
+
+class InputConfig(Frozen):
+    kind: Literal["file", "kafka"] = "file"
+    sources: tuple[SourceConfig, ...]
+    profiles: SourceConfig | None = None
+    """Entity profile updates (a topic, or a JSON-lines file in local mode)."""
+    tail: bool = True
+    """Kafka: keep waiting for new records at the end of a topic (False stops at the end)."""
+
+    @model_validator(mode="after")
+    def _kinds_match(self) -> InputConfig:
+        wanted = "topic" if self.kind == "kafka" else "path"
+        for src in (*self.sources, *((self.profiles,) if self.profiles else ())):
+            if getattr(src, wanted) is None:
+                msg = f"input.kind is {self.kind!r} but source {src.name!r} has no `{wanted}`"
+                raise ValueError(msg)
+        if not self.sources:
+            msg = "input.sources must list at least one source"
+            raise ValueError(msg)
+        return self
+
+
+class OutputConfig(Frozen):
+    """Where results go: Kafka topics (kind=kafka) or JSON-lines files under `dir`."""
+
+    kind: Literal["file", "kafka"] = "file"
+    dir: str = "out"
+    responses: str = "contextstream.responses"
+    alerts: str = "contextstream.alerts"
+    dead_letters: str = "contextstream.dlq"
+    audit: str = "contextstream.audit"
+    ledger: str = "contextstream.ledger"
+    """One compact record per accepted event (its route): lets consumers account for events
+    that produce no answer. An empty string disables it."""
+
+
+class ValidationConfig(Frozen):
+    max_bytes: int = Field(default=64 * 1024, ge=64)
+    max_future_skew_s: float = Field(default=300.0, ge=0)
+    max_past_age_s: float | None = None
+    """Reject events older than this (None accepts any age, e.g. replays of history)."""
+    dedup_ttl_s: float = Field(default=3600.0, gt=0)
+    dedup_max_ids_per_entity: int = Field(default=10_000, ge=1)
+
+
+class RedactionConfig(Frozen):
+    enabled: bool = True
+    kinds: tuple[Literal["email", "phone", "credit_card", "iban", "ssn", "ip"], ...] = (
+        "email",
+        "phone",
+        "credit_card",
+        "iban",
+        "ssn",
+        "ip",
+    )
+
+
+class AnomalyConfig(Frozen):
+    ewma_alpha: float = Field(default=0.05, gt=0, lt=1)
+    z_threshold: float = Field(default=4.0, gt=0)
+    warmup: int = Field(default=30, ge=2)
+    suppress_s: float = Field(default=300.0, ge=0)
+    """After an alert on a series, further alerts on it are suppressed for this long (event time)."""
+    rate_window_s: float = Field(default=60.0, gt=0)
+    rate_factor: float = Field(default=5.0, gt=1)
+    rate_min_count: int = Field(default=20, ge=1)
+    rate_warmup_windows: int = Field(default=3, ge=1)
+    allowed_lateness_s: float = Field(default=30.0, ge=0)
+    late_policy: LatePolicy = "count"
+    idle_ttl_s: float = Field(default=6 * 3600.0, gt=0)
+    """Per-entity detector state is discarded after this long without events (wall clock)."""
+
+
+class MemoryConfig(Frozen):
+    max_turns: int = Field(default=8, ge=1, le=200)
+    max_chars_per_turn: int = Field(default=500, ge=16)
+    idle_ttl_s: float = Field(default=1800.0, gt=0)
+
+
+class StoresConfig(Frozen):
+    dir: str = "state-stores"
+    """Directory holding the rocksdict stores (profiles, LLM response cache)."""
+    profiles_seed: str | None = None
+    """JSON-lines file of profiles loaded (idempotently) at start."""
+
+
+class TaskConfig(Frozen):
+    """One LLM task: which answer schema, which model, how its requests are batched."""
+
+    name: str
+    schema_name: Literal["chat_reply", "anomaly_explanation"]
+    model: str = "gpt-4o-mini"
+    mode: BatchMode = "pack"
+    max_batch: int = Field(default=16, ge=1, le=256)
+    max_batch_tokens: int = Field(default=6000, ge=100)
+    max_wait_ms: float = Field(default=200.0, ge=0)
+    urgent: bool = False
+    max_tokens: int = Field(default=1024, ge=16)
+    temperature: float = Field(default=0.0, ge=0, le=2)
+
+
+class RouteRule(Frozen):
+    """Events of `kind` (and, if set, of `tenant`) go to `task`; task "none" means context only."""
+
+    kind: Literal["chat", "metric", "business", "alert"]
+    task: str
+    tenant: str | None = None
+
+
+class LLMConfig(Frozen):
+    base_url: str | None = None
+    """OpenAI-compatible endpoint. None: OPENAI_BASE_URL from the environment, else (local
+    profile only) the bundled simulator started by run.py."""
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(default=8, ge=1, le=1024)
+    timeout_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=4, ge=1, le=20)
+    backoff_base_s: float = Field(default=0.25, gt=0)
+    backoff_max_s: float = Field(default=10.0, gt=0)
+    shards_per_task: int = Field(default=1, ge=1, le=256)
+    """Each task's queue is split over this many keys (spread over workers)."""
+    poll_ms: float = Field(default=5.0, gt=0)
+    tasks: tuple[TaskConfig, ...] = (
+        TaskConfig(name="chat_reply", schema_name="chat_reply"),
+        TaskConfig(
+            name="explain_anomaly",
+            schema_name="anomaly_explanation",
+            urgent=True,
+            max_batch=4,
+            max_wait_ms=0,
+        ),
+    )
+    routes: tuple[RouteRule, ...] = (
+        RouteRule(kind="chat", task="chat_reply"),
+        RouteRule(kind="alert", task="explain_anomaly"),
+        RouteRule(kind="metric", task="none"),
+        RouteRule(kind="business", task="none"),
+    )
+
+    @model_validator(mode="after")
+    def _routes_name_tasks(self) -> LLMConfig:
+        names = {t.name for t in self.tasks}
+        if len(names) != len(self.tasks):
+            msg = "llm.tasks: task names must be unique"
+            raise ValueError(msg)
+        for rule in self.routes:
+            if rule.task != "none" and rule.task not in names:
+                msg = f"llm.routes: route for kind {rule.kind!r} names unknown task {rule.task!r}"
+                raise ValueError(msg)
+        return self
+
+    def api_key(self) -> SecretStr:
+        """The API key from the environment (empty when unset)."""
+        return SecretStr(os.environ.get(self.api_key_env, ""))
+
+    def resolved_base_url(self) -> str | None:
+        return self.base_url or os.environ.get("OPENAI_BASE_URL") or None
+
+
+class Settings(Frozen):
+    """The whole deployment."""
+
+    app: AppConfig = AppConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    input: Annotated[InputConfig, Field()]
+    output: OutputConfig = OutputConfig()
+    validation: ValidationConfig = ValidationConfig()
+    redaction: RedactionConfig = RedactionConfig()
+    anomaly: AnomalyConfig = AnomalyConfig()
+    memory: MemoryConfig = MemoryConfig()
+    stores: StoresConfig = StoresConfig()
+    llm: LLMConfig = LLMConfig()
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the file, key and fix."""
+
+
+def _looks_placeholder(value: str) -> bool:
+    low = value.strip().lower()
+    return not low or any(marker in low for marker in PLACEHOLDER_MARKERS)
+
+
+def check_production(settings: Settings) -> None:
+    """Refuse a production profile with plaintext brokers or placeholder secrets.
+
+    Raises `ConfigError` naming every problem at once; reads only environment variables.
+    """
+    problems: list[str] = []
+    uses_kafka = settings.input.kind == "kafka" or settings.output.kind == "kafka"
+    if uses_kafka:
+        if settings.kafka.security_protocol in ("PLAINTEXT", "SASL_PLAINTEXT"):
+            problems.append(
+                f"kafka.security_protocol is {settings.kafka.security_protocol}: "
+                "production needs SSL or SASL_SSL"
+            )
+        if settings.kafka.sasl is not None:
+            for env in (settings.kafka.sasl.username_env, settings.kafka.sasl.password_env):
+                if _looks_placeholder(os.environ.get(env, "")):
+                    problems.append(f"environment variable {env} is unset or a placeholder")
+    if _looks_placeholder(settings.llm.api_key().get_secret_value()):
+        problems.append(f"environment variable {settings.llm.api_key_env} is unset or a placeholder")
+    if not settings.llm.resolved_base_url() and settings.llm.base_url is None:
+        # The OpenAI default endpoint is fine; nothing to check.
+        pass
+    if problems:
+        msg = "production profile refused:\n  - " + "\n  - ".join(problems)
+        raise ConfigError(msg)
+
+
+def load_config(path: str | Path) -> Settings:
+    """Parse a TOML deployment file into `Settings`; relative paths resolve against the file.
+
+    Raises `ConfigError` with the file name on a missing file, bad TOML or invalid keys, and
+    for a production profile that `check_production` refuses.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        msg = f"config file {path} not found"
+        raise ConfigError(msg) from exc
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"config file {path} is not valid TOML: {exc}"
+        raise ConfigError(msg) from exc
+    try:
+        settings = Settings.model_validate(raw)
+    except ValueError as exc:
+        msg = f"config file {path} is invalid:\n{exc}"
+        raise ConfigError(msg) from exc
+    if settings.app.profile == "production":
+        check_production(settings)
+    return settings

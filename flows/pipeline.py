@@ -1,0 +1,260 @@
+"""The ContextStream dataflow: one list of named steps, as drawn in DESIGN.md.
+
+    ingest ─▶ decode ─┬─▶ dead letters
+                      ▼
+                   redact ─▶ key ─▶ dedup ─▶ anomaly ─┬─▶ alerts ─▶ explain work
+                                                      ▼
+                                ledger ◀── events ─▶ memory ─▶ work ─▶ profiles ─▶ llm
+    profiles_in ─▶ profiles_store (rocksdict)                        responses, audit, dead letters
+
+Run it with `python -m bytewax.run "flows.pipeline:build('config/kafka-dev.toml')" -r DIR -s
+10 -b 60`, or through `run.py`.
+
+The step ids below are part of the recovery format (a renamed step orphans its state): keep
+`STEP_IDS` in step with them; `tests/flows/test_step_ids.py` holds the contract.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import FixedPartitionedSource
+from bytewax.outputs import DynamicSink
+
+from config.models import ConfigError, Settings, load_config
+from operators import metrics
+from operators.anomaly import detect_anomalies
+from operators.context import ProfileSink, attach_profiles, parse_profile, remember
+from operators.dedup import dedup
+from operators.llm import call_llm
+from operators.llm_client import LLMExecutor, shared_executor
+from operators.model import DeadLetter, Event, Kind, LedgerEntry, RawRecord, coords
+from operators.publish import alert_kv, audit_kv, dead_letter_kv, ledger_kv, publish, response_kv
+from operators.redact import RegexRedactor, redact
+from operators.route import Router
+from operators.sinks import KV, JsonlFileSink, ReliableKafkaSink
+from operators.sources import JsonlFileSource, RawKafkaSource, file_map
+from operators.validate import decode_validate
+from state.stores import ProfileStore
+
+FLOW_ID = "contextstream"
+
+STEP_IDS = (
+    "ingest",
+    "decode",
+    "redact",
+    "key",
+    "dedup",
+    "anomaly",
+    "memory",
+    "llm",
+    "profiles_in",
+    "profiles_store",
+)
+"""Stateful or recoverable steps; renaming one needs a migration note in the README."""
+
+Clock = Callable[[], float]
+
+
+def _source(settings: Settings) -> FixedPartitionedSource[RawRecord, object]:
+    inp = settings.input
+    if inp.kind == "file":
+        return JsonlFileSource(  # type: ignore[return-value]
+            file_map((s.path, s.name) for s in inp.sources if s.path),
+            batch_size=settings.kafka.batch_size,
+        )
+    return RawKafkaSource(  # type: ignore[return-value]
+        {s.topic: s.name for s in inp.sources if s.topic},
+        settings.kafka.client_settings(),
+        tail=inp.tail,
+        batch_size=settings.kafka.batch_size,
+        queued_max_kbytes=settings.kafka.queued_max_messages_kbytes,
+    )
+
+
+def _sink(settings: Settings, name: str, topic: str) -> DynamicSink[KV]:
+    out = settings.output
+    if out.kind == "file":
+        return JsonlFileSink(out.dir, name)
+    conf = settings.kafka.client_settings()
+    conf["message.max.bytes"] = str(settings.kafka.message_max_bytes)
+    conf["delivery.timeout.ms"] = str(settings.kafka.delivery_timeout_ms)
+    return ReliableKafkaSink(topic, conf)
+
+
+def _count_in(raw: RawRecord) -> RawRecord:
+    metrics.EVENTS.labels("in").inc()
+    return raw
+
+
+def _count_invalid(dl: DeadLetter) -> DeadLetter:
+    metrics.EVENTS.labels("invalid").inc()
+    return dl
+
+
+def _late_letter(event: Event) -> DeadLetter:
+    metrics.EVENTS.labels("late").inc()
+    return DeadLetter(
+        step_id="anomaly",
+        reason="event arrived after its rate window closed (anomaly.allowed_lateness_s)",
+        source=event.source,
+        event_id=event.event_id,
+        tenant=event.tenant,
+    )
+
+
+def _count_late(event: Event) -> Event:
+    metrics.EVENTS.labels("late").inc()
+    return event
+
+
+def _duplicate_entry(event: Event) -> LedgerEntry:
+    return LedgerEntry(
+        event.event_id, event.tenant, event.kind.value, event.entity, "duplicate", event.source
+    )
+
+
+def _profile_dead_letter(raw: RawRecord) -> DeadLetter | None:
+    parsed = parse_profile(raw)
+    if isinstance(parsed, tuple):
+        return None
+    return DeadLetter(
+        step_id="profiles_in",
+        reason=parsed,
+        source=coords(raw.origin, raw.partition, raw.offset),
+        raw=raw.value,
+    )
+
+
+def llm_base_url(settings: Settings) -> str | None:
+    """The configured endpoint; refuses the local profile without one (run.py starts the
+    simulator and sets OPENAI_BASE_URL)."""
+    url = settings.llm.resolved_base_url()
+    if url is None and settings.app.profile == "local":
+        msg = (
+            "no LLM endpoint: set llm.base_url or OPENAI_BASE_URL, or start the flow with "
+            "`python run.py`, which starts the bundled simulator"
+        )
+        raise ConfigError(msg)
+    return url
+
+
+def build_flow(
+    settings: Settings,
+    *,
+    clock: Clock = time.time,
+    executor: Callable[[], LLMExecutor] | None = None,
+) -> Dataflow:
+    """Build the dataflow for `settings` (no connections are opened here)."""
+    stores = settings.stores
+    profiles_path = f"{stores.dir}/profiles"
+    if executor is None:
+        base_url = llm_base_url(settings)
+        cache_path = f"{stores.dir}/llm-cache"
+        llm_cfg = settings.llm
+
+        def executor() -> LLMExecutor:
+            return shared_executor(llm_cfg, base_url, cache_path)
+
+    router = Router(settings.llm.routes)
+    out = settings.output
+    sources = {s.name: s for s in settings.input.sources}
+    redactor = RegexRedactor(settings.redaction.kinds) if settings.redaction.enabled else None
+
+    flow = Dataflow(FLOW_ID)
+    raw = op.map("count_in", op.input("ingest", flow, _source(settings)), _count_in)
+    valid = decode_validate("decode", raw, sources, settings.validation, clock)
+    events: Stream[Event] = redact("redact", valid.oks, redactor)
+    keyed = op.key_on("key", events, lambda e: e.key)
+    fresh = dedup(
+        "dedup",
+        keyed,
+        settings.validation.dedup_ttl_s,
+        settings.validation.dedup_max_ids_per_entity,
+        clock,
+    )
+    detected = detect_anomalies("anomaly", fresh.oks, settings.anomaly, clock)
+
+    dead: list[Stream[DeadLetter]] = [op.map("count_invalid", valid.errs, _count_invalid)]
+    accepted = detected.oks
+    if settings.anomaly.late_policy == "dead_letter":
+        dead.append(op.map("late_dlq", detected.late, lambda kv: _late_letter(kv[1])))
+    else:
+        late = op.map_value("count_late", detected.late, _count_late)
+        accepted = op.merge("with_late", accepted, late)
+
+    ledger = op.map("ledger", accepted, lambda kv: router.ledger(kv[1]))
+    dup_ledger = op.map("dup_ledger", fresh.dups, lambda kv: _duplicate_entry(kv[1]))
+    context_kinds = (Kind.CHAT, Kind.BUSINESS)
+    with_memory = op.filter("needs_memory", accepted, lambda kv: kv[1].kind in context_kinds)
+    remembered = remember("memory", with_memory, settings.memory, clock)
+
+    work = op.merge(
+        "work",
+        op.flat_map("event_work", remembered, lambda kv: router.work_for_event(kv[1])),
+        op.flat_map("alert_work", detected.alerts, lambda a: router.work_for_alert(a, clock())),
+    )
+    work = attach_profiles("profiles", work, profiles_path)
+    llm = call_llm("llm", work, settings.llm, executor, clock)
+    dead.append(llm.errs)
+
+    if settings.input.profiles is not None:
+        p = settings.input.profiles
+        if settings.input.kind == "file":
+            assert p.path is not None
+            psrc: FixedPartitionedSource[RawRecord, object] = JsonlFileSource(  # type: ignore[assignment]
+                file_map([(p.path, p.name)])
+            )
+        else:
+            assert p.topic is not None
+            psrc = RawKafkaSource(  # type: ignore[assignment]
+                {p.topic: p.name},
+                settings.kafka.client_settings(),
+                tail=settings.input.tail,
+            )
+        updates = op.input("profiles_in", flow, psrc)
+        dead.append(op.filter_map("profile_errors", updates, _profile_dead_letter))
+        op.output("profiles_store", updates, ProfileSink(profiles_path))
+
+    publish("out_alerts", detected.alerts, alert_kv, _sink(settings, "alerts", out.alerts))
+    publish("out_responses", llm.answers, response_kv, _sink(settings, "responses", out.responses))
+    publish("out_audit", llm.audit, audit_kv, _sink(settings, "audit", out.audit))
+    publish(
+        "out_dead_letters",
+        op.merge("dead_letters", *dead),
+        dead_letter_kv,
+        _sink(settings, "dead_letters", out.dead_letters),
+    )
+    all_ledger = op.merge("ledger_all", ledger, dup_ledger)
+    if out.ledger:
+        publish("out_ledger", all_ledger, ledger_kv, _sink(settings, "ledger", out.ledger))
+    else:
+        op.inspect("count_ledger", all_ledger, lambda _s, e: ledger_kv(e))
+    return flow
+
+
+def build(config_path: str) -> Dataflow:
+    """Entry point for `python -m bytewax.run "flows.pipeline:build('config/…toml')"`."""
+    settings = load_config(config_path)
+    if settings.stores.profiles_seed:
+        load_profile_seed(settings)
+    return build_flow(settings)
+
+
+def load_profile_seed(settings: Settings) -> int:
+    """Upsert the seed profiles file into the profile store (idempotent; replay-safe)."""
+    seed = settings.stores.profiles_seed
+    assert seed is not None
+    store = ProfileStore(f"{settings.stores.dir}/profiles")
+    updates = []
+    with open(seed, "rb") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parsed = parse_profile(RawRecord(f"file:{seed}", 0, line_no, None, line.strip(), "seed"))
+            if isinstance(parsed, tuple):
+                updates.append(parsed)
+    return store.upsert_many(updates)

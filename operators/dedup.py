@@ -1,0 +1,113 @@
+"""Drop events whose `event_id` was already seen for the same entity within a TTL.
+
+State per entity key: `{event_id: first_seen_wall_time}`, pruned to the TTL on every batch,
+capped at `max_ids` (oldest dropped first), and discarded once empty. The snapshot is a copy
+of that dict. Because this state lives in Bytewax (rewound on recovery together with the input
+offsets), a replay after a crash is not mistaken for a duplicate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+from bytewax.operators import KeyedStream, StatefulBatchLogic
+
+from operators.model import Event
+
+Clock = Callable[[], float]
+
+
+class SeenIds:
+    """Pure TTL set of event ids (insertion-ordered, so the oldest is first)."""
+
+    def __init__(self, ttl_s: float, max_ids: int, state: dict[str, float] | None = None) -> None:
+        self.ttl_s = ttl_s
+        self.max_ids = max_ids
+        self.seen: dict[str, float] = dict(state) if state else {}
+
+    def prune(self, now: float) -> None:
+        cutoff = now - self.ttl_s
+        seen = self.seen
+        while seen:
+            first = next(iter(seen))
+            if seen[first] >= cutoff:
+                break
+            del seen[first]
+
+    def check_and_add(self, event_id: str, now: float) -> bool:
+        """True if `event_id` is new (and remember it), False if it is a duplicate."""
+        if event_id in self.seen:
+            return False
+        self.seen[event_id] = now
+        if len(self.seen) > self.max_ids:
+            del self.seen[next(iter(self.seen))]
+        return True
+
+    def expires_at(self) -> float | None:
+        if not self.seen:
+            return None
+        return self.seen[next(iter(self.seen))] + self.ttl_s
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """An event and whether it was a duplicate (internal to this operator)."""
+
+    event: Event
+    duplicate: bool
+
+
+class _DedupLogic(StatefulBatchLogic[Event, Tagged, dict[str, float]]):
+    def __init__(self, ids: SeenIds, clock: Clock) -> None:
+        self.ids = ids
+        self.clock = clock
+
+    def on_batch(self, values: list[Event]) -> tuple[Iterable[Tagged], bool]:
+        now = self.clock()
+        self.ids.prune(now)
+        out = [Tagged(e, not self.ids.check_and_add(e.event_id, now)) for e in values]
+        return out, self.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[Tagged], bool]:
+        self.ids.prune(self.clock())
+        return (), self.DISCARD if not self.ids.seen else self.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        at = self.ids.expires_at()
+        return None if at is None else datetime.fromtimestamp(at, UTC)
+
+    def snapshot(self) -> dict[str, float]:
+        return dict(self.ids.seen)
+
+
+@dataclass(frozen=True)
+class DedupOut:
+    """First sightings (`oks`) and dropped duplicates (`dups`), both keyed by entity."""
+
+    oks: KeyedStream[Event]
+    dups: KeyedStream[Event]
+
+
+@operator
+def dedup(
+    step_id: str,
+    up: KeyedStream[Event],
+    ttl_s: float,
+    max_ids: int,
+    clock: Clock = time.time,
+) -> DedupOut:
+    """Split events into first sightings and duplicates of an `event_id` seen within `ttl_s`."""
+
+    def builder(resume: dict[str, float] | None) -> _DedupLogic:
+        return _DedupLogic(SeenIds(ttl_s, max_ids, resume), clock)
+
+    tagged = op.stateful_batch("seen", up, builder)
+    split = op.branch("split", tagged, lambda kv: not kv[1].duplicate)
+    oks = op.map_value("oks", split.trues, lambda t: t.event)
+    dups = op.map_value("dups", split.falses, lambda t: t.event)
+    return DedupOut(oks=oks, dups=dups)

@@ -1,0 +1,309 @@
+"""The batched LLM stage: micro-batches per route, requests off the dataflow thread.
+
+Work items are keyed by `task/tenant/shard` (one tenant per prompt, so tenants never share a
+request). Per key, a `stateful_batch` logic buffers items and cuts a micro-batch when it has
+`max_batch` items, when their estimated prompt tokens reach `max_batch_tokens`, when the oldest
+has waited `max_wait_ms`, or at once for an `urgent` task. Each batch is handed to the shared
+`LLMExecutor` pool; while requests are in flight the logic asks to be woken every `poll_ms`
+(`notify_at`) and emits finished answers from `on_notify`, so answers flow out even while the
+input is idle and a slow request delays only its own items. At the end of a finite input,
+`on_eof` waits for every request in flight.
+
+State (the snapshot, an immutable tuple of frozen work items): every item not yet emitted,
+whether still buffered or in flight. On resume those items are submitted again; the executor
+finds the ones answered before the crash in the response cache and emits them without a new
+request. It is bounded by the input rate times the LLM latency; the logic is discarded when
+nothing is pending.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+from bytewax.operators import KeyedStream, StatefulBatchLogic
+
+from config.models import LLMConfig, TaskConfig
+from operators import prompts
+from operators.llm_client import CallOutcome, LLMExecutor
+from operators.model import DeadLetter, WorkItem
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Response:
+    """An answer for one work item, ready for the responses output."""
+
+    item: WorkItem
+    task: str
+    model: str
+    answer: dict[str, Any]
+    cached: bool
+    emitted_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        i = self.item
+        return {
+            "type": "response",
+            "item_id": i.item_id,
+            "event_ids": list(i.event_ids),
+            "tenant": i.tenant,
+            "entity": i.entity,
+            "task": self.task,
+            "model": self.model,
+            "answer": self.answer,
+            "cached": self.cached,
+            "source": i.source,
+            "flags": list(i.flags),
+            "latency_ms": round((self.emitted_at - i.ingest_ts) * 1000, 1),
+        }
+
+
+@dataclass(frozen=True)
+class Audit:
+    record: dict[str, Any]
+
+
+LLMEmit = Response | Audit | DeadLetter
+
+
+class MicroBatcher:
+    """Pure batching policy for one key: when to cut a batch and which items go in it."""
+
+    def __init__(self, task: TaskConfig, tokens: Callable[[WorkItem], int]) -> None:
+        self.task = task
+        self.tokens = tokens
+        self.pending: list[WorkItem] = []
+        self.pending_tokens = 0
+        self.oldest: float | None = None
+
+    def add(self, items: Iterable[WorkItem], now: float) -> None:
+        for item in items:
+            if not self.pending:
+                self.oldest = now
+            self.pending.append(item)
+            self.pending_tokens += self.tokens(item)
+
+    def due(self, now: float) -> bool:
+        if not self.pending:
+            return False
+        t = self.task
+        return (
+            t.urgent
+            or len(self.pending) >= t.max_batch
+            or self.pending_tokens >= t.max_batch_tokens
+            or (self.oldest is not None and (now - self.oldest) * 1000 >= t.max_wait_ms)
+        )
+
+    def take(self) -> list[WorkItem]:
+        """Cut one batch: up to `max_batch` items within the token budget (at least one)."""
+        batch: list[WorkItem] = []
+        used = 0
+        for item in self.pending:
+            cost = self.tokens(item)
+            if batch and (len(batch) >= self.task.max_batch or used + cost > self.task.max_batch_tokens):
+                break
+            batch.append(item)
+            used += cost
+        del self.pending[: len(batch)]
+        self.pending_tokens -= used
+        if not self.pending:
+            self.oldest = None
+        return batch
+
+    def wake_at(self) -> float | None:
+        if self.oldest is None:
+            return None
+        return self.oldest + self.task.max_wait_ms / 1000
+
+
+class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
+    def __init__(
+        self,
+        task: TaskConfig,
+        executor: Callable[[], LLMExecutor],
+        poll_s: float,
+        clock: Clock,
+        resume: tuple[WorkItem, ...] | None,
+    ) -> None:
+        self.task = task
+        self.executor = executor
+        self.poll_s = poll_s
+        self.clock = clock
+        self.batcher = MicroBatcher(task, _token_cache)
+        self.inflight: list[tuple[list[WorkItem], Future[CallOutcome]]] = []
+        if resume:
+            # Re-send what was pending at the snapshot, without waiting for a batch to fill.
+            self.batcher.add(resume, clock() - task.max_wait_ms / 1000)
+
+    def _submit_due(self, now: float, force: bool = False) -> None:
+        while self.batcher.pending and (force or self.batcher.due(now)):
+            batch = self.batcher.take()
+            self.inflight.append((batch, self.executor().submit(self.task, batch)))
+
+    def _collect(self, wait: bool = False) -> list[LLMEmit]:
+        out: list[LLMEmit] = []
+        still = []
+        for batch, fut in self.inflight:
+            if not (wait or fut.done()):
+                still.append((batch, fut))
+                continue
+            try:
+                outcome = fut.result()
+            except Exception as exc:  # noqa: BLE001 - a bug in the executor must not lose items
+                reason = f"LLM stage error: {type(exc).__name__}: {exc}"
+                out.extend(self._dead(i, reason, None) for i in batch)
+                continue
+            now = self.clock()
+            out.extend(
+                Response(a.item, self.task.name, self.task.model, a.answer, a.cached, now)
+                for a in outcome.answered
+            )
+            out.extend(self._dead(f.item, f.reason, f.raw_answer) for f in outcome.failed)
+            out.extend(Audit(a) for a in outcome.audits)
+        self.inflight = still
+        return out
+
+    def _dead(self, item: WorkItem, reason: str, raw_answer: str | None) -> DeadLetter:
+        return DeadLetter(
+            step_id=f"llm.{self.task.name}",
+            reason=reason,
+            source=item.source,
+            event_id=item.item_id,
+            tenant=item.tenant,
+            detail={"event_ids": list(item.event_ids), "task": self.task.name,
+                    "raw_answer": raw_answer},
+        )
+
+    def _done(self) -> bool:
+        return not self.inflight and not self.batcher.pending
+
+    def on_batch(self, values: list[WorkItem]) -> tuple[Iterable[LLMEmit], bool]:
+        now = self.clock()
+        self.batcher.add(values, now)
+        self._submit_due(now)
+        return self._collect(), self.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[LLMEmit], bool]:
+        self._submit_due(self.clock())
+        out = self._collect()
+        return out, self.DISCARD if self._done() else self.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[LLMEmit], bool]:
+        self._submit_due(self.clock(), force=True)
+        out = self._collect(wait=True)
+        return out, self.DISCARD
+
+    def notify_at(self) -> datetime | None:
+        if self.inflight:
+            return datetime.now(UTC) + timedelta(seconds=self.poll_s)
+        at = self.batcher.wake_at()
+        return None if at is None else datetime.fromtimestamp(at, UTC)
+
+    def snapshot(self) -> tuple[WorkItem, ...]:
+        # Items are frozen; the tuple is a fresh container, so later mutation of our lists
+        # cannot change a snapshot already taken.
+        return tuple(i for batch, _ in self.inflight for i in batch) + tuple(self.batcher.pending)
+
+
+_tokens: dict[str, int] = {}
+
+
+def _token_cache(item: WorkItem) -> int:
+    # Estimated once per item; bounded because entries leave with their items.
+    n = _tokens.get(item.item_id)
+    if n is None:
+        n = prompts.item_tokens(item)
+        if len(_tokens) > 100_000:
+            _tokens.clear()
+        _tokens[item.item_id] = n
+    return n
+
+
+@dataclass(frozen=True)
+class LLMOut:
+    """Answers, audit records (one per request or cache hit) and dead letters."""
+
+    answers: Stream[Response]
+    audit: Stream[Audit]
+    errs: Stream[DeadLetter]
+
+
+def shard_key(item: WorkItem, shards: int) -> str:
+    shard = zlib.crc32(item.entity.encode()) % shards if shards > 1 else 0
+    return f"{item.task}/{item.tenant}/{shard}"
+
+
+@operator
+def call_llm(
+    step_id: str,
+    up: Stream[WorkItem],
+    cfg: LLMConfig,
+    executor: Callable[[], LLMExecutor],
+    clock: Clock = time.time,
+) -> LLMOut:
+    """Answer work items with batched, concurrent LLM requests (see the module docstring).
+
+    `executor` returns the process's shared `LLMExecutor`; it is called lazily on the worker,
+    so nothing connects at build time.
+    """
+    tasks = {t.name: t for t in cfg.tasks}
+    keyed = op.key_on("key", up, lambda i: shard_key(i, cfg.shards_per_task))
+
+    def builder(resume: tuple[WorkItem, ...] | None) -> _LLMLogic:
+        # Bytewax does not pass the key to the builder; every item of a key has one task,
+        # so the logic learns its task from the first item (or from the resumed items).
+        return _LazyTaskLogic(tasks, executor, cfg.poll_ms / 1000, clock, resume)  # type: ignore[return-value]
+
+    emitted = op.stateful_batch("batch", keyed, builder)
+    values = op.map("unkey", emitted, lambda kv: kv[1])
+    is_resp = op.branch("is_response", values, lambda x: isinstance(x, Response))
+    rest = op.branch("is_audit", is_resp.falses, lambda x: isinstance(x, Audit))
+    return LLMOut(answers=is_resp.trues, audit=rest.trues, errs=rest.falses)  # type: ignore[arg-type]
+
+
+class _LazyTaskLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
+    """Builds the real logic once the key's task is known."""
+
+    def __init__(
+        self,
+        tasks: dict[str, TaskConfig],
+        executor: Callable[[], LLMExecutor],
+        poll_s: float,
+        clock: Clock,
+        resume: tuple[WorkItem, ...] | None,
+    ) -> None:
+        self.tasks = tasks
+        self.args = (executor, poll_s, clock)
+        self.inner: _LLMLogic | None = None
+        if resume:
+            self.inner = self._build(resume[0].task, resume)
+
+    def _build(self, task: str, resume: tuple[WorkItem, ...] | None) -> _LLMLogic:
+        executor, poll_s, clock = self.args
+        return _LLMLogic(self.tasks[task], executor, poll_s, clock, resume)
+
+    def on_batch(self, values: list[WorkItem]) -> tuple[Iterable[LLMEmit], bool]:
+        if self.inner is None:
+            self.inner = self._build(values[0].task, None)
+        return self.inner.on_batch(values)
+
+    def on_notify(self) -> tuple[Iterable[LLMEmit], bool]:
+        return ((), self.DISCARD) if self.inner is None else self.inner.on_notify()
+
+    def on_eof(self) -> tuple[Iterable[LLMEmit], bool]:
+        return ((), self.DISCARD) if self.inner is None else self.inner.on_eof()
+
+    def notify_at(self) -> datetime | None:
+        return None if self.inner is None else self.inner.notify_at()
+
+    def snapshot(self) -> tuple[WorkItem, ...]:
+        return () if self.inner is None else self.inner.snapshot()

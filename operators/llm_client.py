@@ -1,0 +1,278 @@
+"""Executing LLM requests off the dataflow thread: cache, retries, validation, audit.
+
+`LLMExecutor.run(task, items)` is called on a pool thread. For each item it first consults the
+response cache (rocksdict, keyed by `prompts.item_fingerprint`); the rest go to the endpoint
+in one packed request (or one request per item in `fanout` mode) through the official
+`openai` client with its own retries disabled and our per-attempt timeout. 429, 5xx,
+timeouts and connection errors are retried with exponential backoff and full jitter,
+honouring `retry-after`; other errors fail at once. Items missing from a packed answer or
+failing their schema are asked again alone, once; what still fails becomes a failure for the
+dead letters, with the raw answer attached.
+
+Valid answers are written to the cache *before* `run` returns, so an answer that reaches the
+output has always been persisted first: a replay after a crash finds it and pays nothing.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+
+from config.models import LLMConfig, TaskConfig
+from operators import prompts
+from operators.model import WorkItem
+from state.stores import ResponseCache
+
+Sleep = Callable[[float], None]
+
+
+@dataclass(frozen=True)
+class Answered:
+    item: WorkItem
+    answer: dict[str, Any]
+    cached: bool
+
+
+@dataclass(frozen=True)
+class Failed:
+    item: WorkItem
+    reason: str
+    raw_answer: str | None = None
+
+
+@dataclass
+class CallOutcome:
+    """Everything one `run` produced: answers, failures and one audit record per request."""
+
+    answered: list[Answered] = field(default_factory=list)
+    failed: list[Failed] = field(default_factory=list)
+    audits: list[dict[str, Any]] = field(default_factory=list)
+
+
+class RetryableError(Exception):
+    """A failed attempt that may succeed if repeated (429, 5xx, timeout, connection)."""
+
+    def __init__(self, msg: str, retry_after: float | None = None) -> None:
+        super().__init__(msg)
+        self.retry_after = retry_after
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    try:
+        value = exc.response.headers.get("retry-after")
+        return None if value is None else max(0.0, float(value))
+    except (AttributeError, ValueError):
+        return None
+
+
+class LLMExecutor:
+    """Runs requests for the batched LLM stage; thread-safe, shared by a process's workers."""
+
+    def __init__(
+        self,
+        cfg: LLMConfig,
+        base_url: str | None,
+        cache: ResponseCache,
+        *,
+        sleep: Sleep = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.cache = cache
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self.client = openai.OpenAI(
+            base_url=base_url,
+            api_key=cfg.api_key().get_secret_value() or "not-needed",
+            max_retries=0,
+            timeout=cfg.timeout_s,
+        )
+        self.pool = ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="llm")
+        self._seq = 0
+        self._seq_lock = threading.Lock()
+
+    def submit(self, task: TaskConfig, items: list[WorkItem]) -> Future[CallOutcome]:
+        return self.pool.submit(self.run, task, items)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=False)
+        self.client.close()
+
+    def _request_id(self) -> str:
+        with self._seq_lock:
+            self._seq += 1
+            return f"r{int(time.time() * 1000)}-{self._seq}"
+
+    # -- the request path, on a pool thread ---------------------------------------------
+
+    def run(self, task: TaskConfig, items: list[WorkItem]) -> CallOutcome:
+        out = CallOutcome()
+        fps = {i.item_id: prompts.item_fingerprint(task.name, task.model, i) for i in items}
+        todo: list[WorkItem] = []
+        hits: list[WorkItem] = []
+        for item in items:
+            cached = self.cache.get(fps[item.item_id])
+            if cached is not None:
+                out.answered.append(Answered(item, cached, cached=True))
+                hits.append(item)
+            else:
+                todo.append(item)
+        if hits:
+            out.audits.append(self._audit(task, hits, outcome="cache_hit", cache_hit=True))
+        if not todo:
+            return out
+        groups = [[i] for i in todo] if task.mode == "fanout" else [todo]
+        for group in groups:
+            self._ask(task, group, fps, out, reask=True)
+        return out
+
+    def _ask(
+        self,
+        task: TaskConfig,
+        items: list[WorkItem],
+        fps: dict[str, str],
+        out: CallOutcome,
+        *,
+        reask: bool,
+    ) -> None:
+        ids = [i.item_id for i in items]
+        messages = prompts.build_messages(task.schema_name, items)
+        started = time.monotonic()
+        try:
+            content, usage, attempts = self._call_with_retries(task, messages, ids)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes data for the DLQ
+            attempts = getattr(exc, "attempts", self.cfg.max_attempts)
+            reason = f"LLM request failed after {attempts} attempt(s): {exc}"
+            out.failed.extend(Failed(i, reason) for i in items)
+            out.audits.append(
+                self._audit(
+                    task, items, outcome="error", messages=messages, attempts=attempts,
+                    latency_s=time.monotonic() - started, error=str(exc)[:500],
+                )
+            )
+            return
+        ok, bad = prompts.parse_answers(task.schema_name, content, ids)
+        # Persist before anything is emitted: this is what makes a replay free.
+        self.cache.put_many({fps[i]: a for i, a in ok.items()})
+        by_id = {i.item_id: i for i in items}
+        out.answered.extend(Answered(by_id[i], a, cached=False) for i, a in ok.items())
+        out.audits.append(
+            self._audit(
+                task, items, outcome="ok" if not bad else "partial", messages=messages,
+                attempts=attempts, latency_s=time.monotonic() - started, usage=usage,
+                invalid=len(bad),
+            )
+        )
+        for item_id, reason in bad.items():
+            if reask:
+                # Ask again alone: a packed answer missing one item must not lose it.
+                self._ask(task, [by_id[item_id]], fps, out, reask=False)
+            else:
+                out.failed.append(Failed(by_id[item_id], reason, raw_answer=content))
+
+    def _call_with_retries(
+        self, task: TaskConfig, messages: list[dict[str, str]], ids: list[str]
+    ) -> tuple[str | None, dict[str, int], int]:
+        last: Exception | None = None
+        for attempt in range(1, self.cfg.max_attempts + 1):
+            try:
+                resp = self.client.chat.completions.create(
+                    model=task.model,
+                    messages=messages,  # type: ignore[arg-type]
+                    temperature=task.temperature,
+                    max_tokens=task.max_tokens * max(1, len(ids)),
+                    response_format=prompts.response_format(task.schema_name, ids),  # type: ignore[arg-type]
+                    timeout=self.cfg.timeout_s,
+                )
+            except openai.RateLimitError as exc:
+                last = RetryableError(f"429 rate limited: {exc.message}", _retry_after(exc))
+            except openai.InternalServerError as exc:
+                last = RetryableError(f"{exc.status_code} server error: {exc.message}")
+            except openai.APITimeoutError:
+                last = RetryableError(f"timed out after {self.cfg.timeout_s:g} s")
+            except openai.APIConnectionError as exc:
+                last = RetryableError(f"connection error: {exc}")
+            except openai.APIStatusError as exc:
+                exc.attempts = attempt  # type: ignore[attr-defined]
+                raise
+            else:
+                usage = {
+                    "prompt_tokens": resp.usage.prompt_tokens if resp.usage else 0,
+                    "completion_tokens": resp.usage.completion_tokens if resp.usage else 0,
+                }
+                return resp.choices[0].message.content, usage, attempt
+            if attempt < self.cfg.max_attempts:
+                self.sleep(self._backoff(attempt, last))
+        assert last is not None
+        last.attempts = self.cfg.max_attempts  # type: ignore[attr-defined]
+        raise last
+
+    def _backoff(self, attempt: int, err: Exception) -> float:
+        cap = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** (attempt - 1))
+        delay = self.rng.uniform(0, cap)  # full jitter
+        retry_after = getattr(err, "retry_after", None)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.cfg.backoff_max_s))
+        return delay
+
+    def _audit(
+        self,
+        task: TaskConfig,
+        items: list[WorkItem],
+        *,
+        outcome: str,
+        cache_hit: bool = False,
+        messages: list[dict[str, str]] | None = None,
+        attempts: int = 0,
+        latency_s: float = 0.0,
+        usage: dict[str, int] | None = None,
+        invalid: int = 0,
+        error: str | None = None,
+    ) -> dict[str, Any]:
+        usage = usage or {}
+        return {
+            "type": "audit",
+            "request_id": self._request_id(),
+            "tenant": items[0].tenant,
+            "event_ids": sorted({e for i in items for e in i.event_ids}),
+            "item_ids": [i.item_id for i in items],
+            "route": task.name,
+            "model": task.model,
+            "mode": task.mode,
+            "batch_size": len(items),
+            "prompt_fingerprint": (
+                prompts.messages_fingerprint(task.model, messages) if messages else None
+            ),
+            "prompt_tokens": usage.get("prompt_tokens", 0),
+            "completion_tokens": usage.get("completion_tokens", 0),
+            "latency_ms": round(latency_s * 1000, 1),
+            "attempts": attempts,
+            "cache_hit": cache_hit,
+            "redactions": sum(i.redactions for i in items),
+            "invalid_items": invalid,
+            "outcome": outcome,
+            "error": error,
+            "ts": time.time(),
+        }
+
+
+_executors: dict[tuple[Any, ...], LLMExecutor] = {}
+_exec_lock = threading.Lock()
+
+
+def shared_executor(cfg: LLMConfig, base_url: str | None, cache_path: str) -> LLMExecutor:
+    """The process-wide executor for this config (one pool, so one concurrency cap)."""
+    key = (cfg, base_url, cache_path)
+    with _exec_lock:
+        ex = _executors.get(key)
+        if ex is None:
+            ex = LLMExecutor(cfg, base_url, ResponseCache(cache_path))
+            _executors[key] = ex
+        return ex

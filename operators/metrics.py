@@ -1,0 +1,67 @@
+"""Prometheus metrics of ContextStream (served by Bytewax's API server at `/metrics` when
+`BYTEWAX_DATAFLOW_API_ENABLED=true`) and a snapshot of them for progress lines and summaries.
+
+Metric objects live in prometheus_client's process-wide registry, like Bytewax's own.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter(
+    "contextstream_events_total",
+    "Records by outcome: in, valid, invalid, duplicate, late.",
+    ["outcome"],
+)
+ALERTS = Counter("contextstream_alerts_total", "Anomaly alerts raised.", ["detector"])
+DEAD_LETTERS = Counter("contextstream_dead_letters_total", "Dead letters by step.", ["step"])
+LLM_REQUESTS = Counter(
+    "contextstream_llm_requests_total", "LLM requests (and cache-hit lookups) by outcome.",
+    ["route", "outcome"],
+)
+LLM_ITEMS = Counter(
+    "contextstream_llm_items_total", "Items answered, by whether the cache answered them.",
+    ["route", "cached"],
+)
+LLM_TOKENS = Counter("contextstream_llm_tokens_total", "Tokens used.", ["route", "kind"])
+LLM_RETRIES = Counter("contextstream_llm_retries_total", "Extra attempts.", ["route"])
+LLM_BATCH = Histogram(
+    "contextstream_llm_batch_size", "Items per LLM request.", ["route"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+LLM_LATENCY = Histogram(
+    "contextstream_llm_request_seconds", "LLM request latency (all attempts).", ["route"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+ANSWER_LATENCY = Histogram(
+    "contextstream_answer_latency_seconds", "Ingestion to answer emission.", ["route"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+LLM_PENDING = Gauge("contextstream_llm_pending_items", "Items buffered or in flight.")
+
+
+def _total(counter: Counter, **match: str) -> float:
+    total = 0.0
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            if all(sample.labels.get(k) == v for k, v in match.items()):
+                total += sample.value
+    return total
+
+
+def snapshot() -> dict[str, float]:
+    """Current totals, for progress lines and the end-of-run summary."""
+    return {
+        "in": _total(EVENTS, outcome="in"),
+        "valid": _total(EVENTS, outcome="valid"),
+        "invalid": _total(EVENTS, outcome="invalid"),
+        "duplicates": _total(EVENTS, outcome="duplicate"),
+        "late": _total(EVENTS, outcome="late"),
+        "dead_letters": _total(DEAD_LETTERS),
+        "alerts": _total(ALERTS),
+        "llm_requests": _total(LLM_REQUESTS) - _total(LLM_REQUESTS, outcome="cache_hit"),
+        "cache_hits": _total(LLM_ITEMS, cached="true"),
+        "answers": _total(LLM_ITEMS),
+    }

@@ -1,0 +1,174 @@
+"""Records that flow between stages: raw input, the canonical event, and every output record.
+
+Between workers only plain data travels (tuples, dataclasses of str/float/int, dicts), never
+pydantic objects: pickling them between processes costs more than the work itself. The
+canonical event is validated with pydantic once, at the edge (`operators.validate`), and then
+carried as the frozen `Event` dataclass below.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+
+class Kind(StrEnum):
+    """Discriminator of the canonical event."""
+
+    CHAT = "chat"
+    METRIC = "metric"
+    BUSINESS = "business"
+
+
+class RawRecord(NamedTuple):
+    """One record as read from a source, before decoding.
+
+    `origin` is the topic (Kafka) or `file:<path>` (files); `partition` and `offset` are the
+    Kafka coordinates, or 0 and the 1-based line number for files.
+    """
+
+    origin: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    source_name: str
+
+
+def coords(origin: str, partition: int, offset: int) -> str:
+    """Human-readable source coordinates: `topic[partition]@offset` or `file:path:line`."""
+    if origin.startswith("file:"):
+        return f"{origin}:{offset}"
+    return f"{origin}[{partition}]@{offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """The canonical event every adapter produces.
+
+    `ts` is event time as epoch seconds (UTC); `payload` is the kind's typed payload already
+    validated, stored as a plain dict (see `operators.validate` for the per-kind schemas).
+    """
+
+    event_id: str
+    source: str
+    tenant: str
+    kind: Kind
+    entity: str
+    ts: float
+    payload: dict[str, Any]
+    ingest_ts: float
+    redactions: int = 0
+    flags: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """Key for keyed state: the entity, scoped to its tenant."""
+        return f"{self.tenant}/{self.entity}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Input or work that could not be processed, with everything needed to act on it."""
+
+    step_id: str
+    reason: str
+    source: str
+    raw: bytes | None = None
+    event_id: str | None = None
+    tenant: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        raw_text: str | None = None
+        raw_encoding: str | None = None
+        if self.raw is not None:
+            try:
+                raw_text = self.raw.decode("utf-8")
+                raw_encoding = "utf-8"
+            except UnicodeDecodeError:
+                raw_text = base64.b64encode(self.raw).decode("ascii")
+                raw_encoding = "base64"
+        return {
+            "type": "dead_letter",
+            "step_id": self.step_id,
+            "reason": self.reason,
+            "source": self.source,
+            "event_id": self.event_id,
+            "tenant": self.tenant,
+            "raw": raw_text,
+            "raw_encoding": raw_encoding,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An anomaly with the evidence that raised it."""
+
+    alert_id: str
+    detector: str
+    tenant: str
+    entity: str
+    ts: float
+    score: float
+    value: float
+    baseline: float
+    threshold: float
+    window: dict[str, Any]
+    event_ids: tuple[str, ...]
+    source: str
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["type"] = "alert"
+        out["event_ids"] = list(self.event_ids)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One accepted event and what the pipeline did with it."""
+
+    event_id: str
+    tenant: str
+    kind: str
+    entity: str
+    route: str
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["type"] = "ledger"
+        return out
+
+
+def dumps(obj: dict[str, Any]) -> bytes:
+    """Compact JSON bytes for output records."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """One unit of LLM work: an event (or an alert) with its task and context.
+
+    `data` is what the model is asked about (redacted text, or an alert's evidence);
+    `context` holds the memory and profile it may use. Both are plain JSON-able dicts.
+    """
+
+    item_id: str
+    event_ids: tuple[str, ...]
+    tenant: str
+    entity: str
+    profile_id: str
+    task: str
+    source: str
+    data: dict[str, Any]
+    context: dict[str, Any]
+    ingest_ts: float
+    redactions: int = 0
+    flags: tuple[str, ...] = ()

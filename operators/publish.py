@@ -1,0 +1,69 @@
+"""Serialize output records to `(key, JSON bytes)` pairs, count them, and write them to a sink.
+
+Every output record carries the ids of the events it answers (`event_id`, `event_ids` or
+`item_id`), so consumers can drop the duplicates that at-least-once delivery allows after a
+recovery. Output keys are `tenant/entity`, so one entity's records stay in one partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+from bytewax.outputs import DynamicSink
+
+from operators import metrics
+from operators.llm import Audit, Response
+from operators.model import Alert, DeadLetter, LedgerEntry, dumps
+from operators.sinks import KV
+
+X = TypeVar("X")
+
+
+def _kv(key: str | None, doc: dict[str, Any]) -> KV:
+    return (None if key is None else key.encode(), dumps(doc))
+
+
+def ledger_kv(entry: LedgerEntry) -> KV:
+    metrics.EVENTS.labels("duplicate" if entry.route == "duplicate" else "valid").inc()
+    return _kv(f"{entry.tenant}/{entry.entity}", entry.to_json())
+
+
+def dead_letter_kv(dl: DeadLetter) -> KV:
+    metrics.DEAD_LETTERS.labels(dl.step_id).inc()
+    return _kv(dl.tenant, dl.to_json())
+
+
+def alert_kv(alert: Alert) -> KV:
+    metrics.ALERTS.labels(alert.detector).inc()
+    return _kv(f"{alert.tenant}/{alert.entity}", alert.to_json())
+
+
+def response_kv(resp: Response) -> KV:
+    metrics.LLM_ITEMS.labels(resp.task, str(resp.cached).lower()).inc()
+    metrics.ANSWER_LATENCY.labels(resp.task).observe(max(0.0, resp.emitted_at - resp.item.ingest_ts))
+    return _kv(f"{resp.item.tenant}/{resp.item.entity}", resp.to_json())
+
+
+def audit_kv(audit: Audit) -> KV:
+    r = audit.record
+    route = r["route"]
+    metrics.LLM_REQUESTS.labels(route, r["outcome"]).inc()
+    if not r["cache_hit"]:
+        metrics.LLM_BATCH.labels(route).observe(r["batch_size"])
+        metrics.LLM_LATENCY.labels(route).observe(r["latency_ms"] / 1000)
+        metrics.LLM_TOKENS.labels(route, "prompt").inc(r["prompt_tokens"])
+        metrics.LLM_TOKENS.labels(route, "completion").inc(r["completion_tokens"])
+        if r["attempts"] > 1:
+            metrics.LLM_RETRIES.labels(route).inc(r["attempts"] - 1)
+    return _kv(r["tenant"], r)
+
+
+@operator
+def publish(
+    step_id: str, up: Stream[X], to_kv: Callable[[X], KV], sink: DynamicSink[KV]
+) -> None:
+    """Serialize each record with `to_kv` and write it to `sink`."""
+    op.output("write", op.map("serialize", up, to_kv), sink)

@@ -1,0 +1,256 @@
+"""Decode and validate raw records into canonical events; everything else becomes a dead letter.
+
+One adapter per source shape maps a raw JSON record into the canonical `Event`:
+
+- `chat_message`: `{"message_id", "session_id", "text", "sent_at", "tenant"?, "user_id"?,
+  "role"?, "channel"?}`; the entity is the session.
+- `metric_reading`: `{"series", "value", "timestamp", "tenant"?, "reading_id"?, "unit"?,
+  "tags"?}`; the entity is the series; without a `reading_id` the event id is derived from
+  series and timestamp, so a re-sent reading is recognised as a duplicate.
+- `business_event`: `{"event_id", "event_type", "account_id", "occurred_at", "tenant"?,
+  "amount"?, "currency"?, "attributes"?}`; the entity is the account.
+
+A source configured with adapter `auto` picks the adapter from the keys present.
+Checks: size limit, UTF-8, JSON object, the adapter's schema (pydantic, finite numbers,
+timezone-aware timestamps), and event time no further in the future than the allowed skew
+(and, if configured, no older than the maximum age). Nothing raises out of the operator: a
+record that fails becomes a `DeadLetter` carrying its original bytes, coordinates and reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from config.models import Adapter, SourceConfig, ValidationConfig
+from operators.model import DeadLetter, Event, Kind, RawRecord, coords
+
+_Id = Field(min_length=1, max_length=256)
+
+
+class _RawModel(BaseModel):
+    # Foreign input: unknown keys are ignored (producers add fields), numbers must be finite.
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False, strict=False)
+
+
+class ChatMessageIn(_RawModel):
+    message_id: str = _Id
+    session_id: str = _Id
+    text: str = Field(min_length=1)
+    sent_at: AwareDatetime
+    tenant: str | None = Field(default=None, min_length=1, max_length=128)
+    user_id: str | None = Field(default=None, max_length=256)
+    role: Literal["user", "assistant"] = "user"
+    channel: str | None = Field(default=None, max_length=64)
+
+
+class MetricReadingIn(_RawModel):
+    series: str = _Id
+    value: float
+    timestamp: AwareDatetime
+    tenant: str | None = Field(default=None, min_length=1, max_length=128)
+    reading_id: str | None = Field(default=None, min_length=1, max_length=256)
+    unit: str | None = Field(default=None, max_length=32)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class BusinessEventIn(_RawModel):
+    event_id: str = _Id
+    event_type: str = Field(min_length=1, max_length=128)
+    account_id: str = _Id
+    occurred_at: AwareDatetime
+    tenant: str | None = Field(default=None, min_length=1, max_length=128)
+    amount: float | None = None
+    currency: str | None = Field(default=None, min_length=3, max_length=3)
+    attributes: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+
+def detect_adapter(obj: Mapping[str, Any]) -> Adapter | None:
+    """Pick an adapter from the keys of a raw record; None if no shape matches."""
+    if "message_id" in obj or "session_id" in obj:
+        return "chat_message"
+    if "series" in obj:
+        return "metric_reading"
+    if "event_type" in obj or "account_id" in obj:
+        return "business_event"
+    return None
+
+
+def _error_summary(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "<record>"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+class Decoder:
+    """Pure decoding logic: raw record in, `Event` or `DeadLetter` out. No runtime needed.
+
+    `clock` returns the current wall time in epoch seconds (injected for tests).
+    """
+
+    def __init__(
+        self,
+        step_id: str,
+        sources: Mapping[str, SourceConfig],
+        cfg: ValidationConfig,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.step_id = step_id
+        self._sources = sources
+        self._cfg = cfg
+        self._clock = clock
+
+    def _dead(self, raw: RawRecord, reason: str, **detail: Any) -> DeadLetter:
+        return DeadLetter(
+            step_id=self.step_id,
+            reason=reason,
+            source=coords(raw.origin, raw.partition, raw.offset),
+            raw=raw.value,
+            detail=detail,
+        )
+
+    def decode(self, raw: RawRecord) -> Event | DeadLetter:
+        value = raw.value
+        if value is None:
+            return self._dead(raw, "empty record (null value): nothing to decode")
+        if len(value) > self._cfg.max_bytes:
+            return self._dead(
+                raw,
+                f"record is {len(value)} bytes, over the {self._cfg.max_bytes}-byte limit "
+                "(validation.max_bytes)",
+            )
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return self._dead(raw, f"not UTF-8: invalid byte at position {exc.start}")
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            return self._dead(raw, f"not valid JSON: {exc}")
+        if not isinstance(obj, dict):
+            return self._dead(raw, f"expected a JSON object, got {type(obj).__name__}")
+
+        src = self._sources.get(raw.source_name)
+        adapter: Adapter | None = src.adapter if src is not None else "auto"
+        if adapter == "auto":
+            adapter = detect_adapter(obj)
+            if adapter is None:
+                return self._dead(
+                    raw,
+                    "unknown record shape: expected a chat message (message_id, session_id), "
+                    "a metric reading (series, value) or a business event (event_type, "
+                    "account_id)",
+                )
+        default_tenant = src.tenant if src is not None else None
+        try:
+            event = self._adapt(adapter, obj, raw, default_tenant)
+        except ValidationError as exc:
+            return self._dead(raw, f"invalid {adapter}: {_error_summary(exc)}", adapter=adapter)
+        if isinstance(event, DeadLetter):
+            return event
+
+        now = self._clock()
+        if event.ts > now + self._cfg.max_future_skew_s:
+            return self._dead(
+                raw,
+                f"event time is {event.ts - now:.0f} s in the future, beyond the allowed "
+                f"skew of {self._cfg.max_future_skew_s:.0f} s (validation.max_future_skew_s)",
+                event_id=event.event_id,
+            )
+        max_age = self._cfg.max_past_age_s
+        if max_age is not None and event.ts < now - max_age:
+            return self._dead(
+                raw,
+                f"event time is {now - event.ts:.0f} s old, beyond the maximum age of "
+                f"{max_age:.0f} s (validation.max_past_age_s)",
+                event_id=event.event_id,
+            )
+        return event
+
+    def _adapt(
+        self, adapter: Adapter, obj: dict[str, Any], raw: RawRecord, default_tenant: str | None
+    ) -> Event | DeadLetter:
+        source = coords(raw.origin, raw.partition, raw.offset)
+        now = self._clock()
+        if adapter == "chat_message":
+            m = ChatMessageIn.model_validate(obj)
+            tenant, kind, entity = m.tenant or default_tenant, Kind.CHAT, m.session_id
+            event_id, ts = m.message_id, m.sent_at.timestamp()
+            payload: dict[str, Any] = {
+                "text": m.text,
+                "role": m.role,
+                "user_id": m.user_id,
+                "channel": m.channel,
+            }
+        elif adapter == "metric_reading":
+            r = MetricReadingIn.model_validate(obj)
+            tenant, kind, entity = r.tenant or default_tenant, Kind.METRIC, r.series
+            ts = r.timestamp.timestamp()
+            event_id = r.reading_id or (
+                "m-"
+                + hashlib.blake2b(f"{r.series}|{ts!r}".encode(), digest_size=10).hexdigest()
+            )
+            payload = {"value": r.value, "unit": r.unit, "tags": r.tags}
+        else:
+            b = BusinessEventIn.model_validate(obj)
+            tenant, kind, entity = b.tenant or default_tenant, Kind.BUSINESS, b.account_id
+            event_id, ts = b.event_id, b.occurred_at.timestamp()
+            payload = {
+                "event_type": b.event_type,
+                "amount": b.amount,
+                "currency": b.currency,
+                "attributes": b.attributes,
+            }
+        if tenant is None:
+            return self._dead(
+                raw,
+                "no tenant: the record names none and its source has no default tenant "
+                "(input.sources[].tenant)",
+                event_id=event_id,
+            )
+        return Event(
+            event_id=event_id,
+            source=source,
+            tenant=tenant,
+            kind=kind,
+            entity=entity,
+            ts=ts,
+            payload=payload,
+            ingest_ts=now,
+        )
+
+
+@dataclass(frozen=True)
+class ValidateOut:
+    """Valid canonical events and dead letters."""
+
+    oks: Stream[Event]
+    errs: Stream[DeadLetter]
+
+
+@operator
+def decode_validate(
+    step_id: str,
+    up: Stream[RawRecord],
+    sources: Mapping[str, SourceConfig],
+    cfg: ValidationConfig,
+    clock: Callable[[], float] = time.time,
+) -> ValidateOut:
+    """Decode raw records into canonical events; invalid ones go to `errs` as dead letters.
+
+    Stateless. Never raises on input: every record comes out on exactly one of the streams.
+    """
+    decoder = Decoder(step_id, sources, cfg, clock)
+    decoded = op.map("decode", up, decoder.decode)
+    split = op.branch("split", decoded, lambda x: isinstance(x, Event))
+    return ValidateOut(oks=split.trues, errs=split.falses)  # type: ignore[arg-type]

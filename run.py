@@ -1,0 +1,171 @@
+"""Launch ContextStream: validate config, prepare recovery, run the flow, print a summary.
+
+    python run.py                               # the embedded default (config/local.toml)
+    python run.py config/kafka-dev.toml -r recovery -s 10 -b 0
+
+With the local profile and no LLM endpoint configured (`llm.base_url` or `OPENAI_BASE_URL`),
+the bundled LLM simulator is started on loopback and its answers are marked "[simulated]".
+
+Recovery: the directory (default `out/recovery` for file output, `recovery` otherwise) gets
+its partitions created when it has none; it is never deleted or re-created. Running again on
+the same directory resumes where the last snapshot left off; a finished file input stays
+finished (delete `./out` to start the demo from scratch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from bytewax._bytewax import cli_main
+from bytewax.recovery import (
+    InconsistentPartitionsError,
+    MissingPartitionsError,
+    NoPartitionsError,
+    RecoveryConfig,
+    init_db_dir,
+)
+
+from config.models import ConfigError, Settings, load_config
+from operators import metrics
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python run.py", description=__doc__.split("\n")[0])
+    p.add_argument("config", nargs="?", default="config/local.toml", help="deployment TOML")
+    p.add_argument("-r", "--recovery-directory", type=Path, default=None)
+    p.add_argument("-s", "--snapshot-interval", type=float, default=5.0, help="seconds")
+    p.add_argument("-b", "--backup-interval", type=float, default=0.0, help="seconds")
+    p.add_argument("-w", "--workers-per-process", type=int, default=1)
+    p.add_argument("--progress-every", type=float, default=2.0, help="seconds; 0 disables")
+    return p.parse_args(argv)
+
+
+def prepare_recovery(directory: Path, partitions: int) -> None:
+    """Create recovery partitions if the directory has none; never deletes anything."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if not any(directory.glob("part-*.sqlite3")):
+        init_db_dir(directory, partitions)
+
+
+def _progress(stop: threading.Event, every: float, started: float) -> None:
+    last = 0.0
+    while not stop.wait(every):
+        s = metrics.snapshot()
+        rate = (s["in"] - last) / every
+        last = s["in"]
+        print(
+            f"[{time.monotonic() - started:6.1f}s] in {s['in']:.0f} ({rate:.0f}/s) "
+            f"valid {s['valid']:.0f} dead {s['dead_letters']:.0f} alerts {s['alerts']:.0f} "
+            f"llm requests {s['llm_requests']:.0f} answers {s['answers']:.0f}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _start_simulator(settings: Settings) -> object | None:
+    if settings.app.profile != "local" or settings.llm.resolved_base_url():
+        return None
+    from llmsim import LLMSimulator, SimConfig
+
+    sim = LLMSimulator(SimConfig(latency_ms=40, jitter_ms=20, max_concurrency=64)).start()
+    os.environ["OPENAI_BASE_URL"] = sim.base_url
+    print(f"LLM simulator (not a real model) on {sim.base_url}", file=sys.stderr)
+    return sim
+
+
+def summary(started: float) -> dict[str, float]:
+    s = metrics.snapshot()
+    s["seconds"] = round(time.monotonic() - started, 2)
+    return s
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        settings = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    recovery_dir = args.recovery_directory or Path(
+        f"{settings.output.dir}/recovery" if settings.output.kind == "file" else "recovery"
+    )
+    prepare_recovery(recovery_dir, args.workers_per_process)
+    sim = _start_simulator(settings)
+
+    from flows.pipeline import build_flow, load_profile_seed
+
+    if settings.stores.profiles_seed:
+        load_profile_seed(settings)
+    try:
+        flow = build_flow(settings)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    started = time.monotonic()
+    stop = threading.Event()
+    if args.progress_every > 0:
+        threading.Thread(
+            target=_progress, args=(stop, args.progress_every, started), daemon=True
+        ).start()
+    code = 0
+    try:
+        cli_main(
+            flow,
+            workers_per_process=args.workers_per_process,
+            epoch_interval=timedelta(seconds=args.snapshot_interval),
+            recovery_config=RecoveryConfig(
+                str(recovery_dir), timedelta(seconds=args.backup_interval)
+            ),
+        )
+    except (NoPartitionsError, MissingPartitionsError) as exc:
+        print(
+            f"error: recovery directory {recovery_dir} is incomplete ({exc}). Restore the "
+            "missing partition files from backup, or point -r at a new empty directory to "
+            "start over (nothing was deleted).",
+            file=sys.stderr,
+        )
+        code = 3
+    except InconsistentPartitionsError as exc:
+        print(
+            f"error: recovery partitions in {recovery_dir} are from different times ({exc}). "
+            "Restore a consistent set of partition backups (nothing was deleted).",
+            file=sys.stderr,
+        )
+        code = 3
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        stop.set()
+        if sim is not None:
+            sim.stop()  # type: ignore[attr-defined]
+    s = summary(started)
+    print(
+        "\nsummary: "
+        f"events in {s['in']:.0f}, valid {s['valid']:.0f}, duplicates {s['duplicates']:.0f}, "
+        f"dead-lettered {s['dead_letters']:.0f}, alerts {s['alerts']:.0f}, "
+        f"LLM requests {s['llm_requests']:.0f}, answers {s['answers']:.0f} "
+        f"(cache hits {s['cache_hits']:.0f}), time {s['seconds']:.1f} s",
+        file=sys.stderr,
+    )
+    if s["in"] == 0 and code == 0:
+        print(
+            f"(nothing new to read: the input was already processed, per the recovery state "
+            f"in {recovery_dir}; delete it and the outputs to run from scratch)",
+            file=sys.stderr,
+        )
+    if settings.output.kind == "file":
+        print(f"outputs: {Path(settings.output.dir).resolve()}/*.jsonl", file=sys.stderr)
+    print(json.dumps({"summary": s}))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
