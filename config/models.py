@@ -187,7 +187,7 @@ class AnomalyConfig(Frozen):
     z_threshold: float = Field(default=4.0, gt=0)
     warmup: int = Field(default=30, ge=2)
     suppress_s: float = Field(default=300.0, ge=0)
-    """After an alert on a series, further alerts on it are suppressed for this long (event time)."""
+    """Further alerts on a series are suppressed this long after one (event time)."""
     rate_window_s: float = Field(default=60.0, gt=0)
     rate_factor: float = Field(default=5.0, gt=1)
     rate_min_count: int = Field(default=20, ge=1)
@@ -326,7 +326,9 @@ def check_production(settings: Settings) -> None:
                 if _looks_placeholder(os.environ.get(env, "")):
                     problems.append(f"environment variable {env} is unset or a placeholder")
     if _looks_placeholder(settings.llm.api_key().get_secret_value()):
-        problems.append(f"environment variable {settings.llm.api_key_env} is unset or a placeholder")
+        problems.append(
+            f"environment variable {settings.llm.api_key_env} is unset or a placeholder"
+        )
     if not settings.llm.resolved_base_url() and settings.llm.base_url is None:
         # The OpenAI default endpoint is fine; nothing to check.
         pass

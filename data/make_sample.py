@@ -45,8 +45,12 @@ def main() -> None:
         rows.append((t.timestamp(), line))
 
     # Metric readings: 6 series, one a minute for 200 minutes, daily-ish shape plus noise.
-    series = [(f"{host}.cpu", t) for host, t in zip(
-        ("web-1", "web-2", "db-1", "db-2", "cache-1", "queue-1"), TENANTS * 3, strict=True)]
+    series = [
+        (f"{host}.cpu", t)
+        for host, t in zip(
+            ("web-1", "web-2", "db-1", "db-2", "cache-1", "queue-1"), TENANTS * 3, strict=True
+        )
+    ]
     spikes = {("db-1.cpu", 150), ("web-2.cpu", 120), ("queue-1.cpu", 170)}
     for name, tenant in series:
         level = rng.uniform(20, 50)
@@ -55,8 +59,17 @@ def main() -> None:
             value = level + 5 * math.sin(minute / 30) + rng.gauss(0, 1.0)
             if (name, minute) in spikes:
                 value = level + 60
-            add(t, {"series": name, "tenant": tenant, "value": round(value, 3),
-                    "timestamp": iso(t), "unit": "percent", "tags": {"env": "prod"}})
+            add(
+                t,
+                {
+                    "series": name,
+                    "tenant": tenant,
+                    "value": round(value, 3),
+                    "timestamp": iso(t),
+                    "unit": "percent",
+                    "tags": {"env": "prod"},
+                },
+            )
 
     # Chat messages: 60 sessions.
     n = 0
@@ -66,9 +79,18 @@ def main() -> None:
         for turn in range(rng.randint(10, 24)):
             n += 1
             t = start + timedelta(seconds=40 * turn + rng.randint(0, 20))
-            add(t, {"message_id": f"chat-{n:05d}", "session_id": f"sess-{s:03d}",
-                    "user_id": f"user-{s % 25:03d}", "tenant": tenant,
-                    "text": rng.choice(QUESTIONS), "sent_at": iso(t), "channel": "web"})
+            add(
+                t,
+                {
+                    "message_id": f"chat-{n:05d}",
+                    "session_id": f"sess-{s:03d}",
+                    "user_id": f"user-{s % 25:03d}",
+                    "tenant": tenant,
+                    "text": rng.choice(QUESTIONS),
+                    "sent_at": iso(t),
+                    "channel": "web",
+                },
+            )
 
     # Business events: 40 accounts, plus a burst on one account (rate anomaly).
     n = 0
@@ -76,22 +98,51 @@ def main() -> None:
         n += 1
         a = rng.randrange(40)
         t = BASE + timedelta(seconds=rng.randint(0, 200 * 60))
-        add(t, {"event_id": f"biz-{n:05d}", "event_type": rng.choice(
-                    ["order_placed", "payment_failed", "plan_changed", "login"]),
-                "account_id": f"acct-{a:03d}", "tenant": TENANTS[a % 2], "occurred_at": iso(t),
-                "amount": round(rng.uniform(5, 500), 2), "currency": "USD",
-                "attributes": {"plan": rng.choice(["free", "pro", "enterprise"])}})
+        add(
+            t,
+            {
+                "event_id": f"biz-{n:05d}",
+                "event_type": rng.choice(
+                    ["order_placed", "payment_failed", "plan_changed", "login"]
+                ),
+                "account_id": f"acct-{a:03d}",
+                "tenant": TENANTS[a % 2],
+                "occurred_at": iso(t),
+                "amount": round(rng.uniform(5, 500), 2),
+                "currency": "USD",
+                "attributes": {"plan": rng.choice(["free", "pro", "enterprise"])},
+            },
+        )
     for i in range(80):
         n += 1
         t = BASE + timedelta(minutes=140, seconds=i * 0.7)
-        add(t, {"event_id": f"biz-{n:05d}", "event_type": "payment_failed",
-                "account_id": "acct-007", "tenant": "globex", "occurred_at": iso(t),
-                "amount": 19.99, "currency": "USD", "attributes": {"plan": "pro"}})
+        add(
+            t,
+            {
+                "event_id": f"biz-{n:05d}",
+                "event_type": "payment_failed",
+                "account_id": "acct-007",
+                "tenant": "globex",
+                "occurred_at": iso(t),
+                "amount": 19.99,
+                "currency": "USD",
+                "attributes": {"plan": "pro"},
+            },
+        )
     for i in range(12):  # steady background for the same account
         n += 1
         t = BASE + timedelta(minutes=20 + 10 * i)
-        add(t, {"event_id": f"biz-{n:05d}", "event_type": "login", "account_id": "acct-007",
-                "tenant": "globex", "occurred_at": iso(t), "attributes": {}})
+        add(
+            t,
+            {
+                "event_id": f"biz-{n:05d}",
+                "event_type": "login",
+                "account_id": "acct-007",
+                "tenant": "globex",
+                "occurred_at": iso(t),
+                "attributes": {},
+            },
+        )
 
     rows.sort(key=lambda r: r[0])
     lines = [line for _, line in rows]
@@ -113,7 +164,9 @@ def main() -> None:
         "[1, 2, 3]",
         "not json at all",
         '{"message_id": "bad-10", "session_id": "s", "text": "no tenant", "sent_at": "2026-11-01T09:00:00Z"}',
-        '{"message_id": "bad-11", "session_id": "s", "tenant": "acme", "text": "' + "x" * 70000 + '", "sent_at": "2026-11-01T09:00:00Z"}',
+        '{"message_id": "bad-11", "session_id": "s", "tenant": "acme", "text": "'
+        + "x" * 70000
+        + '", "sent_at": "2026-11-01T09:00:00Z"}',
         '{"series": "db-1.cpu", "tenant": "acme", "value": 1e999, "timestamp": "2026-11-01T09:00:00Z"}',
         '{"event_id": "bad-13", "event_type": "order_placed", "account_id": "a", "tenant": "acme", "occurred_at": "2026-11-01T09:00:00Z", "amount": 5, "currency": "DOLLARS"}',
     ]
@@ -126,15 +179,37 @@ def main() -> None:
 
     profiles = []
     for u in range(25):
-        profiles.append({"tenant": TENANTS[u % 2], "entity": f"user-{u:03d}", "attributes": {
-            "name": f"Customer {u}", "plan": rng.choice(["free", "pro", "enterprise"]),
-            "language": rng.choice(["en", "de", "fr"])}})
+        profiles.append(
+            {
+                "tenant": TENANTS[u % 2],
+                "entity": f"user-{u:03d}",
+                "attributes": {
+                    "name": f"Customer {u}",
+                    "plan": rng.choice(["free", "pro", "enterprise"]),
+                    "language": rng.choice(["en", "de", "fr"]),
+                },
+            }
+        )
     for name, tenant in series:
-        profiles.append({"tenant": tenant, "entity": name, "attributes": {
-            "service": name.split(".")[0], "owner": "platform-team", "normal_range": "20-60"}})
+        profiles.append(
+            {
+                "tenant": tenant,
+                "entity": name,
+                "attributes": {
+                    "service": name.split(".")[0],
+                    "owner": "platform-team",
+                    "normal_range": "20-60",
+                },
+            }
+        )
     for a in range(40):
-        profiles.append({"tenant": TENANTS[a % 2], "entity": f"acct-{a:03d}",
-                         "attributes": {"segment": rng.choice(["smb", "mid", "enterprise"])}})
+        profiles.append(
+            {
+                "tenant": TENANTS[a % 2],
+                "entity": f"acct-{a:03d}",
+                "attributes": {"segment": rng.choice(["smb", "mid", "enterprise"])},
+            }
+        )
     (HERE / "profiles.jsonl").write_text("\n".join(json.dumps(p) for p in profiles) + "\n")
 
 

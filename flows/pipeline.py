@@ -117,6 +117,10 @@ def _duplicate_entry(event: Event) -> LedgerEntry:
     )
 
 
+def _count_only(_step_id: str, entry: LedgerEntry) -> None:
+    ledger_kv(entry)  # counts the event; the ledger output itself is disabled
+
+
 def _profile_dead_letter(raw: RawRecord) -> DeadLetter | None:
     parsed = parse_profile(raw)
     if isinstance(parsed, tuple):
@@ -232,7 +236,7 @@ def build_flow(
     if out.ledger:
         publish("out_ledger", all_ledger, ledger_kv, _sink(settings, "ledger", out.ledger))
     else:
-        op.inspect("count_ledger", all_ledger, lambda _s, e: ledger_kv(e))
+        op.inspect("count_ledger", all_ledger, _count_only)
     return flow
 
 
@@ -254,7 +258,9 @@ def load_profile_seed(settings: Settings) -> int:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            parsed = parse_profile(RawRecord(f"file:{seed}", 0, line_no, None, line.strip(), "seed"))
+            parsed = parse_profile(
+                RawRecord(f"file:{seed}", 0, line_no, None, line.strip(), "seed")
+            )
             if isinstance(parsed, tuple):
                 updates.append(parsed)
     return store.upsert_many(updates)

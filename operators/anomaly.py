@@ -77,9 +77,7 @@ class EwmaZScore:
         floor = 1e-3 * max(abs(mean), 1e-9)
         z = abs(value - mean) / max(std, floor)
         alert = (
-            n >= self.warmup
-            and z >= self.threshold
-            and ts - self.last_alert_ts >= self.suppress_s
+            n >= self.warmup and z >= self.threshold and ts - self.last_alert_ts >= self.suppress_s
         )
         if alert:
             self.last_alert_ts = ts
@@ -169,7 +167,9 @@ class RateWindows:
                 and count >= self.factor * max(baseline, 1.0)
             )
             out.append(ClosedWindow(start, end, count, baseline, alert, tuple(slot[1:])))
-            self.baseline = count if self.closed == 0 else baseline + self.alpha * (count - baseline)
+            self.baseline = (
+                count if self.closed == 0 else baseline + self.alpha * (count - baseline)
+            )
             self.closed += 1
             self.last_end = end
         return out

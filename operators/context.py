@@ -51,8 +51,12 @@ class Memory:
         else:
             p = event.payload
             text = json.dumps(
-                {"event_type": p["event_type"], "amount": p["amount"], "currency": p["currency"],
-                 "attributes": p["attributes"]},
+                {
+                    "event_type": p["event_type"],
+                    "amount": p["amount"],
+                    "currency": p["currency"],
+                    "attributes": p["attributes"],
+                },
                 separators=(",", ":"),
             )
             role = "event"

@@ -28,7 +28,7 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
-from bytewax.operators import KeyedStream, StatefulBatchLogic
+from bytewax.operators import StatefulBatchLogic
 
 from config.models import LLMConfig, TaskConfig
 from operators import prompts
@@ -109,7 +109,9 @@ class MicroBatcher:
         used = 0
         for item in self.pending:
             cost = self.tokens(item)
-            if batch and (len(batch) >= self.task.max_batch or used + cost > self.task.max_batch_tokens):
+            if batch and (
+                len(batch) >= self.task.max_batch or used + cost > self.task.max_batch_tokens
+            ):
                 break
             batch.append(item)
             used += cost
@@ -158,7 +160,7 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
                 continue
             try:
                 outcome = fut.result()
-            except Exception as exc:  # noqa: BLE001 - a bug in the executor must not lose items
+            except Exception as exc:
                 reason = f"LLM stage error: {type(exc).__name__}: {exc}"
                 out.extend(self._dead(i, reason, None) for i in batch)
                 continue
@@ -179,8 +181,11 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
             source=item.source,
             event_id=item.item_id,
             tenant=item.tenant,
-            detail={"event_ids": list(item.event_ids), "task": self.task.name,
-                    "raw_answer": raw_answer},
+            detail={
+                "event_ids": list(item.event_ids),
+                "task": self.task.name,
+                "raw_answer": raw_answer,
+            },
         )
 
     def _done(self) -> bool:

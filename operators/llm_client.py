@@ -147,14 +147,19 @@ class LLMExecutor:
         started = time.monotonic()
         try:
             content, usage, attempts = self._call_with_retries(task, messages, ids)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes data for the DLQ
+        except Exception as exc:
             attempts = getattr(exc, "attempts", self.cfg.max_attempts)
             reason = f"LLM request failed after {attempts} attempt(s): {exc}"
             out.failed.extend(Failed(i, reason) for i in items)
             out.audits.append(
                 self._audit(
-                    task, items, outcome="error", messages=messages, attempts=attempts,
-                    latency_s=time.monotonic() - started, error=str(exc)[:500],
+                    task,
+                    items,
+                    outcome="error",
+                    messages=messages,
+                    attempts=attempts,
+                    latency_s=time.monotonic() - started,
+                    error=str(exc)[:500],
                 )
             )
             return
@@ -165,8 +170,13 @@ class LLMExecutor:
         out.answered.extend(Answered(by_id[i], a, cached=False) for i, a in ok.items())
         out.audits.append(
             self._audit(
-                task, items, outcome="ok" if not bad else "partial", messages=messages,
-                attempts=attempts, latency_s=time.monotonic() - started, usage=usage,
+                task,
+                items,
+                outcome="ok" if not bad else "partial",
+                messages=messages,
+                attempts=attempts,
+                latency_s=time.monotonic() - started,
+                usage=usage,
                 invalid=len(bad),
             )
         )
@@ -183,12 +193,12 @@ class LLMExecutor:
         last: Exception | None = None
         for attempt in range(1, self.cfg.max_attempts + 1):
             try:
-                resp = self.client.chat.completions.create(
+                resp = self.client.chat.completions.create(  # type: ignore[call-overload]
                     model=task.model,
-                    messages=messages,  # type: ignore[arg-type]
+                    messages=messages,
                     temperature=task.temperature,
                     max_tokens=task.max_tokens * max(1, len(ids)),
-                    response_format=prompts.response_format(task.schema_name, ids),  # type: ignore[arg-type]
+                    response_format=prompts.response_format(task.schema_name, ids),
                     timeout=self.cfg.timeout_s,
                 )
             except openai.RateLimitError as exc:

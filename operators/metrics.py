@@ -16,25 +16,33 @@ EVENTS = Counter(
 ALERTS = Counter("contextstream_alerts_total", "Anomaly alerts raised.", ["detector"])
 DEAD_LETTERS = Counter("contextstream_dead_letters_total", "Dead letters by step.", ["step"])
 LLM_REQUESTS = Counter(
-    "contextstream_llm_requests_total", "LLM requests (and cache-hit lookups) by outcome.",
+    "contextstream_llm_requests_total",
+    "LLM requests (and cache-hit lookups) by outcome.",
     ["route", "outcome"],
 )
 LLM_ITEMS = Counter(
-    "contextstream_llm_items_total", "Items answered, by whether the cache answered them.",
+    "contextstream_llm_items_total",
+    "Items answered, by whether the cache answered them.",
     ["route", "cached"],
 )
 LLM_TOKENS = Counter("contextstream_llm_tokens_total", "Tokens used.", ["route", "kind"])
 LLM_RETRIES = Counter("contextstream_llm_retries_total", "Extra attempts.", ["route"])
 LLM_BATCH = Histogram(
-    "contextstream_llm_batch_size", "Items per LLM request.", ["route"],
+    "contextstream_llm_batch_size",
+    "Items per LLM request.",
+    ["route"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 LLM_LATENCY = Histogram(
-    "contextstream_llm_request_seconds", "LLM request latency (all attempts).", ["route"],
+    "contextstream_llm_request_seconds",
+    "LLM request latency (all attempts).",
+    ["route"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
 ANSWER_LATENCY = Histogram(
-    "contextstream_answer_latency_seconds", "Ingestion to answer emission.", ["route"],
+    "contextstream_answer_latency_seconds",
+    "Ingestion to answer emission.",
+    ["route"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
 LLM_PENDING = Gauge("contextstream_llm_pending_items", "Items buffered or in flight.")

@@ -43,7 +43,9 @@ def alert_kv(alert: Alert) -> KV:
 
 def response_kv(resp: Response) -> KV:
     metrics.LLM_ITEMS.labels(resp.task, str(resp.cached).lower()).inc()
-    metrics.ANSWER_LATENCY.labels(resp.task).observe(max(0.0, resp.emitted_at - resp.item.ingest_ts))
+    metrics.ANSWER_LATENCY.labels(resp.task).observe(
+        max(0.0, resp.emitted_at - resp.item.ingest_ts)
+    )
     return _kv(f"{resp.item.tenant}/{resp.item.entity}", resp.to_json())
 
 
@@ -62,8 +64,6 @@ def audit_kv(audit: Audit) -> KV:
 
 
 @operator
-def publish(
-    step_id: str, up: Stream[X], to_kv: Callable[[X], KV], sink: DynamicSink[KV]
-) -> None:
+def publish(step_id: str, up: Stream[X], to_kv: Callable[[X], KV], sink: DynamicSink[KV]) -> None:
     """Serialize each record with `to_kv` and write it to `sink`."""
     op.output("write", op.map("serialize", up, to_kv), sink)

@@ -40,7 +40,12 @@ class _KafkaPartition(StatelessSinkPartition[KV]):
             self.errors.append(f"{msg.topic()}: {err.str()}")
 
     def write_batch(self, items: list[KV]) -> None:
-        produce, poll, topic, cb = self.producer.produce, self.producer.poll, self.topic, self._on_delivery
+        produce, poll, topic, cb = (
+            self.producer.produce,
+            self.producer.poll,
+            self.topic,
+            self._on_delivery,
+        )
         for key, value in items:
             while True:
                 try:

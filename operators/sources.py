@@ -47,7 +47,7 @@ class _FilePartition(StatefulSourcePartition[RawRecord, tuple[int, int]]):
         self._line = line
 
     def next_batch(self) -> list[RawRecord]:
-        out = []
+        out: list[RawRecord] = []
         for _ in range(self._batch):
             raw = self._f.readline()
             if not raw:
@@ -130,7 +130,7 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
                     msg_text = f"input {topic}[{part}]: broker error: {err.str()}"
                     raise SourceError(msg_text)
                 continue  # transient: librdkafka retries by itself
-            last = msg.offset()
+            last = msg.offset() or 0
             out.append(RawRecord(topic, part, last, msg.key(), msg.value(), name))
         if last is not None:
             self._offset = last + 1
@@ -166,8 +166,8 @@ class RawKafkaSource(FixedPartitionedSource[RawRecord, int]):
         self.queued_max_kbytes = queued_max_kbytes
 
     def list_parts(self) -> list[str]:
-        admin = AdminClient(self.settings)
-        parts = []
+        admin = AdminClient(dict(self.settings))
+        parts: list[str] = []
         for topic in self.topics:
             meta = admin.list_topics(topic, timeout=30)
             tmeta = meta.topics.get(topic)

@@ -141,16 +141,15 @@ class Decoder:
             return self._dead(raw, f"expected a JSON object, got {type(obj).__name__}")
 
         src = self._sources.get(raw.source_name)
-        adapter: Adapter | None = src.adapter if src is not None else "auto"
-        if adapter == "auto":
-            adapter = detect_adapter(obj)
-            if adapter is None:
-                return self._dead(
-                    raw,
-                    "unknown record shape: expected a chat message (message_id, session_id), "
-                    "a metric reading (series, value) or a business event (event_type, "
-                    "account_id)",
-                )
+        configured: Adapter = src.adapter if src is not None else "auto"
+        adapter = detect_adapter(obj) if configured == "auto" else configured
+        if adapter is None:
+            return self._dead(
+                raw,
+                "unknown record shape: expected a chat message (message_id, session_id), "
+                "a metric reading (series, value) or a business event (event_type, "
+                "account_id)",
+            )
         default_tenant = src.tenant if src is not None else None
         try:
             event = self._adapt(adapter, obj, raw, default_tenant)
@@ -197,8 +196,7 @@ class Decoder:
             tenant, kind, entity = r.tenant or default_tenant, Kind.METRIC, r.series
             ts = r.timestamp.timestamp()
             event_id = r.reading_id or (
-                "m-"
-                + hashlib.blake2b(f"{r.series}|{ts!r}".encode(), digest_size=10).hexdigest()
+                "m-" + hashlib.blake2b(f"{r.series}|{ts!r}".encode(), digest_size=10).hexdigest()
             )
             payload = {"value": r.value, "unit": r.unit, "tags": r.tags}
         else:

@@ -1,0 +1,173 @@
+"""Unit tests of `operators.context`: bounded per-entity memory and profile update parsing."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from typing import Any
+
+import pytest
+
+from config.models import MemoryConfig
+from operators.context import Memory, parse_profile
+from operators.model import Event, Kind, RawRecord
+
+
+def chat(i: int, text: str | None = None, role: str = "user") -> Event:
+    return Event(
+        event_id=f"m{i}",
+        source="events.chat[0]@1",
+        tenant="acme",
+        kind=Kind.CHAT,
+        entity="sess-1",
+        ts=1000.0 + i,
+        payload={"text": text if text is not None else f"turn {i}", "role": role},
+        ingest_ts=0.0,
+    )
+
+
+def business(i: int) -> Event:
+    return Event(
+        event_id=f"b{i}",
+        source="events.business[0]@1",
+        tenant="acme",
+        kind=Kind.BUSINESS,
+        entity="acct-1",
+        ts=2000.0 + i,
+        payload={
+            "event_type": "refund_requested",
+            "amount": 12.5,
+            "currency": "EUR",
+            "attributes": {"order": "o-1"},
+        },
+        ingest_ts=0.0,
+    )
+
+
+def test_observe_returns_memory_before_the_event() -> None:
+    mem = Memory(MemoryConfig(max_turns=5))
+    assert mem.observe(chat(1), now=10.0) == ()
+    before = mem.observe(chat(2, role="assistant"), now=11.0)
+    assert before == ({"role": "user", "text": "turn 1", "ts": 1001.0},)
+    before = mem.observe(chat(3), now=12.0)
+    assert [t["text"] for t in before] == ["turn 1", "turn 2"]
+    assert before[1]["role"] == "assistant"
+    assert mem.last_wall == 12.0
+
+
+def test_keeps_at_most_max_turns_dropping_the_oldest() -> None:
+    mem = Memory(MemoryConfig(max_turns=3))
+    for i in range(1, 6):
+        mem.observe(chat(i), now=float(i))
+    before = mem.observe(chat(6), now=6.0)
+    assert [t["text"] for t in before] == ["turn 3", "turn 4", "turn 5"]
+    assert len(mem.turns) == 3
+
+
+def test_truncates_long_text_to_the_limit() -> None:
+    mem = Memory(MemoryConfig(max_chars_per_turn=16))
+    mem.observe(chat(1, text="a" * 100), now=1.0)
+    mem.observe(chat(2, text="b" * 16), now=2.0)
+    before = mem.observe(chat(3), now=3.0)
+    assert before[0]["text"] == "a" * 15 + "…"
+    assert len(before[0]["text"]) == 16
+    assert before[1]["text"] == "b" * 16  # exactly at the limit: untouched
+
+
+def test_business_events_are_remembered_as_compact_json() -> None:
+    mem = Memory(MemoryConfig())
+    mem.observe(business(1), now=1.0)
+    [turn] = mem.observe(business(2), now=2.0)
+    assert turn["role"] == "event"
+    assert turn["ts"] == 2001.0
+    assert json.loads(turn["text"]) == {
+        "event_type": "refund_requested",
+        "amount": 12.5,
+        "currency": "EUR",
+        "attributes": {"order": "o-1"},
+    }
+
+
+def test_state_round_trip() -> None:
+    cfg = MemoryConfig(max_turns=3)
+    mem = Memory(cfg)
+    for i in range(1, 5):
+        mem.observe(chat(i), now=100.0 + i)
+    state = pickle.loads(pickle.dumps(mem.state()))
+    assert state[1] == 104.0
+
+    resumed = Memory(cfg, state)
+    assert resumed.last_wall == 104.0
+    assert resumed.observe(chat(5), now=105.0) == mem.observe(chat(5), now=105.0)
+    assert resumed.state() == mem.state()
+
+
+def test_state_is_a_copy() -> None:
+    mem = Memory(MemoryConfig(max_turns=3))
+    mem.observe(chat(1), now=1.0)
+    state = mem.state()
+    mem.turns[0]["text"] = "changed"
+    mem.observe(chat(2), now=2.0)
+    assert state == (({"role": "user", "text": "turn 1", "ts": 1001.0},), 1.0)
+
+
+def test_resume_with_smaller_max_turns_keeps_the_newest() -> None:
+    big = Memory(MemoryConfig(max_turns=5))
+    for i in range(1, 6):
+        big.observe(chat(i), now=float(i))
+    small = Memory(MemoryConfig(max_turns=2), big.state())
+    assert [t["text"] for t in small.turns] == ["turn 4", "turn 5"]
+
+
+# --- parse_profile --------------------------------------------------------------------------
+
+
+def raw(value: bytes | None, origin: str = "reference.profiles", offset: int = 4) -> RawRecord:
+    return RawRecord(origin, 1, offset, None, value, "profiles")
+
+
+def test_parse_profile_good() -> None:
+    value = json.dumps(
+        {"tenant": "acme", "entity": "user-1", "attributes": {"plan": "pro", "seats": 3}}
+    ).encode()
+    assert parse_profile(raw(value)) == (
+        "acme",
+        "user-1",
+        {"plan": "pro", "seats": 3},
+        "reference.profiles[1]",
+        4,
+    )
+
+
+def test_parse_profile_from_file_uses_line_as_offset() -> None:
+    value = b'{"tenant": "acme", "entity": "u", "attributes": {}}'
+    parsed = parse_profile(raw(value, origin="file:data/profiles.jsonl", offset=17))
+    assert parsed == ("acme", "u", {}, "file:data/profiles.jsonl[1]", 17)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b"{nope", "not valid JSON"),
+        (b"\xff\xfe\x00", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"entity": "u", "attributes": {}}', "non-empty string `tenant` and `entity`"),
+        (b'{"tenant": "", "entity": "u", "attributes": {}}', "`tenant` and `entity`"),
+        (b'{"tenant": "t", "entity": 5, "attributes": {}}', "`tenant` and `entity`"),
+        (b'{"tenant": "t", "entity": "u"}', "needs an `attributes` object"),
+        (b'{"tenant": "t", "entity": "u", "attributes": [1]}', "needs an `attributes` object"),
+    ],
+)
+def test_parse_profile_bad(value: bytes | None, reason: str) -> None:
+    out: Any = parse_profile(raw(value))
+    assert isinstance(out, str)
+    assert reason in out
+
+
+def test_parse_profile_deeply_nested_json_is_a_reason_not_a_crash() -> None:
+    """A 4 KB record of nested arrays is untrusted input: it must come back as a reason."""
+    out: Any = parse_profile(raw(b"[" * 2000 + b"]" * 2000))
+    assert isinstance(out, str)
+    assert "JSON" in out
