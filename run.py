@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     prepare_recovery(recovery_dir, args.workers_per_process)
     sim = _start_simulator(settings)
 
-    from flows.pipeline import build_flow, load_profile_seed
+    from flows.pipeline import build_flow, load_profile_seed, tune_gc
 
     if settings.stores.profiles_seed:
         load_profile_seed(settings)
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    tune_gc()
 
     started = time.monotonic()
     stop = threading.Event()

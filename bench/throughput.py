@@ -40,7 +40,7 @@ def _child_passthrough(bootstrap: str, topic: str, out_topic: str) -> dict[str, 
 
     flow = Dataflow("passthrough")
     src = op.input("in", flow, KafkaSource([bootstrap], [topic], tail=False))
-    out = op.map("map", src, lambda m: KafkaSinkMessage(m.key, m.value))
+    out = op.map("map", src, lambda m: KafkaSinkMessage(m.key, m.value))  # type: ignore[union-attr]
     op.output("out", out, KafkaSink([bootstrap], out_topic))
     started = time.perf_counter()
     run_main(flow)
@@ -143,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             out = create_topic(bootstrap, f"bench-pass-{i}", 1)
             r = _run_child(["passthrough", bootstrap, topic, out])
             best_pass = r if best_pass is None or r["seconds"] < best_pass["seconds"] else best_pass
-            outs = {k: create_topic(bootstrap, f"bench-{k}-{i}", 1) for k in
-                    ("responses", "alerts", "dead_letters", "audit", "ledger")}
+            outs = {
+                k: create_topic(bootstrap, f"bench-{k}-{i}", 1)
+                for k in ("responses", "alerts", "dead_letters", "audit", "ledger")
+            }
             work = Path(tmp) / f"run{i}"
             work.mkdir()
             r = _run_child(["pipeline", str(_config(bootstrap, topic, outs, work))])

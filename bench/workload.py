@@ -18,43 +18,84 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def chats(n: int, sessions: int = 50, tenant: str = "acme", *, start: float | None = None,
-          prefix: str = "c") -> list[Record]:
+def chats(
+    n: int,
+    sessions: int = 50,
+    tenant: str = "acme",
+    *,
+    start: float | None = None,
+    prefix: str = "c",
+) -> list[Record]:
     t0 = (start if start is not None else time.time()) - n * 0.01
-    texts = ["How do I reset my password?", "My invoice is wrong, mail me at a.b@example.com",
-             "Hello!", "The export keeps failing.", "Can I upgrade my plan?"]
-    out = []
+    texts = [
+        "How do I reset my password?",
+        "My invoice is wrong, mail me at a.b@example.com",
+        "Hello!",
+        "The export keeps failing.",
+        "Can I upgrade my plan?",
+    ]
+    out: list[Record] = []
     for i in range(n):
         eid = f"{prefix}-{i:07d}"
-        doc = {"message_id": eid, "session_id": f"s-{i % sessions:04d}", "tenant": tenant,
-               "user_id": f"u-{i % sessions:04d}", "text": texts[i % len(texts)],
-               "sent_at": _iso(t0 + i * 0.01)}
+        doc = {
+            "message_id": eid,
+            "session_id": f"s-{i % sessions:04d}",
+            "tenant": tenant,
+            "user_id": f"u-{i % sessions:04d}",
+            "text": texts[i % len(texts)],
+            "sent_at": _iso(t0 + i * 0.01),
+        }
         out.append((eid, json.dumps(doc).encode()))
     return out
 
 
-def metrics(n: int, series: int = 100, tenant: str = "acme", *, start: float | None = None,
-            prefix: str = "m", seed: int = 1) -> list[Record]:
+def metrics(
+    n: int,
+    series: int = 100,
+    tenant: str = "acme",
+    *,
+    start: float | None = None,
+    prefix: str = "m",
+    seed: int = 1,
+) -> list[Record]:
     rng = random.Random(seed)
     t0 = (start if start is not None else time.time()) - n * 0.001
-    out = []
+    out: list[Record] = []
     for i in range(n):
         eid = f"{prefix}-{i:07d}"
-        doc = {"series": f"host-{i % series:04d}.cpu", "tenant": tenant, "reading_id": eid,
-               "value": round(50 + rng.gauss(0, 5), 3), "timestamp": _iso(t0 + i * 0.001)}
+        doc = {
+            "series": f"host-{i % series:04d}.cpu",
+            "tenant": tenant,
+            "reading_id": eid,
+            "value": round(50 + rng.gauss(0, 5), 3),
+            "timestamp": _iso(t0 + i * 0.001),
+        }
         out.append((eid, json.dumps(doc).encode()))
     return out
 
 
-def business(n: int, accounts: int = 100, tenant: str = "globex", *,
-             start: float | None = None, prefix: str = "b") -> list[Record]:
+def business(
+    n: int,
+    accounts: int = 100,
+    tenant: str = "globex",
+    *,
+    start: float | None = None,
+    prefix: str = "b",
+) -> list[Record]:
     t0 = (start if start is not None else time.time()) - n * 0.001
-    out = []
+    out: list[Record] = []
     for i in range(n):
         eid = f"{prefix}-{i:07d}"
-        doc = {"event_id": eid, "event_type": "order_placed", "tenant": tenant,
-               "account_id": f"acct-{i % accounts:04d}", "occurred_at": _iso(t0 + i * 0.001),
-               "amount": 10.5, "currency": "USD", "attributes": {"plan": "pro"}}
+        doc = {
+            "event_id": eid,
+            "event_type": "order_placed",
+            "tenant": tenant,
+            "account_id": f"acct-{i % accounts:04d}",
+            "occurred_at": _iso(t0 + i * 0.001),
+            "amount": 10.5,
+            "currency": "USD",
+            "attributes": {"plan": "pro"},
+        }
         out.append((eid, json.dumps(doc).encode()))
     return out
 
@@ -63,7 +104,8 @@ MALFORMED: tuple[bytes, ...] = (
     b'{"message_id": "x", "session_id": "s", "text": "unterminated"',
     b'{"series": "h.cpu", "tenant": "acme", "value": NaN, "timestamp": "2026-01-01T00:00:00Z"}',
     b'{"series": "h.cpu", "tenant": "acme", "value": "high", "timestamp": "2026-01-01T00:00:00Z"}',
-    b'{"message_id": "n", "session_id": "s", "tenant": "a", "text": "t", "sent_at": "2026-01-01T00:00:00"}',
+    b'{"message_id": "n", "session_id": "s", "tenant": "a", "text": "t", '
+    b'"sent_at": "2026-01-01T00:00:00"}',
     b'{"unexpected": "shape"}',
     b"[1, 2, 3]",
     b"\xff\xfe not utf-8",

@@ -193,11 +193,14 @@ class RateWindows:
 
 
 @dataclass(frozen=True)
-class Flagged:
-    """Internal output of the detector step: an event, an alert, or a late event."""
+class Late:
+    """An event that arrived after its window closed (internal to this operator)."""
 
-    tag: int  # 0 event, 1 alert, 2 late event
-    item: Event | Alert
+    event: Event
+
+
+Flagged = Event | Alert | Late
+"""Output of the detector step: events in time pass unwrapped (the hot path)."""
 
 
 class EntityDetector:
@@ -221,16 +224,16 @@ class EntityDetector:
         for e in events:
             self.tenant, self.entity, self.source = e.tenant, e.entity, e.source
             if not self.rate.add(e.ts, e.event_id, now):
-                out.append(Flagged(2, e))
+                out.append(Late(e))
                 continue
-            out.append(Flagged(0, e))
+            out.append(e)
             if e.kind is Kind.METRIC:
                 value = e.payload["value"]
                 baseline, std = self.ewma.mean, math.sqrt(self.ewma.var)
                 z, alert = self.ewma.update(value, e.ts)
                 if alert:
-                    out.append(Flagged(1, self._metric_alert(e, value, baseline, std, z)))
-        out.extend(Flagged(1, a) for a in self.tick(now))
+                    out.append(self._metric_alert(e, value, baseline, std, z))
+        out.extend(self.tick(now))
         return out
 
     def tick(self, now: float) -> list[Alert]:
@@ -305,7 +308,7 @@ class _DetectLogic(StatefulBatchLogic[Event, Flagged, dict[str, Any]]):
 
     def on_notify(self) -> tuple[Iterable[Flagged], bool]:
         now = self.clock()
-        alerts = [Flagged(1, a) for a in self.det.tick(now)]
+        alerts: list[Flagged] = list(self.det.tick(now))
         idle = now >= self.det.expires_at() and not self.det.rate.open
         return alerts, self.DISCARD if idle else self.RETAIN
 
@@ -339,9 +342,8 @@ def detect_anomalies(
         return _DetectLogic(EntityDetector(cfg, resume), clock)
 
     flagged = op.stateful_batch("detect", up, builder)
-    ev_or_late = op.branch("not_alert", flagged, lambda kv: kv[1].tag != 1)
-    alerts = op.map("alerts", ev_or_late.falses, lambda kv: kv[1].item)
-    split = op.branch("in_time", ev_or_late.trues, lambda kv: kv[1].tag == 0)
-    oks = op.map_value("oks", split.trues, lambda f: f.item)
-    late = op.map_value("late", split.falses, lambda f: f.item)
-    return AnomalyOut(oks=oks, alerts=alerts, late=late)  # type: ignore[arg-type]
+    split = op.branch("in_time", flagged, lambda kv: kv[1].__class__ is Event)
+    rest = op.branch("is_alert", split.falses, lambda kv: kv[1].__class__ is Alert)
+    alerts = op.map("alerts", rest.trues, lambda kv: kv[1])
+    late = op.map_value("late", rest.falses, lambda f: f.event)  # type: ignore[union-attr]
+    return AnomalyOut(oks=split.trues, alerts=alerts, late=late)  # type: ignore[arg-type]

@@ -140,6 +140,8 @@ def parse_profile(raw: RawRecord) -> tuple[str, str, dict[str, Any], str, int] |
         obj = json.loads(raw.value or b"")
     except ValueError as exc:
         return f"profile update is not valid JSON: {exc}"
+    except RecursionError:
+        return "profile update is JSON nested too deeply to decode"
     if not isinstance(obj, dict):
         return "profile update must be a JSON object"
     tenant, entity, attrs = obj.get("tenant"), obj.get("entity"), obj.get("attributes")

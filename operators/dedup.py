@@ -55,25 +55,25 @@ class SeenIds:
 
 
 @dataclass(frozen=True)
-class Tagged:
-    """An event and whether it was a duplicate (internal to this operator)."""
+class Duplicate:
+    """A repeated event (internal to this operator; first sightings pass unwrapped)."""
 
     event: Event
-    duplicate: bool
 
 
-class _DedupLogic(StatefulBatchLogic[Event, Tagged, dict[str, float]]):
+class _DedupLogic(StatefulBatchLogic[Event, Event | Duplicate, dict[str, float]]):
     def __init__(self, ids: SeenIds, clock: Clock) -> None:
         self.ids = ids
         self.clock = clock
 
-    def on_batch(self, values: list[Event]) -> tuple[Iterable[Tagged], bool]:
+    def on_batch(self, values: list[Event]) -> tuple[Iterable[Event | Duplicate], bool]:
         now = self.clock()
-        self.ids.prune(now)
-        out = [Tagged(e, not self.ids.check_and_add(e.event_id, now)) for e in values]
+        ids = self.ids
+        ids.prune(now)
+        out = [e if ids.check_and_add(e.event_id, now) else Duplicate(e) for e in values]
         return out, self.RETAIN
 
-    def on_notify(self) -> tuple[Iterable[Tagged], bool]:
+    def on_notify(self) -> tuple[Iterable[Event | Duplicate], bool]:
         self.ids.prune(self.clock())
         return (), self.DISCARD if not self.ids.seen else self.RETAIN
 
@@ -107,7 +107,6 @@ def dedup(
         return _DedupLogic(SeenIds(ttl_s, max_ids, resume), clock)
 
     tagged = op.stateful_batch("seen", up, builder)
-    split = op.branch("split", tagged, lambda kv: not kv[1].duplicate)
-    oks = op.map_value("oks", split.trues, lambda t: t.event)
-    dups = op.map_value("dups", split.falses, lambda t: t.event)
-    return DedupOut(oks=oks, dups=dups)
+    split = op.branch("split", tagged, lambda kv: kv[1].__class__ is Event)
+    dups = op.map_value("dups", split.falses, lambda d: d.event)  # type: ignore[union-attr]
+    return DedupOut(oks=split.trues, dups=dups)  # type: ignore[arg-type]

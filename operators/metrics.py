@@ -45,6 +45,13 @@ ANSWER_LATENCY = Histogram(
     ["route"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
+# Bound children for the per-event hot path (`labels()` costs a dict lookup and a lock).
+EVENTS_IN = EVENTS.labels("in")
+EVENTS_VALID = EVENTS.labels("valid")
+EVENTS_INVALID = EVENTS.labels("invalid")
+EVENTS_DUPLICATE = EVENTS.labels("duplicate")
+EVENTS_LATE = EVENTS.labels("late")
+
 LLM_PENDING = Gauge("contextstream_llm_pending_items", "Items buffered or in flight.")
 
 

@@ -142,14 +142,23 @@ class LedgerEntry:
     source: str
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["type"] = "ledger"
-        return out
+        return {
+            "type": "ledger",
+            "event_id": self.event_id,
+            "tenant": self.tenant,
+            "kind": self.kind,
+            "entity": self.entity,
+            "route": self.route,
+            "source": self.source,
+        }
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def dumps(obj: dict[str, Any]) -> bytes:
     """Compact JSON bytes for output records."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 @dataclass(frozen=True, slots=True)

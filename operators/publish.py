@@ -27,8 +27,15 @@ def _kv(key: str | None, doc: dict[str, Any]) -> KV:
 
 
 def ledger_kv(entry: LedgerEntry) -> KV:
-    metrics.EVENTS.labels("duplicate" if entry.route == "duplicate" else "valid").inc()
-    return _kv(f"{entry.tenant}/{entry.entity}", entry.to_json())
+    return (f"{entry.tenant}/{entry.entity}".encode(), dumps(entry.to_json()))
+
+
+def ledger_batch_kv(batch: list[LedgerEntry]) -> list[KV]:
+    """Serialize a batch of ledger entries and count valid and duplicate events."""
+    dups = sum(1 for e in batch if e.route == "duplicate")
+    metrics.EVENTS_DUPLICATE.inc(dups)
+    metrics.EVENTS_VALID.inc(len(batch) - dups)
+    return [ledger_kv(e) for e in batch]
 
 
 def dead_letter_kv(dl: DeadLetter) -> KV:
@@ -64,6 +71,15 @@ def audit_kv(audit: Audit) -> KV:
 
 
 @operator
+def publish_batches(
+    step_id: str, up: Stream[X], to_kvs: Callable[[list[X]], list[KV]], sink: DynamicSink[KV]
+) -> None:
+    """Serialize batches of records with `to_kvs` and write them to `sink`."""
+    op.output("write", op.flat_map_batch("serialize", up, to_kvs), sink)
+
+
+@operator
 def publish(step_id: str, up: Stream[X], to_kv: Callable[[X], KV], sink: DynamicSink[KV]) -> None:
     """Serialize each record with `to_kv` and write it to `sink`."""
-    op.output("write", op.map("serialize", up, to_kv), sink)
+    serialized = op.flat_map_batch("serialize", up, lambda batch: [to_kv(x) for x in batch])
+    op.output("write", serialized, sink)

@@ -59,7 +59,12 @@ _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
 _SSN = re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")
-_PHONE = re.compile(r"(?<![\w+])\+?\d{1,3}?[ .-]?\(?\d{2,4}\)?[ .-]\d{3,4}[ .-]\d{3,4}\b")
+# Optional country code, area code, two groups; not part of a longer run of digit groups
+# (a card or account number that failed its checksum is not a phone number).
+_PHONE = re.compile(
+    r"(?<![\w+])(?<!\d[ .-])(?:\+?\d{1,3}[ .-]?)?\(?\d{2,4}\)?[ .-]?\d{3,4}[ .-]\d{3,4}\b"
+    r"(?![ .-]?\d)"
+)
 _IP = re.compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b")
 
 
@@ -139,5 +144,5 @@ class EventRedactor:
 @operator
 def redact(step_id: str, up: Stream[Event], redactor: Redactor | None) -> Stream[Event]:
     """Redact PII in chat text and flag injection attempts. Stateless; never raises on input."""
-    logic = EventRedactor(redactor)
-    return op.map("apply", up, logic.apply)
+    apply = EventRedactor(redactor).apply
+    return op.flat_map_batch("apply", up, lambda batch: [apply(e) for e in batch])

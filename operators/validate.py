@@ -31,6 +31,7 @@ from bytewax.dataflow import Stream, operator
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from config.models import Adapter, SourceConfig, ValidationConfig
+from operators import metrics
 from operators.model import DeadLetter, Event, Kind, RawRecord, coords
 
 _Id = Field(min_length=1, max_length=256)
@@ -110,14 +111,22 @@ class Decoder:
         self._cfg = cfg
         self._clock = clock
 
-    def _dead(self, raw: RawRecord, reason: str, **detail: Any) -> DeadLetter:
+    def _dead(
+        self, raw: RawRecord, reason: str, event_id: str | None = None, **detail: Any
+    ) -> DeadLetter:
         return DeadLetter(
             step_id=self.step_id,
             reason=reason,
             source=coords(raw.origin, raw.partition, raw.offset),
             raw=raw.value,
+            event_id=event_id,
             detail=detail,
         )
+
+    def decode_batch(self, batch: list[RawRecord]) -> list[Event | DeadLetter]:
+        metrics.EVENTS_IN.inc(len(batch))
+        decode = self.decode
+        return [decode(raw) for raw in batch]
 
     def decode(self, raw: RawRecord) -> Event | DeadLetter:
         value = raw.value
@@ -137,6 +146,8 @@ class Decoder:
             obj = json.loads(text)
         except ValueError as exc:
             return self._dead(raw, f"not valid JSON: {exc}")
+        except RecursionError:
+            return self._dead(raw, "JSON nested too deeply to decode")
         if not isinstance(obj, dict):
             return self._dead(raw, f"expected a JSON object, got {type(obj).__name__}")
 
@@ -249,6 +260,6 @@ def decode_validate(
     Stateless. Never raises on input: every record comes out on exactly one of the streams.
     """
     decoder = Decoder(step_id, sources, cfg, clock)
-    decoded = op.map("decode", up, decoder.decode)
-    split = op.branch("split", decoded, lambda x: isinstance(x, Event))
+    decoded = op.flat_map_batch("decode", up, decoder.decode_batch)
+    split = op.branch("split", decoded, lambda x: x.__class__ is Event)
     return ValidateOut(oks=split.trues, errs=split.falses)  # type: ignore[arg-type]

@@ -91,9 +91,7 @@ backoff_base_s = 0.05
 """
         )
 
-    def start_flow(
-        self, *, snapshot_s: int = 1, log_name: str = "flow"
-    ) -> subprocess.Popen[bytes]:
+    def start_flow(self, *, snapshot_s: int = 1, log_name: str = "flow") -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{log_name}.log", "ab")  # noqa: SIM115 - owned by the process
         cmd = [
             sys.executable,

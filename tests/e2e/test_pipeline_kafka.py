@@ -22,9 +22,11 @@ RUN_TIMEOUT_S = 240
 def _wait(proc, timeout: float, dep: Deployment) -> int:
     try:
         return proc.wait(timeout=timeout)
-    except Exception:
+    except Exception as exc:
         proc.kill()
-        raise AssertionError(f"flow did not finish in {timeout} s; log:\n{dep.log()[-3000:]}")
+        raise AssertionError(
+            f"flow did not finish in {timeout} s; log:\n{dep.log()[-3000:]}"
+        ) from exc
 
 
 def _chat_items(sim: LLMSimulator) -> Counter[str]:
@@ -137,9 +139,11 @@ def test_sigkill_and_resume_loses_nothing(
     sent_twice = [i for i, n in _chat_items(sim).items() if n > 1]
     assert len(sent_twice) <= 8 * 16, len(sent_twice)
     cached = [r for r in responses if r["cached"]]
-    print(f"requests before kill {requests_before}, after {len(sim.requests())}, "
-          f"items sent twice {len(sent_twice)}, re-emitted from cache {len(cached)}, "
-          f"duplicate ledger entries {acc.duplicates}")
+    print(
+        f"requests before kill {requests_before}, after {len(sim.requests())}, "
+        f"items sent twice {len(sent_twice)}, re-emitted from cache {len(cached)}, "
+        f"duplicate ledger entries {acc.duplicates}"
+    )
     # the answers re-emitted from the cache are exactly the ones never requested again
     assert cached
     assert not {i for r in cached for i in r["event_ids"]} & set(sent_twice)

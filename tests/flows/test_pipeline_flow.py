@@ -36,7 +36,7 @@ def _settings(tmp: Path, inputs: list[Path], base_url: str, **over: Any) -> Sett
 
 
 def _read(tmp: Path, name: str) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for f in sorted((tmp / "out").glob(f"{name}*.jsonl")):
         out.extend(json.loads(line) for line in f.read_text().splitlines())
     return out
@@ -66,8 +66,10 @@ def test_flow_accounts_for_every_record(tmp_path: Path, llm_sim: LLMSimulator, r
     else:
         cluster_main(flow, [], 0, worker_count_per_proc=2)
 
-    ledger, dead, responses = _read(tmp_path, "ledger"), _read(tmp_path, "dead_letters"), _read(
-        tmp_path, "responses"
+    ledger, dead, responses = (
+        _read(tmp_path, "ledger"),
+        _read(tmp_path, "dead_letters"),
+        _read(tmp_path, "responses"),
     )
     routes = Counter(e["route"] for e in ledger)
     assert routes == {"chat_reply": 200, "none": 1000, "duplicate": 10}

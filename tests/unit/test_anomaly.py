@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from config.models import AnomalyConfig
-from operators.anomaly import EntityDetector, EwmaZScore, Flagged, RateWindows
+from operators.anomaly import EntityDetector, EwmaZScore, Flagged, Late, RateWindows
 from operators.model import Alert, Event, Kind
 
 T0 = 1_700_000_040.0  # a multiple of 60: window starts are round numbers
@@ -294,24 +294,47 @@ def test_rate_state_round_trip_is_a_copy() -> None:
 # --- EntityDetector -------------------------------------------------------------------------
 
 
-def tags(out: list[Flagged]) -> list[tuple[int, str]]:
-    return [(f.tag, f.item.event_id if isinstance(f.item, Event) else f.item.detector) for f in out]
+EVENT, ALERT, LATE = "event", "alert", "late"
+
+
+def tag(f: Flagged) -> str:
+    if isinstance(f, Late):
+        return LATE
+    if isinstance(f, Alert):
+        return ALERT
+    assert isinstance(f, Event), f
+    return EVENT
+
+
+def tags(out: list[Flagged]) -> list[tuple[str, str]]:
+    """(kind of output, event id or alert detector) per output of the detector."""
+    labels = []
+    for f in out:
+        if isinstance(f, Alert):
+            labels.append((ALERT, f.detector))
+        elif isinstance(f, Late):
+            labels.append((LATE, f.event.event_id))
+        else:
+            labels.append((tag(f), f.event_id))
+    return labels
 
 
 def test_process_tags_late_events() -> None:
     det = EntityDetector(cfg())
     out = det.process([chat(T0 + 100, "a"), chat(T0 + 5, "late"), chat(T0 + 95, "b")], now=1.0)
-    assert tags(out) == [(0, "a"), (2, "late"), (0, "b")]
-    assert out[1].item.event_id == "late"
+    assert tags(out) == [(EVENT, "a"), (LATE, "late"), (EVENT, "b")]
+    late = out[1]
+    assert isinstance(late, Late)
+    assert late.event.ts == T0 + 5
 
 
 def test_process_emits_metric_alert_with_evidence() -> None:
     det = EntityDetector(cfg(warmup=5, z_threshold=4.0))
     events = [metric(T0 + i, 10.0 + (0.5 if i % 2 else -0.5)) for i in range(10)]
-    assert all(f.tag == 0 for f in det.process(events, now=1.0))
+    assert all(tag(f) == EVENT for f in det.process(events, now=1.0))
     out = det.process([metric(T0 + 10, 50.0, eid="spike")], now=2.0)
-    assert [f.tag for f in out] == [0, 1]
-    alert = out[1].item
+    assert [tag(f) for f in out] == [EVENT, ALERT]
+    alert = out[1]
     assert isinstance(alert, Alert)
     assert alert.detector == "ewma_zscore"
     assert alert.event_ids == ("spike",)
@@ -329,7 +352,7 @@ def test_process_emits_rate_alert_when_window_closes() -> None:
         det.process([chat(T0 + 60 * k + 1 + i, f"w{k}-{i}") for i in range(2)], now=1.0)
     det.process([chat(T0 + 181 + i * 0.5, f"burst-{i}") for i in range(15)], now=1.0)
     out = det.process([chat(T0 + 271, "push")], now=1.0)
-    alerts = [f.item for f in out if f.tag == 1]
+    alerts = [f for f in out if tag(f) == ALERT]
     assert len(alerts) == 1
     alert = alerts[0]
     assert isinstance(alert, Alert)
@@ -373,9 +396,9 @@ def test_detector_state_round_trip_continues_statistics() -> None:
     assert out_resumed == out_live
     # The spike alerts only because the resumed detector kept its warm-up: a detector
     # rebuilt from zero would still be warming up.
-    assert any(f.tag == 1 for f in out_resumed)
+    assert any(tag(f) == ALERT for f in out_resumed)
     fresh = EntityDetector(c)
-    assert not any(f.tag == 1 for f in fresh.process(more, now=60.0))
+    assert not any(tag(f) == ALERT for f in fresh.process(more, now=60.0))
     assert resumed.state() == live.state()
 
 

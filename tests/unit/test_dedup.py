@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from operators.dedup import SeenIds, Tagged, _DedupLogic
+from operators.dedup import Duplicate, SeenIds, _DedupLogic
 from operators.model import Event, Kind
 
 
@@ -30,8 +30,14 @@ def ev(event_id: str) -> Event:
 
 
 def dup_flags(out: object) -> list[tuple[str, bool]]:
+    """(event id, is a duplicate) for each output: first sightings pass as the `Event` itself."""
     assert isinstance(out, list)
-    return [(t.event.event_id, t.duplicate) for t in out if isinstance(t, Tagged)]
+    flags = []
+    for x in out:
+        assert isinstance(x, Event | Duplicate), x
+        e = x.event if isinstance(x, Duplicate) else x
+        flags.append((e.event_id, isinstance(x, Duplicate)))
+    return flags
 
 
 # --- SeenIds --------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from operators.model import Event, Kind
@@ -177,7 +179,7 @@ def test_normal_text_is_not_flagged(text: str) -> None:
 # --- EventRedactor --------------------------------------------------------------------------
 
 
-def event(kind: Kind, payload: dict[str, object], flags: tuple[str, ...] = ()) -> Event:
+def event(kind: Kind, payload: dict[str, Any], flags: tuple[str, ...] = ()) -> Event:
     return Event(
         event_id="e1",
         source="events.chat[0]@3",

@@ -358,8 +358,8 @@ def test_future_timestamp_beyond_skew_is_dead_letter() -> None:
     dead = decode_dead(raw_of(chat(sent_at="2025-03-01T12:10:00Z")), make_decoder(cfg))
     assert "600 s in the future" in dead.reason
     assert "validation.max_future_skew_s" in dead.reason
-    # The decoded id travels with the letter (in `detail`), so the record can be traced.
-    assert dead.detail["event_id"] == "msg-1"
+    # The decoded id travels with the letter, so the record can be traced.
+    assert dead.event_id == "msg-1"
 
 
 def test_future_timestamp_within_skew_is_accepted() -> None:
@@ -374,7 +374,7 @@ def test_too_old_is_dead_letter_when_max_age_set() -> None:
     dead = decode_dead(old, make_decoder(cfg))
     assert "7200 s old" in dead.reason
     assert "validation.max_past_age_s" in dead.reason
-    assert dead.detail["event_id"] == "msg-1"
+    assert dead.event_id == "msg-1"
     # Without a maximum age, history is accepted.
     decode_ok(old, make_decoder(ValidationConfig()))
     # Within the maximum age it is accepted too.
@@ -387,7 +387,7 @@ def test_no_tenant_is_dead_letter() -> None:
     dead = decode_dead(raw_of(rec, source="auto"))
     assert dead.reason.startswith("no tenant")
     assert "input.sources[].tenant" in dead.reason
-    assert dead.detail["event_id"] == "msg-1"
+    assert dead.event_id == "msg-1"
 
 
 def test_empty_tenant_is_dead_letter() -> None:
@@ -410,16 +410,18 @@ def test_dead_letter_reason_lists_at_most_five_errors() -> None:
 
 # --- property -------------------------------------------------------------------------------
 
+FIELD_NAMES = [
+    *("message_id", "session_id", "text", "sent_at", "series", "value", "timestamp"),
+    *("event_type", "account_id", "occurred_at", "tenant", "currency", "tags"),
+]
+
 
 @settings(max_examples=300, deadline=None)
 @given(
     value=st.one_of(
         st.binary(max_size=300),
         st.dictionaries(
-            st.sampled_from(
-                ["message_id", "session_id", "text", "sent_at", "series", "value", "timestamp"]
-                + ["event_type", "account_id", "occurred_at", "tenant", "currency", "tags"]
-            ),
+            st.sampled_from(FIELD_NAMES),
             st.one_of(st.none(), st.booleans(), st.floats(), st.integers(), st.text()),
         ).map(lambda d: json.dumps(d).encode()),
     ),
