@@ -5,7 +5,8 @@
 Starts a Tansu broker, writes N events (metric readings, business events, 2 % malformed) to
 one input topic, then runs, each in a fresh process on the same data:
 
-- the baseline: Bytewax's own `KafkaSource` → `op.map` → `KafkaSink`;
+- the baseline: Bytewax's own `KafkaSource` → `op.map` → `KafkaSink` (reading up to 5,000
+  records per poll, as the pipeline's source does by default);
 - the pipeline: `flows.pipeline` on the same topic (decode, validate, redact, dedup, anomaly
   detection, memory, routing, ledger and dead letters to Kafka; alerts are not sent to the LLM,
   so no endpoint is involved).
@@ -39,7 +40,7 @@ def _child_passthrough(bootstrap: str, topic: str, out_topic: str) -> dict[str, 
     from bytewax.testing import run_main
 
     flow = Dataflow("passthrough")
-    src = op.input("in", flow, KafkaSource([bootstrap], [topic], tail=False))
+    src = op.input("in", flow, KafkaSource([bootstrap], [topic], tail=False, batch_size=5000))
     out = op.map("map", src, lambda m: KafkaSinkMessage(m.key, m.value))  # type: ignore[union-attr]
     op.output("out", out, KafkaSink([bootstrap], out_topic))
     started = time.perf_counter()

@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import bytewax.operators as op
@@ -33,6 +33,7 @@ from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from config.models import AnomalyConfig
 from operators.model import Alert, Event, Kind
+from operators.wake import wake_at
 
 Clock = Callable[[], float]
 _MAX_WINDOW_IDS = 10
@@ -317,7 +318,7 @@ class _DetectLogic(StatefulBatchLogic[Event, Flagged, dict[str, Any]]):
         close = self.det.rate.next_close_wall()
         if close is not None:
             at = min(at, close)
-        return datetime.fromtimestamp(at, UTC)
+        return wake_at(at)
 
     def snapshot(self) -> dict[str, Any]:
         return self.det.state()

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import bytewax.operators as op
@@ -28,6 +28,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from config.models import MemoryConfig
 from operators.model import Event, Kind, RawRecord, WorkItem, coords
+from operators.wake import wake_at
 from state.stores import ProfileStore
 
 Clock = Callable[[], float]
@@ -49,17 +50,17 @@ class Memory:
             text = event.payload["text"]
             role = event.payload["role"]
         else:
+            # Business events are kept structured (the payload is small and already
+            # validated); serializing them here would cost a JSON encode per event.
             p = event.payload
-            text = json.dumps(
-                {
-                    "event_type": p["event_type"],
-                    "amount": p["amount"],
-                    "currency": p["currency"],
-                    "attributes": p["attributes"],
-                },
-                separators=(",", ":"),
-            )
-            role = "event"
+            return {
+                "role": "event",
+                "event_type": p["event_type"],
+                "amount": p["amount"],
+                "currency": p["currency"],
+                "attributes": p["attributes"],
+                "ts": event.ts,
+            }
         if len(text) > limit:
             text = text[: limit - 1] + "…"
         return {"role": role, "text": text, "ts": event.ts}
@@ -94,7 +95,7 @@ class _MemoryLogic(StatefulBatchLogic[Event, Remembered, tuple[tuple[Turn, ...],
         return (), self.DISCARD
 
     def notify_at(self) -> datetime | None:
-        return datetime.fromtimestamp(self.mem.last_wall + self.mem.cfg.idle_ttl_s, UTC)
+        return wake_at(self.mem.last_wall + self.mem.cfg.idle_ttl_s, 1.0)
 
     def snapshot(self) -> tuple[tuple[Turn, ...], float]:
         return self.mem.state()

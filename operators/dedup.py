@@ -11,13 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import bytewax.operators as op
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from operators.model import Event
+from operators.wake import wake_at
 
 Clock = Callable[[], float]
 
@@ -79,7 +80,7 @@ class _DedupLogic(StatefulBatchLogic[Event, Event | Duplicate, dict[str, float]]
 
     def notify_at(self) -> datetime | None:
         at = self.ids.expires_at()
-        return None if at is None else datetime.fromtimestamp(at, UTC)
+        return None if at is None else wake_at(at, 1.0)
 
     def snapshot(self) -> dict[str, float]:
         return dict(self.ids.seen)

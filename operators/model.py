@@ -9,10 +9,11 @@ carried as the frozen `Event` dataclass below.
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
+
+import orjson
 
 
 class Kind(StrEnum):
@@ -153,12 +154,9 @@ class LedgerEntry:
         }
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
-
-
 def dumps(obj: dict[str, Any]) -> bytes:
-    """Compact JSON bytes for output records."""
-    return _ENCODER.encode(obj).encode()
+    """Compact UTF-8 JSON for output records (orjson: the ledger is written per event)."""
+    return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS)
 
 
 @dataclass(frozen=True, slots=True)
