@@ -32,6 +32,7 @@ from bytewax.recovery import (
     init_db_dir,
 )
 
+from config.logs import setup_logging
 from config.models import ConfigError, Settings, load_config
 from operators import metrics
 
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    setup_logging(settings.app)
     recovery_dir = args.recovery_directory or Path(
         f"{settings.output.dir}/recovery" if settings.output.kind == "file" else "recovery"
     )

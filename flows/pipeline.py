@@ -17,6 +17,7 @@ The step ids below are part of the recovery format (a renamed step orphans its s
 from __future__ import annotations
 
 import gc
+import logging
 import time
 from collections.abc import Callable
 
@@ -25,6 +26,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource
 from bytewax.outputs import DynamicSink
 
+from config.logs import setup_logging
 from config.models import ConfigError, Settings, load_config
 from operators import metrics
 from operators.anomaly import detect_anomalies
@@ -48,6 +50,8 @@ from operators.sinks import KV, JsonlFileSink, ReliableKafkaSink
 from operators.sources import JsonlFileSource, RawKafkaSource, file_map
 from operators.validate import decode_validate
 from state.stores import ProfileStore
+
+log = logging.getLogger("contextstream.pipeline")
 
 FLOW_ID = "contextstream"
 
@@ -252,10 +256,20 @@ def build_flow(
 def build(config_path: str) -> Dataflow:
     """Entry point for `python -m bytewax.run "flows.pipeline:build('config/…toml')"`."""
     settings = load_config(config_path)
+    setup_logging(settings.app)
     if settings.stores.profiles_seed:
         load_profile_seed(settings)
     flow = build_flow(settings)
     tune_gc()
+    log.info(
+        "flow built",
+        extra={
+            "config": config_path,
+            "profile": settings.app.profile,
+            "input": settings.input.kind,
+            "output": settings.output.kind,
+        },
+    )
     return flow
 
 

@@ -15,6 +15,7 @@ output has always been persisted first: a replay after a crash finds it and pays
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -31,6 +32,7 @@ from operators.model import WorkItem
 from state.stores import ResponseCache
 
 Sleep = Callable[[float], None]
+log = logging.getLogger("contextstream.llm")
 
 
 @dataclass(frozen=True)
@@ -219,7 +221,16 @@ class LLMExecutor:
                 }
                 return resp.choices[0].message.content, usage, attempt
             if attempt < self.cfg.max_attempts:
-                self.sleep(self._backoff(attempt, last))
+                delay = self._backoff(attempt, last)
+                log.warning(
+                    "LLM attempt %d/%d failed (%s); retrying in %.2f s",
+                    attempt,
+                    self.cfg.max_attempts,
+                    last,
+                    delay,
+                    extra={"route": task.name, "items": len(ids)},
+                )
+                self.sleep(delay)
         assert last is not None
         last.attempts = self.cfg.max_attempts  # type: ignore[attr-defined]
         raise last

@@ -10,6 +10,7 @@ The producer is idempotent with `acks=all`.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +19,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, Message, Producer
 
 KV = tuple[bytes | None, bytes]
+log = logging.getLogger("contextstream.sinks")
 
 
 class DeliveryFailed(RuntimeError):
@@ -59,6 +61,7 @@ class _KafkaPartition(StatelessSinkPartition[KV]):
         if self.errors:
             errors, self.errors = self.errors, []
             msg = f"delivery to output topic {self.topic!r} failed: " + "; ".join(errors)
+            log.error(msg)
             raise DeliveryFailed(msg)
 
     def close(self) -> None:
