@@ -31,7 +31,7 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
 from config.models import LLMConfig, TaskConfig
-from operators import prompts
+from operators import metrics, prompts
 from operators.llm_client import CallOutcome, LLMExecutor
 from operators.model import DeadLetter, WorkItem
 
@@ -144,7 +144,11 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
         self.inflight: list[tuple[list[WorkItem], Future[CallOutcome]]] = []
         if resume:
             # Re-send what was pending at the snapshot, without waiting for a batch to fill.
-            self.batcher.add(resume, clock() - task.max_wait_ms / 1000)
+            self._add(resume, clock() - task.max_wait_ms / 1000)
+
+    def _add(self, items: list[WorkItem] | tuple[WorkItem, ...], now: float) -> None:
+        self.batcher.add(items, now)
+        metrics.LLM_PENDING.inc(len(items))
 
     def _submit_due(self, now: float, force: bool = False) -> None:
         while self.batcher.pending and (force or self.batcher.due(now)):
@@ -158,6 +162,7 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
             if not (wait or fut.done()):
                 still.append((batch, fut))
                 continue
+            metrics.LLM_PENDING.dec(len(batch))
             try:
                 outcome = fut.result()
             except Exception as exc:
@@ -193,7 +198,7 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
 
     def on_batch(self, values: list[WorkItem]) -> tuple[Iterable[LLMEmit], bool]:
         now = self.clock()
-        self.batcher.add(values, now)
+        self._add(values, now)
         self._submit_due(now)
         return self._collect(), self.RETAIN
 
