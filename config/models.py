@@ -245,6 +245,19 @@ class LLMConfig(Frozen):
     max_attempts: int = Field(default=4, ge=1, le=20)
     backoff_base_s: float = Field(default=0.25, gt=0)
     backoff_max_s: float = Field(default=10.0, gt=0)
+    max_rate_limited: int = Field(default=20, ge=1)
+    """Attempts answered with 429 a request may spend (separate from `max_attempts`)."""
+    rpm_limit: int | None = Field(default=None, ge=1)
+    """Requests per minute this process may send (token bucket); None: no client budget."""
+    tpm_limit: int | None = Field(default=None, ge=1)
+    """Estimated tokens per minute this process may send (token bucket)."""
+    adaptive_concurrency: bool = True
+    """Find the endpoint's concurrency limit (AIMD on 429s), up to `concurrency`."""
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_open_s: float = Field(default=2.0, gt=0)
+    breaker_max_open_s: float = Field(default=30.0, gt=0)
+    max_held_items: int = Field(default=10_000, ge=1)
+    """Items a task's queue holds while the circuit breaker is open; beyond, dead letters."""
     shards_per_task: int = Field(default=1, ge=1, le=256)
     """Each task's queue is split over this many keys (spread over workers)."""
     poll_ms: float = Field(default=5.0, gt=0)

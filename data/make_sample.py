@@ -214,9 +214,21 @@ def main() -> None:
 
     # Profile updates streamed while the flow runs (a topic in Kafka deployments).
     updates = [
-        {"tenant": "acme", "entity": "user-000", "attributes": {"name": "Customer 0", "plan": "enterprise", "language": "en"}},
-        {"tenant": "globex", "entity": "acct-007", "attributes": {"segment": "enterprise", "note": "payment issues under review"}},
-        {"tenant": "acme", "entity": "db-1.cpu", "attributes": {"service": "db-1", "owner": "data-team", "normal_range": "10-40"}},
+        {
+            "tenant": "acme",
+            "entity": "user-000",
+            "attributes": {"name": "Customer 0", "plan": "enterprise", "language": "en"},
+        },
+        {
+            "tenant": "globex",
+            "entity": "acct-007",
+            "attributes": {"segment": "enterprise", "note": "payment issues under review"},
+        },
+        {
+            "tenant": "acme",
+            "entity": "db-1.cpu",
+            "attributes": {"service": "db-1", "owner": "data-team", "normal_range": "10-40"},
+        },
         {"tenant": "acme", "attributes": {"missing": "entity"}},
     ]
     (HERE / "profile_updates.jsonl").write_text("\n".join(json.dumps(u) for u in updates) + "\n")

@@ -28,9 +28,9 @@ concurrency limit (429), requests-per-minute limit (429), ``fail_next``/``error_
 (500), then ``timeout_rate`` (hang), ``malformed_rate`` and ``drop_item_rate``. Only the
 fault injection uses randomness, from an RNG seeded with ``SimConfig.seed``.
 
-Every response carries ``x-llm-simulator: true`` and the ``x-ratelimit-*-requests``
-headers; 429 responses also carry ``retry-after``. Error bodies are OpenAI-style
-``{"error": {"message", "type", "param", "code"}}``.
+Every response carries ``x-llm-simulator: true``, and the ``x-ratelimit-*-requests``
+headers when an RPM limit is set; 429 responses also carry ``retry-after``. Error bodies are
+OpenAI-style ``{"error": {"message", "type", "param", "code"}}``.
 """
 
 from __future__ import annotations
@@ -876,14 +876,15 @@ class LLMSimulator:
             self._window.popleft()
 
     def _ratelimit_headers(self) -> dict[str, str]:
-        """``x-ratelimit-*-requests``: the RPM window if ``rpm_limit`` is set, else the
-        concurrency limit (remaining = free slots)."""
+        """``x-ratelimit-*-requests`` for the RPM window when ``rpm_limit`` is set.
+
+        As with OpenAI, these headers describe a per-minute budget; a concurrency limit has
+        no such header (its 429s carry ``retry-after``), so without ``rpm_limit`` none is sent.
+        """
         with self._lock:
             limit = self._config.rpm_limit
             if limit is None:
-                cap = self._config.max_concurrency
-                remaining, reset = max(0, cap - self._in_flight), "1s"
-                limit = cap
+                return {}
             else:
                 now = time.monotonic()
                 self._prune_window(now)

@@ -121,6 +121,17 @@ class MicroBatcher:
             self.oldest = None
         return batch
 
+    def drop_newest(self, n: int) -> list[WorkItem]:
+        """Remove and return the `n` most recently added items (for load shedding)."""
+        if n <= 0:
+            return []
+        dropped = self.pending[-n:]
+        del self.pending[-n:]
+        self.pending_tokens -= sum(self.tokens(i) for i in dropped)
+        if not self.pending:
+            self.oldest = None
+        return dropped
+
     def wake_at(self) -> float | None:
         if self.oldest is None:
             return None
@@ -151,9 +162,31 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
         metrics.LLM_PENDING.inc(len(items))
 
     def _submit_due(self, now: float, force: bool = False) -> None:
+        executor = self.executor()
         while self.batcher.pending and (force or self.batcher.due(now)):
+            if (
+                not force
+                and executor.limiter.breaker_open()
+                and len(self.inflight) >= executor.cfg.concurrency
+            ):
+                break  # the endpoint is down: hold further batches here, in our state
             batch = self.batcher.take()
-            self.inflight.append((batch, self.executor().submit(self.task, batch)))
+            self.inflight.append((batch, executor.submit(self.task, batch)))
+
+    def _shed(self) -> list[LLMEmit]:
+        """While the breaker is open, dead-letter what exceeds `max_held_items` (newest first)."""
+        executor = self.executor()
+        limit = executor.cfg.max_held_items
+        held = len(self.batcher.pending) + sum(len(b) for b, _ in self.inflight)
+        if held <= limit or not executor.limiter.breaker_open():
+            return []
+        dropped = self.batcher.drop_newest(held - limit)
+        metrics.LLM_PENDING.dec(len(dropped))
+        reason = (
+            f"LLM endpoint unavailable (circuit breaker open) and {limit} items already held "
+            "for this task (llm.max_held_items)"
+        )
+        return [self._dead(i, reason, None) for i in dropped]
 
     def _collect(self, wait: bool = False) -> list[LLMEmit]:
         out: list[LLMEmit] = []
@@ -200,7 +233,7 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
         now = self.clock()
         self._add(values, now)
         self._submit_due(now)
-        return self._collect(), self.RETAIN
+        return self._shed() + self._collect(), self.RETAIN
 
     def on_notify(self) -> tuple[Iterable[LLMEmit], bool]:
         self._submit_due(self.clock())

@@ -27,12 +27,14 @@ from typing import Any
 import openai
 
 from config.models import LLMConfig, TaskConfig
-from operators import prompts
+from operators import metrics, prompts
+from operators.limits import BreakerState, Limiter, Outcome
 from operators.model import WorkItem
 from state.stores import ResponseCache
 
 Sleep = Callable[[float], None]
 log = logging.getLogger("contextstream.llm")
+_BREAKER_LEVEL = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,15 @@ class LLMExecutor:
             timeout=cfg.timeout_s,
         )
         self.pool = ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="llm")
+        self.limiter = Limiter(
+            cap=cfg.concurrency,
+            rpm=cfg.rpm_limit,
+            tpm=cfg.tpm_limit,
+            adaptive=cfg.adaptive_concurrency,
+            failure_threshold=cfg.breaker_failures,
+            open_s=cfg.breaker_open_s,
+            max_open_s=cfg.breaker_max_open_s,
+        )
         self._seq = 0
         self._seq_lock = threading.Lock()
 
@@ -192,10 +203,27 @@ class LLMExecutor:
     def _call_with_retries(
         self, task: TaskConfig, messages: list[dict[str, str]], ids: list[str]
     ) -> tuple[str | None, dict[str, int], int]:
+        """Send one request until it succeeds or its budget is spent.
+
+        An attempt counts against `max_attempts` unless the circuit breaker is open after it
+        fails (the endpoint is down: the request is held, not charged) or it was a 429 (those
+        have their own, larger budget, `max_rate_limited`); the attempt timeout is ours.
+        """
+        tokens = prompts.estimate_tokens(messages[0]["content"] + messages[1]["content"]) + (
+            64 * len(ids)
+        )
+        limiter = self.limiter
+        counted = 0
+        limited = 0
+        sent = 0
         last: Exception | None = None
-        for attempt in range(1, self.cfg.max_attempts + 1):
+        while counted < self.cfg.max_attempts and limited < self.cfg.max_rate_limited:
+            limiter.acquire(tokens)
+            sent += 1
+            started = time.monotonic()
+            outcome = Outcome("other")
             try:
-                resp = self.client.chat.completions.create(  # type: ignore[call-overload]
+                raw = self.client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
                     model=task.model,
                     messages=messages,
                     temperature=task.temperature,
@@ -203,37 +231,59 @@ class LLMExecutor:
                     response_format=prompts.response_format(task.schema_name, ids),
                     timeout=self.cfg.timeout_s,
                 )
+                resp = raw.parse()
+                used = resp.usage
+                usage = {
+                    "prompt_tokens": used.prompt_tokens if used else 0,
+                    "completion_tokens": used.completion_tokens if used else 0,
+                }
+                outcome = Outcome(
+                    "ok",
+                    latency_s=time.monotonic() - started,
+                    tokens_used=usage["prompt_tokens"] + usage["completion_tokens"],
+                    headers=raw.headers,
+                )
+                return resp.choices[0].message.content, usage, sent
             except openai.RateLimitError as exc:
+                outcome = Outcome("rate_limited", headers=exc.response.headers)
                 last = RetryableError(f"429 rate limited: {exc.message}", _retry_after(exc))
+                metrics.LLM_RATE_LIMITED.labels(task.name).inc()
+                limited += 1
             except openai.InternalServerError as exc:
+                outcome = Outcome("failure")
                 last = RetryableError(f"{exc.status_code} server error: {exc.message}")
             except openai.APITimeoutError:
+                outcome = Outcome("failure")
                 last = RetryableError(f"timed out after {self.cfg.timeout_s:g} s")
             except openai.APIConnectionError as exc:
+                outcome = Outcome("failure")
                 last = RetryableError(f"connection error: {exc}")
             except openai.APIStatusError as exc:
-                exc.attempts = attempt  # type: ignore[attr-defined]
+                exc.attempts = sent  # type: ignore[attr-defined]
                 raise
-            else:
-                usage = {
-                    "prompt_tokens": resp.usage.prompt_tokens if resp.usage else 0,
-                    "completion_tokens": resp.usage.completion_tokens if resp.usage else 0,
-                }
-                return resp.choices[0].message.content, usage, attempt
-            if attempt < self.cfg.max_attempts:
-                delay = self._backoff(attempt, last)
+            finally:
+                limiter.release(outcome, tokens)
+                self._publish_state()
+            if outcome.kind == "failure" and not limiter.breaker_open():
+                counted += 1
+            if counted < self.cfg.max_attempts and limited < self.cfg.max_rate_limited:
+                delay = self._backoff(max(counted, 1), last)
                 log.warning(
-                    "LLM attempt %d/%d failed (%s); retrying in %.2f s",
-                    attempt,
-                    self.cfg.max_attempts,
+                    "LLM attempt %d failed (%s); retrying in %.2f s",
+                    sent,
                     last,
                     delay,
                     extra={"route": task.name, "items": len(ids)},
                 )
                 self.sleep(delay)
         assert last is not None
-        last.attempts = self.cfg.max_attempts  # type: ignore[attr-defined]
+        last.attempts = sent  # type: ignore[attr-defined]
         raise last
+
+    def _publish_state(self) -> None:
+        lim = self.limiter
+        metrics.LLM_CONCURRENCY_LIMIT.set(lim.limit())
+        metrics.LLM_BREAKER_STATE.set(_BREAKER_LEVEL[lim.breaker.state])
 
     def _backoff(self, attempt: int, err: Exception) -> float:
         cap = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** (attempt - 1))

@@ -52,6 +52,15 @@ EVENTS_INVALID = EVENTS.labels("invalid")
 EVENTS_DUPLICATE = EVENTS.labels("duplicate")
 EVENTS_LATE = EVENTS.labels("late")
 
+LLM_RATE_LIMITED = Counter(
+    "contextstream_llm_rate_limited_total", "429 answers from the endpoint.", ["route"]
+)
+LLM_CONCURRENCY_LIMIT = Gauge(
+    "contextstream_llm_concurrency_limit", "Current (adaptive) limit of requests in flight."
+)
+LLM_BREAKER_STATE = Gauge(
+    "contextstream_llm_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open."
+)
 LLM_PENDING = Gauge("contextstream_llm_pending_items", "Items buffered or in flight.")
 
 
