@@ -171,7 +171,11 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
             ):
                 break  # the endpoint is down: hold further batches here, in our state
             batch = self.batcher.take()
-            self.inflight.append((batch, executor.submit(self.task, batch)))
+            if self.task.mode == "fanout":
+                # One request per item, each its own pool task, so they run concurrently.
+                self.inflight.extend(([i], executor.submit(self.task, [i])) for i in batch)
+            else:
+                self.inflight.append((batch, executor.submit(self.task, batch)))
 
     def _shed(self) -> list[LLMEmit]:
         """While the breaker is open, dead-letter what exceeds `max_held_items` (newest first)."""
