@@ -21,7 +21,8 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -185,6 +186,15 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
         if held <= limit or not executor.limiter.breaker_open():
             return []
         dropped = self.batcher.drop_newest(held - limit)
+        held -= len(dropped)
+        # Then batches handed to the pool but not started yet, newest first.
+        for batch, fut in reversed(list(self.inflight)):
+            if held <= limit:
+                break
+            if fut.cancel():
+                self.inflight.remove((batch, fut))
+                dropped.extend(batch)
+                held -= len(batch)
         metrics.LLM_PENDING.dec(len(dropped))
         reason = (
             f"LLM endpoint unavailable (circuit breaker open) and {limit} items already held "
@@ -241,12 +251,23 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
 
     def on_notify(self) -> tuple[Iterable[LLMEmit], bool]:
         self._submit_due(self.clock())
-        out = self._collect()
+        out = self._shed() + self._collect()
         return out, self.DISCARD if self._done() else self.RETAIN
 
     def on_eof(self) -> tuple[Iterable[LLMEmit], bool]:
+        # A finite input has ended: wait here for what is in flight (the dataflow ends when
+        # this returns), still shedding beyond the hold bound if the endpoint is down.
         self._submit_due(self.clock(), force=True)
-        out = self._collect(wait=True)
+        out: list[LLMEmit] = []
+        while self.inflight:
+            out += self._shed()
+            out += self._collect()
+            if self.inflight:
+                futures_wait(
+                    [f for _, f in self.inflight],
+                    timeout=self.poll_s * 10,
+                    return_when=FIRST_COMPLETED,
+                )
         return out, self.DISCARD
 
     def notify_at(self) -> datetime | None:

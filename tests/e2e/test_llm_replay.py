@@ -1,0 +1,56 @@
+"""Replay safety of the LLM stage across a crash, end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bench import workload
+from tests.e2e.harness import Deployment
+from tests.e2e.test_pipeline_kafka import RUN_TIMEOUT_S, _chat_items, _wait
+from tests.fixtures.broker import consume_all, produce
+
+
+def test_answers_cached_before_a_crash_are_never_requested_again(
+    kafka_bootstrap: str, llm_sim_factory, tmp_path: Path
+) -> None:
+    """The flow dies (SIGKILL) after answers were cached and emitted but before its first
+    snapshot (the snapshot interval is longer than the run). On resume everything is read
+    again from the start: the simulator's request log shows no second request for the
+    events answered before the crash, and their answers are emitted again from the cache."""
+    sim = llm_sim_factory(latency_ms=300, max_concurrency=64)
+    dep = Deployment(kafka_bootstrap, tmp_path, sim.base_url, partitions=1, tail=True)
+    chats = workload.chats(800, sessions=80)
+    produce(kafka_bootstrap, dep.topics["chat"], [v for _, v in chats])
+
+    proc = dep.start_flow(snapshot_s=600, log_name="run1")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        got = consume_all(kafka_bootstrap, dep.topics["responses"], idle_s=0.3, timeout_s=5)
+        if len(got) >= 200:
+            break
+        assert proc.poll() is None, dep.log("run1")[-3000:]
+    else:
+        proc.kill()
+        pytest.fail("no answers before the deadline:\n" + dep.log("run1")[-3000:])
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    answered_before = {i for r in dep.drain("responses", idle_s=0.5) for i in r["event_ids"]}
+    assert 200 <= len(answered_before) < len(chats)
+
+    dep.write_config(tail=False)
+    proc2 = dep.start_flow(snapshot_s=1, log_name="run2")
+    assert _wait(proc2, RUN_TIMEOUT_S, dep) == 0, dep.log("run2")[-3000:]
+
+    requested = _chat_items(sim)
+    assert all(requested[i] == 1 for i in answered_before)
+    responses = dep.drain("responses")
+    replayed = Counter(i for r in responses if r["cached"] for i in r["event_ids"])
+    assert set(replayed) >= answered_before  # re-emitted, from the cache
+    assert {i for r in responses for i in r["event_ids"]} == {i for i, _ in chats}
+    assert not dep.drain("dead_letters")
