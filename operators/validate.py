@@ -296,7 +296,8 @@ def decode_validate(
 
     Stateless. Never raises on input: every record comes out on exactly one of the streams.
     """
-    decoder = Decoder(step_id, sources, cfg, clock)
+    # Dead letters name the step as configured in the flow ("decode"), not its full path.
+    decoder = Decoder(step_id.rsplit(".", 1)[-1], sources, cfg, clock)
     decoded = op.flat_map_batch("decode", up, decoder.decode_batch)
     split = op.branch("split", decoded, lambda x: x.__class__ is Event)
     return ValidateOut(oks=split.trues, errs=split.falses)  # type: ignore[arg-type]
