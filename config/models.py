@@ -27,6 +27,9 @@ BatchMode = Literal["pack", "fanout"]
 LatePolicy = Literal["count", "dead_letter"]
 """What happens to an event that arrives after its window closed."""
 
+MetricDetector = Literal["ensemble", "ewma"]
+"""Metric-series detector of `AnomalyConfig` (see `operators.anomaly`)."""
+
 PLACEHOLDER_MARKERS = ("changeme", "change-me", "placeholder", "xxx", "<", "todo")
 
 
@@ -184,6 +187,33 @@ class RedactionConfig(Frozen):
 
 
 class AnomalyConfig(Frozen):
+    """Anomaly detection per entity (`operators.anomaly`); the same settings drive `bench.nab`.
+
+    `detector` picks the metric-series detector: `ensemble` (seasonal residual + context
+    novelty at several resolutions, fused, with a rest period; tuned on NAB) or `ewma` (the
+    cheap EWMA z-score against `z_threshold`). Event-rate windows run with either.
+    """
+
+    detector: MetricDetector = "ewma"
+    alert_threshold: float = Field(default=0.9, gt=0, le=1)
+    """Ensemble: a fused score at or above this raises an alert (scores are in [0, 1])."""
+    rest_points: int = Field(default=50, ge=0)
+    """Ensemble: no alert while any of the last `rest_points` scores reached the threshold."""
+    min_points: int = Field(default=150, ge=2)
+    """Ensemble: readings a series needs before it may alert (its detectors learn meanwhile)."""
+    season_slots: int = Field(default=288, ge=1, le=10_000)
+    season_period_s: float = Field(default=86_400.0, gt=0)
+    season_alpha: float = Field(default=0.25, gt=0, le=1)
+    rank_window: int = Field(default=1500, ge=50, le=20_000)
+    """Ensemble: residuals kept to rank a new one against (8 bytes each, twice, per series)."""
+    season_sharpness: float = Field(default=50.0, ge=1)
+    """Ensemble: the seasonal rank enters the fusion as rank ** sharpness (0.999 -> 0.95)."""
+    context_levels: tuple[int, ...] = (6, 8, 12, 16)
+    context_orders: tuple[int, ...] = (2, 3, 2, 3)
+    context_capacity: int = Field(default=2048, ge=16, le=100_000)
+    """Ensemble: (context, level) pairs each context detector remembers (least recent go)."""
+    evidence_points: int = Field(default=8, ge=1, le=100)
+    """Recent readings an alert carries as evidence."""
     ewma_alpha: float = Field(default=0.05, gt=0, lt=1)
     z_threshold: float = Field(default=4.0, gt=0)
     warmup: int = Field(default=30, ge=2)
@@ -197,6 +227,16 @@ class AnomalyConfig(Frozen):
     late_policy: LatePolicy = "count"
     idle_ttl_s: float = Field(default=6 * 3600.0, gt=0)
     """Per-entity detector state is discarded after this long without events (wall clock)."""
+
+    @model_validator(mode="after")
+    def _context_pairs(self) -> AnomalyConfig:
+        if len(self.context_levels) != len(self.context_orders) or not self.context_levels:
+            msg = "anomaly.context_levels and anomaly.context_orders need the same, non-zero length"
+            raise ValueError(msg)
+        if any(v < 2 for v in self.context_levels) or any(o < 1 for o in self.context_orders):
+            msg = "anomaly.context_levels need >= 2 levels and context_orders >= 1"
+            raise ValueError(msg)
+        return self
 
 
 class MemoryConfig(Frozen):

@@ -1,20 +1,26 @@
-"""Anomaly detection per entity: metric values (EWMA z-score) and event-rate spikes (windows).
+"""Anomaly detection per entity: metric series (detector ensemble) and event rates (windows).
 
-Two pure detectors, combined per entity key by one keyed `stateful_batch` step:
+Pure logic, combined per entity key by one keyed `stateful_batch` step (`anomaly.detect`):
 
-- `EwmaZScore`: exponentially weighted mean and variance of a metric series; a reading is
-  anomalous when its z-score against the baseline *before* it reaches the threshold, after a
-  warm-up, with repeated alerts on the same series suppressed for `suppress_s` of event time.
+- Metric readings (`payload["value"]`, event time `Event.ts`) go through the series detector
+  that `AnomalyConfig.detector` names (`series.make_series`): the default `ensemble` (seasonal
+  residual + context novelty, fused, with a rest period after an alarm; see `series.py` and
+  `detectors.py`, measured on NAB with `bench/nab.py`) or the cheap `ewma` z-score.
 - `RateWindows`: event-time tumbling windows counting events per entity. A window closes when
   the entity's watermark passes its end (the watermark is the newest event time minus the
   allowed lateness, advanced by wall time while the entity is idle, like Bytewax's
   `EventClock` with a system-time wait). A closed window whose count is at least `rate_factor`
-  times the EWMA of earlier windows (and at least `rate_min_count`) raises an alert. Events
+  times the EWMA of earlier windows (and at least `rate_min_count`) is a burst; one whose
+  count fell to `1 / rate_factor` of a baseline of at least `rate_min_count` is a drop. Events
   older than the watermark are late: they do not count and come out on the `late` stream.
 
-State per entity (snapshotted as a tuple of floats and a small dict, an immutable copy):
-the EWMA statistics, the open windows' counts (at most a few), the window baseline and the
-last alert times. It is discarded after `idle_ttl_s` of wall time without events.
+Every alert carries its evidence for the LLM "explain" route: recent values, baseline, score,
+threshold and the detector that raised it.
+
+State per entity (snapshotted as plain tuples and small dicts, an immutable copy): the series
+detector's statistics (bounded by `rank_window`, `context_capacity`, `season_slots`), the open
+windows' counts (at most a few), the window baseline. It is discarded after `idle_ttl_s` of
+wall time without events.
 """
 
 from __future__ import annotations
@@ -32,8 +38,33 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from config.models import AnomalyConfig
+from operators.anomaly.detectors import ContextNovelty, EwmaZScore, SeasonalResidual
+from operators.anomaly.series import (
+    EnsembleSeries,
+    EwmaSeries,
+    SeriesDetector,
+    Verdict,
+    make_series,
+)
 from operators.model import Alert, Event, Kind
 from operators.wake import wake_at
+
+__all__ = [
+    "AnomalyOut",
+    "ContextNovelty",
+    "EnsembleSeries",
+    "EntityDetector",
+    "EwmaSeries",
+    "EwmaZScore",
+    "Flagged",
+    "Late",
+    "RateWindows",
+    "SeasonalResidual",
+    "SeriesDetector",
+    "Verdict",
+    "detect_anomalies",
+    "make_series",
+]
 
 Clock = Callable[[], float]
 _MAX_WINDOW_IDS = 10
@@ -44,55 +75,6 @@ def _alert_id(detector: str, key: str, ts: float) -> str:
     return "a-" + hashlib.blake2b(f"{detector}|{key}|{ts!r}".encode(), digest_size=10).hexdigest()
 
 
-class EwmaZScore:
-    """Streaming z-score of a value against its exponentially weighted mean and variance."""
-
-    __slots__ = ("alpha", "last_alert_ts", "mean", "n", "suppress_s", "threshold", "var", "warmup")
-
-    def __init__(
-        self,
-        alpha: float,
-        threshold: float,
-        warmup: int,
-        suppress_s: float,
-        state: tuple[int, float, float, float] | None = None,
-    ) -> None:
-        self.alpha = alpha
-        self.threshold = threshold
-        self.warmup = warmup
-        self.suppress_s = suppress_s
-        self.n, self.mean, self.var, self.last_alert_ts = state or (0, 0.0, 0.0, -math.inf)
-
-    def update(self, value: float, ts: float) -> tuple[float, bool]:
-        """Score `value` against the baseline so far, then fold it in.
-
-        Returns the absolute z-score and whether it is an alert.
-        """
-        n, mean, var = self.n, self.mean, self.var
-        if n == 0:
-            self.n, self.mean, self.var = 1, value, 0.0
-            return 0.0, False
-        std = math.sqrt(var)
-        # A flat series has zero variance: any change is then infinitely surprising, so floor
-        # the deviation at a small fraction of the level to keep scores finite and meaningful.
-        floor = 1e-3 * max(abs(mean), 1e-9)
-        z = abs(value - mean) / max(std, floor)
-        alert = (
-            n >= self.warmup and z >= self.threshold and ts - self.last_alert_ts >= self.suppress_s
-        )
-        if alert:
-            self.last_alert_ts = ts
-        diff = value - mean
-        incr = self.alpha * diff
-        self.mean = mean + incr
-        self.var = (1 - self.alpha) * (var + diff * incr)
-        self.n = n + 1
-        return z, alert
-
-    def state(self) -> tuple[int, float, float, float]:
-        return (self.n, self.mean, self.var, self.last_alert_ts)
-
-
 @dataclass(frozen=True)
 class ClosedWindow:
     start: float
@@ -101,6 +83,8 @@ class ClosedWindow:
     baseline: float
     alert: bool
     event_ids: tuple[str, ...]
+    drop: bool = False
+    """The alert is a drop (count far below the baseline), not a burst."""
 
 
 class RateWindows:
@@ -162,12 +146,12 @@ class RateWindows:
                     self.closed += 1
             count = slot[0]
             baseline = self.baseline
-            alert = (
-                self.closed >= self.warmup
-                and count >= self.min_count
-                and count >= self.factor * max(baseline, 1.0)
+            warm = self.closed >= self.warmup
+            burst = warm and count >= self.min_count and count >= self.factor * max(baseline, 1.0)
+            drop = warm and baseline >= self.min_count and count * self.factor <= baseline
+            out.append(
+                ClosedWindow(start, end, count, baseline, burst or drop, tuple(slot[1:]), drop)
             )
-            out.append(ClosedWindow(start, end, count, baseline, alert, tuple(slot[1:])))
             self.baseline = (
                 count if self.closed == 0 else baseline + self.alpha * (count - baseline)
             )
@@ -210,9 +194,11 @@ class EntityDetector:
     def __init__(self, cfg: AnomalyConfig, state: dict[str, Any] | None = None) -> None:
         s = state or {}
         self.cfg = cfg
-        self.ewma = EwmaZScore(
-            cfg.ewma_alpha, cfg.z_threshold, cfg.warmup, cfg.suppress_s, s.get("ewma")
-        )
+        series = s.get("series")
+        # A snapshot taken under another detector choice cannot be resumed: start afresh.
+        if series is not None and series[0] != cfg.detector:
+            series = None
+        self.series: SeriesDetector = make_series(cfg, series[1] if series else None)
         self.rate = RateWindows(cfg, s.get("rate"))
         self.last_wall: float = s.get("last_wall", 0.0)
         self.tenant: str = s.get("tenant", "")
@@ -230,10 +216,9 @@ class EntityDetector:
             out.append(e)
             if e.kind is Kind.METRIC:
                 value = e.payload["value"]
-                baseline, std = self.ewma.mean, math.sqrt(self.ewma.var)
-                z, alert = self.ewma.update(value, e.ts)
-                if alert:
-                    out.append(self._metric_alert(e, value, baseline, std, z))
+                verdict = self.series.update(e.ts, value)
+                if verdict.alert:
+                    out.append(self._metric_alert(e, value, verdict))
         out.extend(self.tick(now))
         return out
 
@@ -244,44 +229,64 @@ class EntityDetector:
                 alerts.append(self._rate_alert(w))
         return alerts
 
-    def _metric_alert(self, e: Event, value: float, baseline: float, std: float, z: float) -> Alert:
+    def _metric_alert(self, e: Event, value: float, v: Verdict) -> Alert:
+        series = self.series
+        if v.detector == "ewma_zscore":
+            # The EWMA alert keeps its historical shape: the score is the z-score.
+            score, threshold = v.raw, v.threshold
+            window = series.evidence()
+            message = (
+                f"{e.entity}: value {value:g} is {v.raw:.1f} standard deviations from its "
+                f"baseline {v.baseline:g}"
+            )
+        else:
+            score, threshold = v.score, v.threshold
+            window = {"component": v.detector, **series.evidence()}
+            what = (
+                "far from its usual level at this time of day"
+                if v.detector == "seasonal_residual"
+                else "a pattern not seen in its recent past"
+            )
+            message = (
+                f"{e.entity}: value {value:g} is {what} (expected about {v.baseline:g}; "
+                f"anomaly score {v.score:.3f} >= {v.threshold:g})"
+            )
+        window["recent"] = list(series.recent())
         return Alert(
-            alert_id=_alert_id("ewma_zscore", e.tenant + "/" + e.entity, e.ts),
-            detector="ewma_zscore",
+            alert_id=_alert_id(v.detector, e.tenant + "/" + e.entity, e.ts),
+            detector=v.detector if v.detector == "ewma_zscore" else f"{series.name}/{v.detector}",
             tenant=e.tenant,
             entity=e.entity,
             ts=e.ts,
-            score=round(z, 3),
+            score=round(score, 3),
             value=value,
-            baseline=baseline,
-            threshold=self.cfg.z_threshold,
-            window={"alpha": self.cfg.ewma_alpha, "std": std, "n": self.ewma.n - 1},
+            baseline=v.baseline,
+            threshold=threshold,
+            window=window,
             event_ids=(e.event_id,),
             source=e.source,
-            message=(
-                f"{e.entity}: value {value:g} is {z:.1f} standard deviations from its "
-                f"baseline {baseline:g}"
-            ),
+            message=message,
         )
 
     def _rate_alert(self, w: ClosedWindow) -> Alert:
         ratio = w.count / max(w.baseline, 1.0)
+        kind = "drop" if w.drop else "burst"
         return Alert(
             alert_id=_alert_id("event_rate", self.tenant + "/" + self.entity, w.start),
-            detector="event_rate",
+            detector="event_rate_drop" if w.drop else "event_rate",
             tenant=self.tenant,
             entity=self.entity,
             ts=w.end,
             score=round(ratio, 3),
             value=float(w.count),
             baseline=w.baseline,
-            threshold=self.cfg.rate_factor,
-            window={"start": w.start, "end": w.end, "size_s": self.rate.size},
+            threshold=1 / self.cfg.rate_factor if w.drop else self.cfg.rate_factor,
+            window={"start": w.start, "end": w.end, "size_s": self.rate.size, "kind": kind},
             event_ids=w.event_ids,
             source=self.source,
             message=(
                 f"{self.entity}: {w.count} events in {self.rate.size:g} s, "
-                f"{ratio:.1f}x its usual {w.baseline:.1f}"
+                f"{ratio:.1f}x its usual {w.baseline:.1f} ({kind})"
             ),
         )
 
@@ -290,7 +295,7 @@ class EntityDetector:
 
     def state(self) -> dict[str, Any]:
         return {
-            "ewma": self.ewma.state(),
+            "series": (self.cfg.detector, self.series.state()),
             "rate": self.rate.state(),
             "last_wall": self.last_wall,
             "tenant": self.tenant,

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from config.models import AnomalyConfig
-from operators.anomaly import EntityDetector, EwmaZScore, Flagged, Late, RateWindows
+from operators.anomaly import EntityDetector, EwmaSeries, EwmaZScore, Flagged, Late, RateWindows
 from operators.model import Alert, Event, Kind
 
 T0 = 1_700_000_040.0  # a multiple of 60: window starts are round numbers
@@ -27,6 +27,7 @@ def cfg(**over: Any) -> AnomalyConfig:
         "rate_min_count": 10,
         "rate_warmup_windows": 3,
         "allowed_lateness_s": 30.0,
+        "detector": "ewma",
     }
     base.update(over)
     return AnomalyConfig(**base)
@@ -207,7 +208,7 @@ def test_burst_alerts_only_after_warmup_windows() -> None:
     rw.add(T0 + 60 * 4 + 31, "push", now=0.0)  # watermark T0+241: closes the four windows
     closed = rw.close_due(0.0)
     assert [w.count for w in closed] == [30, 2, 2, 2]
-    assert not any(w.alert for w in closed)
+    assert not any(w.alert and not w.drop for w in closed)  # no burst (the fall is a drop)
 
     rw2 = RateWindows(cfg(rate_warmup_windows=3, rate_min_count=10, rate_factor=5.0))
     for k in range(3):
@@ -358,7 +359,7 @@ def test_process_emits_rate_alert_when_window_closes() -> None:
     assert isinstance(alert, Alert)
     assert alert.detector == "event_rate"
     assert alert.value == 15.0
-    assert alert.window == {"start": T0 + 180, "end": T0 + 240, "size_s": 60.0}
+    assert alert.window == {"start": T0 + 180, "end": T0 + 240, "size_s": 60.0, "kind": "burst"}
     assert len(alert.event_ids) == 10  # evidence is bounded
     assert alert.event_ids[0] == "burst-0"
 
@@ -383,8 +384,10 @@ def test_detector_state_round_trip_continues_statistics() -> None:
     state = pickle.loads(pickle.dumps(live.state()))
 
     resumed = EntityDetector(c, state)
-    assert resumed.ewma.n == 12
-    assert resumed.ewma.mean == live.ewma.mean
+    assert isinstance(resumed.series, EwmaSeries)
+    assert isinstance(live.series, EwmaSeries)
+    assert resumed.series.ewma.n == 12
+    assert resumed.series.ewma.mean == live.series.ewma.mean
     assert resumed.rate.baseline == live.rate.baseline
     assert resumed.rate.open == live.rate.open
     assert (resumed.tenant, resumed.entity) == ("acme", "web-1.cpu")
@@ -408,7 +411,7 @@ def test_detector_state_is_immutable_copy() -> None:
     state = det.state()
     det.process([chat(T0 + 2, "b"), metric(T0 + 3, 1.0)], now=2.0)
     assert state["rate"]["open"] == {T0: (1, "a")}
-    assert state["ewma"] == (0, 0.0, 0.0, -math.inf)
+    assert state["series"] == ("ewma", ((0, 0.0, 0.0, -math.inf), (), 0.0))
     assert state["last_wall"] == 1.0
 
 

@@ -1,0 +1,221 @@
+"""Numenta Anomaly Benchmark runs of the pipeline's own detectors, plus their cost.
+
+    python -m bench.nab --data DIR --out DIR [--config config/local.toml] [--detector NAME]
+    python -m bench.nab --cost [--points 20000]
+    python -m bench.nab --throughput [--events 200000] [--repeat 2]
+
+`--data` is laid out like NAB's `data/` folder (`<category>/<file>.csv`, columns
+`timestamp,value`, any depth). Each series goes through `operators.anomaly.series.make_series`
+(the code the pipeline's `anomaly` step runs per metric series), with the `[anomaly]` table of
+`--config` (default: the model's defaults with `detector = "ensemble"`), one fresh detector per
+file and the same configuration for every file. It writes `OUT/<category>/<file>.csv` with
+`timestamp,value,anomaly_score,alert` (`alert` is 1 where the detector itself alerted at its
+configured threshold), ready for NAB's scorer:
+
+    python /work/shared/tools/nabscore.py OUT                       # NAB's threshold sweep
+    python /work/shared/tools/nabscore.py OUT --threshold 0.9       # the configured threshold
+
+(the scorer needs numpy, which is not a project dependency: run it with an interpreter that
+has it).
+
+`--cost` times each detector alone on a synthetic series (µs per reading). `--throughput`
+runs `bench.throughput`'s workload once through a Bytewax passthrough and then through the
+pipeline with each metric detector, in one broker session, so the ratios compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import random
+import sys
+import time
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from config.models import AnomalyConfig
+from operators.anomaly.series import make_series
+
+
+def load_anomaly_config(path: str | None, detector: str | None = None) -> AnomalyConfig:
+    """The `[anomaly]` table of a deployment file (or the defaults with the ensemble)."""
+    raw: dict[str, Any] = {"detector": "ensemble"}
+    if path:
+        with open(path, "rb") as f:
+            raw.update(tomllib.load(f).get("anomaly", {}))
+    if detector:
+        raw["detector"] = detector
+    return AnomalyConfig.model_validate(raw)
+
+
+def _epoch(text: str) -> float:
+    dt = datetime.fromisoformat(text.strip())
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def run_file(src: Path, dst: Path, cfg: AnomalyConfig) -> int:
+    """Score one `timestamp,value` CSV into a NAB result file; returns the number of rows."""
+    det = make_series(cfg)
+    with src.open(newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with dst.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["timestamp", "value", "anomaly_score", "alert"])
+        for row in rows:
+            if not row:
+                continue
+            v = det.update(_epoch(row[0]), float(row[1]))
+            score = min(1.0, max(0.0, v.score))
+            out.writerow([row[0], row[1], f"{score:.6f}", int(v.alert)])
+    return len(rows)
+
+
+def run_dir(data: Path, out: Path, cfg: AnomalyConfig) -> tuple[int, int, float]:
+    """Score every CSV under `data` into the same layout under `out`."""
+    files = sorted(data.rglob("*.csv"))
+    if not files:
+        msg = f"no CSV files under {data}"
+        raise FileNotFoundError(msg)
+    started = time.perf_counter()
+    rows = sum(run_file(p, out / p.relative_to(data), cfg) for p in files)
+    return len(files), rows, time.perf_counter() - started
+
+
+# --- cost -----------------------------------------------------------------------------------
+
+
+def synthetic(n: int, seed: int = 7) -> list[tuple[float, float]]:
+    """A daily-seasonal noisy series with occasional spikes, 5-minute readings."""
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        ts = 1_600_000_000.0 + 300.0 * i
+        v = 50 + 20 * math.sin(2 * math.pi * (i % 288) / 288) + rnd.gauss(0, 3)
+        if rnd.random() < 0.002:
+            v += 60
+        out.append((ts, v))
+    return out
+
+
+def cost(points: int) -> dict[str, float]:
+    """µs per reading of each detector alone and of each configured series detector."""
+    from operators.anomaly.detectors import ContextNovelty, EwmaZScore, SeasonalResidual
+
+    cfg = load_anomaly_config(None)
+    series = synthetic(points)
+    timings: dict[str, float] = {}
+
+    def timed(name: str, step: Any) -> None:
+        started = time.perf_counter()
+        for ts, v in series:
+            step(ts, v)
+        timings[name] = (time.perf_counter() - started) / len(series) * 1e6
+
+    ewma = EwmaZScore(cfg.ewma_alpha, cfg.z_threshold, cfg.warmup, cfg.suppress_s)
+    timed("ewma_zscore", lambda ts, v: ewma.update(v, ts))
+    season = SeasonalResidual(
+        cfg.season_slots, cfg.season_alpha, cfg.rank_window, cfg.season_period_s
+    )
+    timed("seasonal_residual", lambda ts, v: season.update(v, ts))
+    for lv, order in zip(cfg.context_levels, cfg.context_orders, strict=True):
+        ctx = ContextNovelty(lv, order, cfg.context_capacity)
+        timed(f"context_novelty(levels={lv},orders={order})", lambda ts, v, c=ctx: c.update(v))
+    for name in ("ewma", "ensemble"):
+        det = make_series(load_anomaly_config(None, name))
+        timed(f"series:{name}", det.update)
+    return timings
+
+
+# --- throughput -----------------------------------------------------------------------------
+
+
+def throughput(events: int, repeat: int, detectors: list[str]) -> dict[str, Any]:
+    """Passthrough vs the pipeline with each metric detector, on one broker and workload."""
+    import tempfile
+    import zlib
+
+    from bench import throughput as tp
+    from bench import workload
+    from tests.fixtures.broker import TansuBroker, create_topic, produce
+
+    records = workload.metrics(int(events * 0.7), series=1000)
+    records += workload.business(int(events * 0.28), accounts=1000)
+    records += workload.malformed(events - len(records))
+    records.sort(key=lambda r: zlib.crc32(r[1]) % 1000)
+    best: dict[str, float] = {}
+    with TansuBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        bootstrap = broker.bootstrap
+        topic = create_topic(bootstrap, "bench-in", 1)
+        produce(bootstrap, topic, [v for _, v in records])
+        for i in range(repeat):
+            out = create_topic(bootstrap, f"bench-pass-{i}", 1)
+            r = tp._run_child(["passthrough", bootstrap, topic, out])
+            best["passthrough"] = min(best.get("passthrough", math.inf), r["seconds"])
+            for name in detectors:
+                outs = {
+                    k: create_topic(bootstrap, f"bench-{name}-{k}-{i}", 1)
+                    for k in ("responses", "alerts", "dead_letters", "audit", "ledger")
+                }
+                work = Path(tmp) / f"run-{name}-{i}"
+                work.mkdir()
+                cfg_path = tp._config(bootstrap, topic, outs, work)
+                with cfg_path.open("a") as f:
+                    f.write(f'\n[anomaly]\ndetector = "{name}"\n')
+                r = tp._run_child(["pipeline", str(cfg_path)])
+                best[name] = min(best.get(name, math.inf), r["seconds"])
+    rates = {k: events / s for k, s in best.items()}
+    return {
+        "events": events,
+        "events_per_s": {k: round(v) for k, v in rates.items()},
+        "ratio_to_passthrough": {
+            k: round(v / rates["passthrough"], 3) for k, v in rates.items() if k != "passthrough"
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, help="folder laid out like NAB's data/")
+    p.add_argument("--out", type=Path, help="results folder (NAB results layout)")
+    p.add_argument("--config", help="deployment TOML whose [anomaly] table to use")
+    p.add_argument("--detector", choices=["ensemble", "ewma"], help="override anomaly.detector")
+    p.add_argument("--cost", action="store_true", help="µs per reading of each detector")
+    p.add_argument("--points", type=int, default=20_000)
+    p.add_argument("--throughput", action="store_true", help="pipeline events/s per detector")
+    p.add_argument("--events", type=int, default=200_000)
+    p.add_argument("--repeat", type=int, default=1)
+    args = p.parse_args(argv)
+
+    if args.cost:
+        for name, us in cost(args.points).items():
+            print(f"{name:45s} {us:7.2f} µs/reading")
+        return 0
+    if args.throughput:
+        result = throughput(args.events, args.repeat, ["ewma", "ensemble"])
+        for name, rate in result["events_per_s"].items():
+            ratio = result["ratio_to_passthrough"].get(name)
+            extra = f"   ratio to passthrough {ratio:.2f}" if ratio is not None else ""
+            print(f"{name:12s} {rate:10,d} events/s{extra}")
+        print(json.dumps(result))
+        return 0
+    if args.data is None or args.out is None:
+        p.error("--data and --out are required (or use --cost / --throughput)")
+    cfg = load_anomaly_config(args.config, args.detector)
+    files, rows, seconds = run_dir(args.data, args.out, cfg)
+    print(
+        f"{files} files, {rows} readings in {seconds:.1f} s "
+        f"({seconds / max(rows, 1) * 1e6:.1f} µs/reading), detector {cfg.detector}, "
+        f"alert threshold {cfg.alert_threshold if cfg.detector == 'ensemble' else 0.5}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Per-series scoring and alerting: the detectors of `detectors.py` combined into one decision.
+
+`make_series(cfg, state)` builds the metric-series detector that `AnomalyConfig.detector`
+names; the pipeline (`operators.anomaly.EntityDetector`) and the benchmark (`bench.nab`) both
+call it, so NAB scores measure the code that runs in the flow.
+
+- `EnsembleSeries` (`detector = "ensemble"`): a seasonal residual (distance to the usual value
+  at this time of day, ranked against recent residuals) and context novelty at several
+  quantization levels (after CAD OSE). The fused score is the larger of `rank ** sharpness`
+  and the mean novelty. The last stage turns scores into alerts without repeated alarms (after
+  CAD OSE's rest period): a score at or above `alert_threshold` is an alert unless some score
+  in the previous `rest_points` readings reached the threshold too; during that rest the
+  reported score is 0. Readings before `min_points` only teach the detectors.
+- `EwmaSeries` (`detector = "ewma"`): the EWMA z-score against `z_threshold`, with alerts
+  suppressed for `suppress_s` of event time; the reported score is z / (z + z_threshold), so
+  its alert threshold on the [0, 1] scale is 0.5.
+
+Both return a `Verdict` per reading and snapshot as plain tuples (an immutable copy); memory
+per series is bounded by the config (`rank_window`, `context_capacity`, `season_slots`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from config.models import AnomalyConfig
+from operators.anomaly.detectors import ContextNovelty, EwmaZScore, SeasonalResidual
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a series detector concluded about one reading."""
+
+    score: float
+    """Anomaly score in [0, 1] (0 while warming up or resting after an alarm)."""
+    alert: bool
+    """The detector's own decision at its configured threshold."""
+    detector: str
+    """The component whose evidence dominated (`seasonal_residual`, `context_novelty`,
+    `ewma_zscore`)."""
+    baseline: float
+    """The value the detector expected."""
+    raw: float
+    """The unscaled statistic: the fused score (ensemble) or the z-score (EWMA)."""
+    threshold: float
+    """The threshold `raw` is compared with."""
+
+
+class SeriesDetector(Protocol):
+    name: str
+
+    @property
+    def n(self) -> int: ...
+
+    def update(self, ts: float, value: float) -> Verdict: ...
+
+    def recent(self) -> tuple[float, ...]: ...
+
+    def evidence(self) -> dict[str, Any]: ...
+
+    def state(self) -> tuple[Any, ...]: ...
+
+
+class EnsembleSeries:
+    """Seasonal residual + multi-resolution context novelty, fused, with a rest period."""
+
+    name = "ensemble"
+
+    def __init__(self, cfg: AnomalyConfig, state: tuple[Any, ...] | None = None) -> None:
+        self.cfg = cfg
+        self.threshold = cfg.alert_threshold
+        self.sharpness = cfg.season_sharpness
+        season_s, contexts_s, n, last_hit, recent, parts = state or (None, None, 0, None, (), ())
+        self.season = SeasonalResidual(
+            cfg.season_slots, cfg.season_alpha, cfg.rank_window, cfg.season_period_s, season_s
+        )
+        self.contexts = [
+            ContextNovelty(lv, order, cfg.context_capacity, s)
+            for lv, order, s in zip(
+                cfg.context_levels,
+                cfg.context_orders,
+                contexts_s or (None,) * len(cfg.context_levels),
+                strict=True,
+            )
+        ]
+        self.n: int = n
+        self.last_hit: int | None = last_hit
+        self._recent: deque[float] = deque(recent, maxlen=cfg.evidence_points)
+        self.parts: tuple[float, ...] = tuple(parts) or (0.0, 0.0)
+
+    def update(self, ts: float, value: float) -> Verdict:
+        baseline = self.season.baseline(ts)
+        seasonal = self.season.update(value, ts) ** self.sharpness
+        contexts = self.contexts
+        novelty = sum(c.update(value) for c in contexts) / len(contexts)
+        self._recent.append(value)
+        self.n += 1
+        fused = seasonal if seasonal >= novelty else novelty
+        self.parts = (seasonal, novelty)
+        detector = "seasonal_residual" if seasonal >= novelty else "context_novelty"
+        thr = self.threshold
+        resting = self.last_hit is not None and self.n - self.last_hit <= self.cfg.rest_points
+        score = 0.0 if resting or self.n < self.cfg.min_points else fused
+        if fused >= thr:
+            self.last_hit = self.n
+        return Verdict(
+            score=score,
+            alert=score >= thr,
+            detector=detector,
+            baseline=value if baseline is None else baseline,
+            raw=fused,
+            threshold=thr,
+        )
+
+    def recent(self) -> tuple[float, ...]:
+        return tuple(self._recent)
+
+    def evidence(self) -> dict[str, Any]:
+        seasonal, novelty = self.parts
+        return {
+            "seasonal_residual": round(seasonal, 4),
+            "context_novelty": round(novelty, 4),
+            "n": self.n,
+        }
+
+    def state(self) -> tuple[Any, ...]:
+        return (
+            self.season.state(),
+            tuple(c.state() for c in self.contexts),
+            self.n,
+            self.last_hit,
+            tuple(self._recent),
+            self.parts,
+        )
+
+
+class EwmaSeries:
+    """The EWMA z-score as a series detector (score z / (z + z_threshold), alert at 0.5)."""
+
+    name = "ewma"
+
+    def __init__(self, cfg: AnomalyConfig, state: tuple[Any, ...] | None = None) -> None:
+        self.cfg = cfg
+        ewma_s, recent, std = state or (None, (), 0.0)
+        self.ewma = EwmaZScore(cfg.ewma_alpha, cfg.z_threshold, cfg.warmup, cfg.suppress_s, ewma_s)
+        self._recent: deque[float] = deque(recent, maxlen=cfg.evidence_points)
+        self.std: float = std
+
+    @property
+    def n(self) -> int:
+        return self.ewma.n
+
+    def update(self, ts: float, value: float) -> Verdict:
+        baseline, self.std = self.ewma.mean, math.sqrt(self.ewma.var)
+        z, alert = self.ewma.update(value, ts)
+        self._recent.append(value)
+        thr = self.cfg.z_threshold
+        return Verdict(
+            score=z / (z + thr),
+            alert=alert,
+            detector="ewma_zscore",
+            baseline=baseline,
+            raw=z,
+            threshold=thr,
+        )
+
+    def recent(self) -> tuple[float, ...]:
+        return tuple(self._recent)
+
+    def evidence(self) -> dict[str, Any]:
+        return {"alpha": self.cfg.ewma_alpha, "std": self.std, "n": self.ewma.n - 1}
+
+    def state(self) -> tuple[Any, ...]:
+        return (self.ewma.state(), tuple(self._recent), self.std)
+
+
+def make_series(cfg: AnomalyConfig, state: tuple[Any, ...] | None = None) -> SeriesDetector:
+    """The metric-series detector `cfg.detector` names, resumed from `state` if given."""
+    if cfg.detector == "ewma":
+        return EwmaSeries(cfg, state)
+    return EnsembleSeries(cfg, state)
