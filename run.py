@@ -10,6 +10,13 @@ Recovery: the directory (default `out/recovery` for file output, `recovery` othe
 its partitions created when it has none; it is never deleted or re-created. Running again on
 the same directory resumes where the last snapshot left off; a finished file input stays
 finished (delete `./out` to start the demo from scratch).
+
+Exit codes: 0 finished, or stopped gracefully by SIGTERM/SIGINT (input ended at its current
+offsets, work in flight finished, final snapshot written); 2 bad configuration; 3 damaged or
+mismatched recovery directory (nothing deleted; the message names the fix); 130 / 143 a
+SIGINT / SIGTERM whose graceful stop ran past its deadline or was repeated (no final
+snapshot: the restart replays from the last one); 1 any other failure (e.g. `DeliveryFailed`,
+`ResumeOffsetLost`).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from bytewax.recovery import (
 from config.logs import setup_logging
 from config.models import ConfigError, Settings, load_config
 from operators import metrics
+from operators.sources import install_graceful_stop
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -111,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     tune_gc()
+    install_graceful_stop()
 
     started = time.monotonic()
     stop = threading.Event()

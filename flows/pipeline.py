@@ -16,7 +16,9 @@ The step ids below are part of the recovery format (a renamed step orphans its s
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -47,7 +49,7 @@ from operators.publish import (
 from operators.redact import RegexRedactor, redact
 from operators.route import Router
 from operators.sinks import KV, JsonlFileSink, ReliableKafkaSink
-from operators.sources import JsonlFileSource, RawKafkaSource, file_map
+from operators.sources import JsonlFileSource, RawKafkaSource, file_map, install_graceful_stop
 from operators.validate import decode_validate
 from state.stores import ProfileStore
 
@@ -70,6 +72,10 @@ STEP_IDS = (
 """Stateful or recoverable steps; renaming one needs a migration note in the README."""
 
 Clock = Callable[[], float]
+
+OUTPUT_STALL_TIMEOUT_S = 600.0
+"""How long output writes wait for a stalled broker (re-producing timed-out messages) before
+the run fails; see `operators.sinks`."""
 
 
 def _source(settings: Settings) -> FixedPartitionedSource[RawRecord, object]:
@@ -95,7 +101,32 @@ def _sink(settings: Settings, name: str, topic: str) -> DynamicSink[KV]:
     conf = settings.kafka.client_settings()
     conf["message.max.bytes"] = str(settings.kafka.message_max_bytes)
     conf["delivery.timeout.ms"] = str(settings.kafka.delivery_timeout_ms)
-    return ReliableKafkaSink(topic, conf)
+    return ReliableKafkaSink(topic, conf, stall_timeout_s=OUTPUT_STALL_TIMEOUT_S)
+
+
+def bounded_dead_letter_kv(max_raw: int) -> Callable[[DeadLetter], KV]:
+    """`dead_letter_kv`, but a dead letter whose raw bytes exceed `max_raw` (the records
+    rejected for size) carries only their first `max_raw` bytes, with `raw_size`,
+    `raw_sha256` and `raw_truncated` in `detail`.
+
+    A 1 MB invalid record would otherwise make a dead letter over the producer's
+    `message.max.bytes` and fail the run on every restart; the full record stays at its
+    source coordinates.
+    """
+
+    def to_kv(dl: DeadLetter) -> KV:
+        raw = dl.raw
+        if raw is not None and len(raw) > max_raw:
+            detail = {
+                **dl.detail,
+                "raw_truncated": True,
+                "raw_size": len(raw),
+                "raw_sha256": hashlib.sha256(raw).hexdigest(),
+            }
+            dl = dataclasses.replace(dl, raw=raw[:max_raw], detail=detail)
+        return dead_letter_kv(dl)
+
+    return to_kv
 
 
 def _count_invalid(dl: DeadLetter) -> DeadLetter:
@@ -241,7 +272,7 @@ def build_flow(
     publish(
         "out_dead_letters",
         op.merge("dead_letters", *dead),
-        dead_letter_kv,
+        bounded_dead_letter_kv(settings.validation.max_bytes),
         _sink(settings, "dead_letters", out.dead_letters),
     )
     all_ledger = op.merge("ledger_all", ledger, dup_ledger)
@@ -257,6 +288,7 @@ def build(config_path: str) -> Dataflow:
     """Entry point for `python -m bytewax.run "flows.pipeline:build('config/…toml')"`."""
     settings = load_config(config_path)
     setup_logging(settings.app)
+    install_graceful_stop()
     if settings.stores.profiles_seed:
         load_profile_seed(settings)
     flow = build_flow(settings)

@@ -1,25 +1,70 @@
 """Outputs: Kafka topics that never drop a message silently, and JSON-lines files.
 
 Items are `(key, value)` pairs of bytes. `ReliableKafkaSink` registers a delivery callback for
-every message and flushes at the end of each batch; if any message of the batch failed (or is
-still undelivered when the flush times out) it raises `DeliveryFailed`, which stops the
-worker before the epoch's snapshot is written, so a restart replays the records instead of
-advancing past a lost message (Bytewax 0.21.1's own `KafkaSink` ignores delivery failures).
-The producer is idempotent with `acks=all`.
+every message and flushes at the end of each batch; if any message of the batch failed for
+good it raises `DeliveryFailed`, which stops the worker before the epoch's snapshot is
+written, so a restart replays the records instead of advancing past a lost message (Bytewax
+0.21.1's own `KafkaSink` ignores delivery failures). The producer is idempotent with
+`acks=all`.
+
+Failures are of two kinds:
+- permanent (a message over `message.max.bytes`, an unknown topic, a fatal producer error):
+  the batch fails at once, with the cause and the fix in the message;
+- a stalled broker (messages timed out, transport errors): the sink keeps the batch and
+  produces the timed-out messages again until `stall_timeout_s` has passed since the batch
+  began, logging a warning every few seconds and setting `contextstream_output_stalled`, so
+  a broker paused for a minute holds the flow back (backpressure) instead of failing it.
+  Only past `stall_timeout_s` does the batch fail. Re-producing may duplicate a message the
+  broker had in fact stored: output is at-least-once, and every record carries its event ids.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from prometheus_client import Counter, Gauge
 
 KV = tuple[bytes | None, bytes]
 log = logging.getLogger("contextstream.sinks")
+
+OUTPUT_STALLED = Gauge(
+    "contextstream_output_stalled",
+    "1 while an output topic's messages wait for an unreachable or stalled broker.",
+    ["topic"],
+)
+OUTPUT_REPRODUCED = Counter(
+    "contextstream_output_reproduced_total",
+    "Messages produced again after a transient delivery failure (broker stall).",
+    ["topic"],
+)
+OUTPUT_STALL_SECONDS = Counter(
+    "contextstream_output_stall_seconds_total",
+    "Time spent waiting for a stalled broker in output writes.",
+    ["topic"],
+)
+
+#: Delivery errors that mean "the broker did not answer in time", not "the broker refused".
+TRANSIENT_DELIVERY_ERRORS = frozenset(
+    {
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NOT_ENOUGH_REPLICAS,
+        KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+    }
+)
+
+_STALL_LOG_EVERY_S = 5.0
 
 
 class DeliveryFailed(RuntimeError):
@@ -31,17 +76,26 @@ class DeliveryFailed(RuntimeError):
 
 
 class _KafkaPartition(StatelessSinkPartition[KV]):
-    def __init__(self, producer: Producer, topic: str, flush_timeout_s: float) -> None:
+    def __init__(
+        self, producer: Producer, topic: str, flush_timeout_s: float, stall_timeout_s: float
+    ) -> None:
         self.producer = producer
         self.topic = topic
         self.flush_timeout_s = flush_timeout_s
+        self.stall_timeout_s = stall_timeout_s
         self.errors: list[str] = []
+        self.retry: list[KV] = []
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None and len(self.errors) < 20:
+        if err is None:
+            return
+        transient = err.code() in TRANSIENT_DELIVERY_ERRORS or err.retriable()
+        if self.stall_timeout_s > 0 and transient and not err.fatal():
+            self.retry.append((msg.key(), msg.value() or b""))
+        elif len(self.errors) < 20:
             self.errors.append(f"{msg.topic()}: {err.str()}")
 
-    def write_batch(self, items: list[KV]) -> None:
+    def _produce(self, items: list[KV]) -> None:
         produce, poll, topic, cb = (
             self.producer.produce,
             self.producer.poll,
@@ -55,11 +109,71 @@ class _KafkaPartition(StatelessSinkPartition[KV]):
                     break
                 except BufferError:
                     poll(0.05)  # local queue full: let deliveries drain
-        remaining = self.producer.flush(self.flush_timeout_s)
-        if remaining:
-            self.errors.append(f"{remaining} message(s) still undelivered after flush")
+                except KafkaException as exc:
+                    err = exc.args[0] if exc.args else None
+                    code = err.code() if isinstance(err, KafkaError) else None
+                    hint = ""
+                    if code == KafkaError.MSG_SIZE_TOO_LARGE:
+                        hint = (
+                            f" (a {len(value)}-byte record: raise kafka.message_max_bytes and "
+                            "the topic's max.message.bytes, then restart on the same recovery "
+                            "directory)"
+                        )
+                    msg = f"delivery to output topic {topic!r} failed: {exc}{hint}"
+                    log.error(msg)
+                    raise DeliveryFailed(msg) from exc
+
+    def write_batch(self, items: list[KV]) -> None:
+        started = time.monotonic()
+        self._produce(items)
+        # Flush in slices so a stalled broker is reported while we wait for it.
+        slice_s = min(_STALL_LOG_EVERY_S, self.flush_timeout_s)
+        stalled_since: float | None = None
+        last_log = started
+        while True:
+            remaining = self.producer.flush(slice_s)
+            if self.errors:
+                break
+            if not remaining and not self.retry:
+                break
+            now = time.monotonic()
+            waited = now - started
+            if waited >= max(self.flush_timeout_s, self.stall_timeout_s):
+                if remaining:
+                    self.errors.append(f"{remaining} message(s) still undelivered after flush")
+                if self.retry:
+                    self.errors.append(
+                        f"{len(self.retry)} message(s) timed out while the broker was "
+                        f"unreachable for {waited:.0f} s (stall limit {self.stall_timeout_s:g} s)"
+                    )
+                break
+            if stalled_since is None:
+                stalled_since = now
+                OUTPUT_STALLED.labels(self.topic).set(1)
+            if now - last_log >= _STALL_LOG_EVERY_S or self.retry:
+                log.warning(
+                    "output topic %r: broker stalled for %.0f s; %d message(s) in flight, "
+                    "%d to produce again (holding the flow back until it answers)",
+                    self.topic,
+                    now - stalled_since,
+                    remaining,
+                    len(self.retry),
+                )
+                last_log = now
+            if self.retry:
+                again, self.retry = self.retry, []
+                OUTPUT_REPRODUCED.labels(self.topic).inc(len(again))
+                self._produce(again)
+        if stalled_since is not None:
+            stall = time.monotonic() - stalled_since
+            OUTPUT_STALLED.labels(self.topic).set(0)
+            OUTPUT_STALL_SECONDS.labels(self.topic).inc(stall)
+            if not self.errors:
+                log.warning(
+                    "output topic %r: broker answered again after %.1f s", self.topic, stall
+                )
         if self.errors:
-            errors, self.errors = self.errors, []
+            errors, self.errors, self.retry = self.errors, [], []
             msg = f"delivery to output topic {self.topic!r} failed: " + "; ".join(errors)
             log.error(msg)
             raise DeliveryFailed(msg)
@@ -69,12 +183,24 @@ class _KafkaPartition(StatelessSinkPartition[KV]):
 
 
 class ReliableKafkaSink(DynamicSink[KV]):
-    """Produces `(key, value)` pairs to one topic; fails the run on any delivery failure."""
+    """Produces `(key, value)` pairs to one topic; fails the run on any lost message.
 
-    def __init__(self, topic: str, settings: Mapping[str, str], flush_timeout_s: float = 60.0):
+    `flush_timeout_s` bounds how long a batch may wait for its acknowledgements;
+    `stall_timeout_s` (0: no stall tolerance) is how long messages that timed out on a stalled
+    broker are produced again before the batch fails.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        settings: Mapping[str, str],
+        flush_timeout_s: float = 60.0,
+        stall_timeout_s: float = 0.0,
+    ):
         self.topic = topic
         self.settings = dict(settings)
         self.flush_timeout_s = flush_timeout_s
+        self.stall_timeout_s = stall_timeout_s
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaPartition:
         config: dict[str, str | bool] = {
@@ -87,7 +213,9 @@ class ReliableKafkaSink(DynamicSink[KV]):
             "compression.type": "lz4",
             **self.settings,
         }
-        return _KafkaPartition(Producer(config), self.topic, self.flush_timeout_s)
+        return _KafkaPartition(
+            Producer(config), self.topic, self.flush_timeout_s, self.stall_timeout_s
+        )
 
 
 class _FilePartition(StatelessSinkPartition[KV]):
