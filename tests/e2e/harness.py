@@ -3,20 +3,35 @@
 Used by the end-to-end tests and the benchmarks. `Deployment` owns the topics and a config
 file; `start_flow` launches `python -m bytewax.run "flows.pipeline:build('<config>')"` with
 recovery; `drain` reads every output topic back; `account` checks `in = ok + dead letters`.
+
+The fault harness (used by `bench/faults.py` and `tests/e2e/test_faults.py`) adds:
+- `FlowRunner`: successive flow processes on one recovery directory, each a `Generation`
+  (start and end time, how it ended, exit code), killed or stopped by signal, with its RSS
+  sampled;
+- `check`: a Jepsen-style checker that drains every input and output topic and the
+  simulator's request log and reports, per input record and event id, what was lost,
+  duplicated, unseen, inconsistent, and which LLM requests were repeated for an answer that
+  was already cached (see `Report`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import statistics
 import subprocess
 import sys
+import threading
+import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 from bytewax.recovery import init_db_dir
 
 from tests.fixtures.broker import Record, consume_all, create_topic
@@ -35,6 +50,8 @@ class Deployment:
     partitions: int = 2
     tail: bool = False
     extra_toml: str = ""
+    kafka_toml: str = ""
+    """Extra lines for the `[kafka]` table (e.g. `message_max_bytes = 20000`)."""
     topics: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -59,6 +76,7 @@ profile = "dev"
 
 [kafka]
 brokers = ["{self.bootstrap}"]
+{self.kafka_toml}
 
 [input]
 kind = "kafka"
@@ -91,7 +109,9 @@ backoff_base_s = 0.05
 """
         )
 
-    def start_flow(self, *, snapshot_s: int = 1, log_name: str = "flow") -> subprocess.Popen[bytes]:
+    def start_flow(
+        self, *, snapshot_s: int = 1, log_name: str = "flow", env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{log_name}.log", "ab")  # noqa: SIM115 - owned by the process
         cmd = [
             sys.executable,
@@ -105,8 +125,13 @@ backoff_base_s = 0.05
             "-b",
             "0",
         ]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPENAI_API_KEY": "sim-key"}
-        return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        full_env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "OPENAI_API_KEY": "sim-key",
+            **(env or {}),
+        }
+        return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=full_env)
 
     def log(self, log_name: str = "flow") -> str:
         return (self.workdir / f"{log_name}.log").read_text(errors="replace")
@@ -114,6 +139,13 @@ backoff_base_s = 0.05
     def drain(self, name: str, idle_s: float = 2.0) -> list[dict[str, Any]]:
         recs: list[Record] = consume_all(self.bootstrap, self.topics[name], idle_s=idle_s)
         return [json.loads(r.value) for r in recs if r.value is not None]
+
+    def drain_timed(self, name: str, idle_s: float = 2.0) -> list[tuple[float, dict[str, Any]]]:
+        """Like `drain`, with each record's broker timestamp (epoch seconds)."""
+        recs = consume_all(self.bootstrap, self.topics[name], idle_s=idle_s, timeout_s=600)
+        return [
+            ((r.timestamp_ms or 0) / 1000, json.loads(r.value)) for r in recs if r.value is not None
+        ]
 
 
 @dataclass
@@ -142,3 +174,375 @@ def account(
     resp = Counter(i for r in responses for i in r["event_ids"])
     lost = {i for i in sent_ids if i not in led and i not in dl}
     return Accounting(sent_ids, led, dl, sum(1 for d in dead if not d.get("event_id")), resp, lost)
+
+
+# --------------------------------------------------------------------------- fault harness
+
+INPUTS = ("chat", "metrics", "business")
+
+
+@dataclass
+class Generation:
+    """One flow process on the shared recovery directory."""
+
+    index: int
+    started: float
+    ended: float | None = None
+    how: str = "running"  # "exit", or the signal name that ended it
+    returncode: int | None = None
+    in_flight_at_end: int | None = None
+    """LLM requests the simulator was serving when the process was signalled."""
+    stop_s: float | None = None
+    """Signal to exit, for graceful stops."""
+    peak_rss: int = 0
+
+
+class FlowRunner:
+    """Runs `dep`'s flow as successive processes on one recovery directory.
+
+    >>> runner = FlowRunner(dep)  # doctest: +SKIP
+    >>> runner.start(); runner.signal(signal.SIGKILL); runner.start(); runner.wait(300)
+    """
+
+    def __init__(
+        self, dep: Deployment, *, snapshot_s: int = 1, env: dict[str, str] | None = None
+    ) -> None:
+        self.dep = dep
+        self.snapshot_s = snapshot_s
+        self.env = env
+        self.generations: list[Generation] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.rss_samples: list[tuple[float, int]] = []
+        self._sampler: threading.Thread | None = None
+
+    @property
+    def current(self) -> Generation:
+        return self.generations[-1]
+
+    def log_name(self, index: int | None = None) -> str:
+        return f"gen{self.current.index if index is None else index}"
+
+    def start(self) -> subprocess.Popen[bytes]:
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("a flow process is still running")
+        gen = Generation(len(self.generations), time.time())
+        self.generations.append(gen)
+        self.proc = self.dep.start_flow(
+            snapshot_s=self.snapshot_s, log_name=f"gen{gen.index}", env=self.env
+        )
+        self._sampler = threading.Thread(
+            target=self._sample, args=(self.proc, gen), daemon=True, name="rss-sampler"
+        )
+        self._sampler.start()
+        return self.proc
+
+    def _sample(self, proc: subprocess.Popen[bytes], gen: Generation) -> None:
+        try:
+            ps = psutil.Process(proc.pid)
+            while proc.poll() is None:
+                rss = ps.memory_info().rss
+                gen.peak_rss = max(gen.peak_rss, rss)
+                self.rss_samples.append((time.time(), rss))
+                time.sleep(0.5)  # sampling interval
+        except psutil.Error:
+            pass
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def rss(self) -> int:
+        assert self.proc is not None
+        try:
+            return int(psutil.Process(self.proc.pid).memory_info().rss)
+        except psutil.Error:
+            return 0
+
+    def signal(self, sig: signal.Signals, *, in_flight: int | None = None) -> None:
+        """Send `sig`; for SIGKILL also wait for the process to be gone."""
+        assert self.proc is not None
+        gen = self.current
+        gen.in_flight_at_end = in_flight
+        sent = time.time()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            gen.how = sig.name
+            if sig == signal.SIGKILL:
+                self.proc.wait()
+        self._finish(sent)
+
+    def _finish(self, sent: float | None = None) -> None:
+        assert self.proc is not None
+        gen = self.current
+        if self.proc.poll() is not None and gen.ended is None:
+            gen.ended = time.time()
+            gen.returncode = self.proc.returncode
+            if gen.how == "running":
+                gen.how = "exit"
+            if sent is not None and gen.how not in ("exit", "SIGKILL"):
+                gen.stop_s = gen.ended - sent
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the current process to exit; kill it and raise if it takes too long."""
+        assert self.proc is not None
+        sent = time.time() if self.current.how not in ("running", "exit") else None
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            self.proc.kill()
+            self.proc.wait()
+            msg = f"flow did not exit within {timeout} s; log:\n{self.tail()}"
+            raise AssertionError(msg) from exc
+        if self.current.ended is None:
+            self._finish(sent)
+        return code
+
+    def stop(self) -> None:
+        """Kill a process still running (cleanup)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+            self._finish()
+
+    def tail(self, index: int | None = None, chars: int = 3000) -> str:
+        return self.dep.log(self.log_name(index))[-chars:]
+
+
+# -- workloads with known ids --------------------------------------------------------------
+
+
+@dataclass
+class Sent:
+    """What a generator wrote: per input topic name, `(event_id or None, value)` records."""
+
+    records: dict[str, list[tuple[str | None, bytes | None]]] = field(default_factory=dict)
+
+    def add(self, topic: str, recs: Iterable[tuple[str | None, bytes | None]]) -> None:
+        self.records.setdefault(topic, []).extend(recs)
+
+    @property
+    def total(self) -> int:
+        return sum(len(v) for v in self.records.values())
+
+    def ids(self) -> set[str]:
+        return {i for recs in self.records.values() for i, _ in recs if i}
+
+    def chat_ids(self) -> set[str]:
+        return {i for i, _ in self.records.get("chat", []) if i}
+
+
+def write_inputs(dep: Deployment, sent: Sent) -> None:
+    """Produce `sent`'s records to the deployment's input topics."""
+    from tests.fixtures.broker import produce
+
+    for name, recs in sent.records.items():
+        produce(
+            dep.bootstrap,
+            dep.topics[name],
+            [(None, v) for _, v in recs],
+            producer_config={"message.max.bytes": 8_000_000},
+        )
+
+
+# -- the checker -----------------------------------------------------------------------------
+
+
+def chat_items(request: dict[str, Any]) -> list[str]:
+    """Item ids of one simulator request (the JSON array in its last message's <events>)."""
+    body = (request.get("messages") or [{}])[-1].get("content") or ""
+    if "<events>\n" not in body:
+        return []
+    doc = body.split("<events>\n", 1)[1].rsplit("\n</events>", 1)[0]
+    try:
+        return [str(i["id"]) for i in json.loads(doc)]
+    except (ValueError, KeyError, TypeError):
+        return []
+
+
+@dataclass
+class Report:
+    """What the checker found. `lost` must be 0 in every scenario.
+
+    - `lost`: input records (by topic/partition/offset) with neither a ledger entry nor a
+      dead letter, plus chat events accepted for an answer with neither a response nor an
+      LLM dead letter;
+    - `duplicates`: extra ledger entries or dead letters for one input record (at-least-once
+      after a crash), `duplicate_responses` the same for answers;
+    - `unseen`: output records naming an input record or event id that was never written;
+    - `inconsistent`: input records with two different outcomes, or events with two
+      different answers;
+    - `repeated_llm_requests`: items sent to the LLM again after their answer was cached
+      (an earlier request for them answered while its process lived on, or their answer was
+      already published); `reissued_llm_requests`: items sent again because their request
+      was in flight when the process died (allowed).
+    """
+
+    inputs: int = 0
+    ledger: int = 0
+    dead_letters: int = 0
+    responses: int = 0
+    alerts: int = 0
+    audit: int = 0
+    llm_requests: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    duplicate_responses: int = 0
+    unseen: int = 0
+    inconsistent: int = 0
+    repeated_llm_requests: int = 0
+    reissued_llm_requests: int = 0
+    lost_examples: list[str] = field(default_factory=list)
+    other_examples: list[str] = field(default_factory=list)
+    recovery_s: list[float] = field(default_factory=list)
+    """Per restart: seconds from process start to its first new output record."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def figures(self) -> dict[str, Any]:
+        out = {
+            k: v
+            for k, v in self.__dict__.items()
+            if k not in ("lost_examples", "other_examples", "extra", "recovery_s")
+        }
+        if self.recovery_s:
+            out["recovery_s_max"] = round(max(self.recovery_s), 2)
+            out["recovery_s_median"] = round(statistics.median(self.recovery_s), 2)
+        if self.lost_examples:
+            out["lost_examples"] = self.lost_examples[:5]
+        if self.other_examples:
+            out["other_examples"] = self.other_examples[:5]
+        out.update(self.extra)
+        return out
+
+
+def _coord(topic: str, partition: int, offset: int) -> str:
+    return f"{topic}[{partition}]@{offset}"
+
+
+def check(
+    dep: Deployment,
+    sim_requests: Sequence[dict[str, Any]],
+    generations: Sequence[Generation] = (),
+    *,
+    inputs: Sequence[str] = INPUTS,
+    cache_margin_s: float = 1.0,
+) -> Report:
+    """Drain the input and output topics and the simulator log and account for every record.
+
+    `generations` (from `FlowRunner`) tell which process sent which LLM request, so that a
+    request in flight when its process died is told apart from one repeated after caching.
+    """
+    rep = Report()
+    # Every input record, by coordinates (what "in" means), with the ids written.
+    in_coords: dict[str, bytes | None] = {}
+    for name in inputs:
+        topic = dep.topics[name]
+        for r in consume_all(dep.bootstrap, topic, idle_s=1.0, timeout_s=600):
+            in_coords[_coord(topic, r.partition, r.offset)] = r.value
+    rep.inputs = len(in_coords)
+
+    ledger = dep.drain_timed("ledger", idle_s=1.0)
+    dead = dep.drain_timed("dead_letters", idle_s=1.0)
+    responses = dep.drain_timed("responses", idle_s=1.0)
+    rep.alerts = len(dep.drain("alerts", idle_s=0.5))
+    rep.audit = len(dep.drain("audit", idle_s=0.5))
+    rep.ledger, rep.dead_letters, rep.responses = len(ledger), len(dead), len(responses)
+
+    # -- per input record: exactly one outcome (a ledger entry or a decode dead letter)
+    outcomes: dict[str, Counter[str]] = defaultdict(Counter)
+    ids_of: dict[str, str] = {}
+    for _, e in ledger:
+        outcomes[e["source"]][f"ledger:{e['event_id']}:{e['route']}"] += 1
+        ids_of[e["source"]] = e["event_id"]
+    for _, d in dead:
+        if d["step_id"].startswith("llm") or d["step_id"] == "profiles_in":
+            continue
+        outcomes[d["source"]][f"dead:{d['step_id']}:{d.get('event_id')}"] += 1
+    for c in in_coords:
+        got = outcomes.get(c)
+        if not got:
+            rep.lost += 1
+            rep.lost_examples.append(f"input {c}: no ledger entry and no dead letter")
+            continue
+        if len(got) > 1:
+            rep.inconsistent += 1
+            rep.other_examples.append(f"input {c}: different outcomes {dict(got)}")
+        rep.duplicates += sum(got.values()) - 1
+    for c in outcomes:
+        if c not in in_coords:
+            rep.unseen += 1
+            rep.other_examples.append(f"output names {c}, never written")
+
+    # -- chat events accepted for an answer: a response or an LLM dead letter
+    wanted = {e["event_id"] for _, e in ledger if e["route"] == "chat_reply"}
+    answers: dict[str, set[str]] = defaultdict(set)
+    answered_at: dict[str, float] = {}
+    resp_count: Counter[str] = Counter()
+    for ts, resp in responses:
+        for i in resp["event_ids"]:
+            resp_count[i] += 1
+        item = resp["item_id"]
+        answers[item].add(json.dumps(resp["answer"], sort_keys=True))
+        answered_at[item] = min(answered_at.get(item, ts), ts)
+    llm_dead = {d.get("event_id") for _, d in dead if d["step_id"].startswith("llm")}
+    sent_ids = {ids_of[c] for c in in_coords if c in ids_of}
+    for i in wanted:
+        if resp_count[i] == 0 and i not in llm_dead:
+            rep.lost += 1
+            rep.lost_examples.append(f"chat event {i}: no response and no LLM dead letter")
+    rep.duplicate_responses = sum(n - 1 for i, n in resp_count.items() if n > 1)
+    rep.inconsistent += sum(1 for a in answers.values() if len(a) > 1)
+    rep.unseen += sum(1 for i in resp_count if i not in sent_ids and not i.startswith("alert"))
+
+    # -- LLM requests: repeated after the answer was cached, or re-issued after a crash
+    rep.llm_requests = len(sim_requests)
+
+    def generation_end(ts: float) -> float | None:
+        for g in generations:
+            if g.started <= ts and (g.ended is None or ts <= g.ended):
+                return g.ended
+        return None
+
+    cached_at = dict(answered_at)
+    per_item: dict[str, list[float]] = defaultdict(list)
+    for req in sorted(sim_requests, key=lambda q: q["ts"]):
+        if req["status"] != 200:
+            continue
+        arrived = float(req["ts"])
+        for item in chat_items(req):
+            if item in cached_at and arrived > cached_at[item]:
+                rep.repeated_llm_requests += 1
+                if len(rep.other_examples) < 20:
+                    rep.other_examples.append(f"item {item} requested again after it was cached")
+            elif per_item[item]:
+                rep.reissued_llm_requests += 1
+            per_item[item].append(arrived)
+            if req["fault"] is None:
+                done = arrived + float(req["latency_s"])
+                end = generation_end(arrived)
+                if end is None or done + cache_margin_s < end:
+                    cached_at[item] = min(cached_at.get(item, done), done)
+
+    # -- recovery: seconds from each restart to its first new output record
+    stamps = sorted(ts for ts, _ in ledger + dead + responses)
+    for g in generations[1:]:
+        after = [t for t in stamps if t >= g.started and (g.ended is None or t <= g.ended)]
+        if after:
+            rep.recovery_s.append(after[0] - g.started)
+    return rep
+
+
+def flow_metrics(port: int, timeout_s: float = 2.0) -> dict[str, float]:
+    """Scrape the flow's Prometheus endpoint (`BYTEWAX_DATAFLOW_API_ENABLED`) into a dict."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        try:
+            out[name] = float(value)
+        except ValueError:
+            continue
+    return out
