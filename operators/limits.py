@@ -214,6 +214,8 @@ class Limiter:
         self.cond = threading.Condition()
         self.rate_limited = 0
         self.requests = 0
+        self.next_ticket = 0
+        self.serving = 0
 
     def limit(self) -> int:
         return self.adaptive.current if self.adaptive else self.cap
@@ -237,14 +239,25 @@ class Limiter:
         return 0.0
 
     def acquire(self, tokens: int) -> None:
-        """Block until a request estimated at `tokens` tokens may be sent, and reserve it."""
+        """Block until a request estimated at `tokens` tokens may be sent, and reserve it.
+
+        Waiting threads are served first come, first served (a ticket each), so under a
+        tight limit no request starves behind later ones.
+        """
         with self.cond:
+            ticket = self.next_ticket
+            self.next_ticket += 1
             while True:
                 now = self.clock()
-                wait = self._wait_needed(tokens, now)
-                if wait <= 0:
-                    break
+                if ticket == self.serving:
+                    wait = self._wait_needed(tokens, now)
+                    if wait <= 0:
+                        break
+                else:
+                    wait = 1.0  # not our turn: woken when the queue moves
                 self.cond.wait(timeout=min(wait, 1.0))
+            self.serving += 1
+            self.cond.notify_all()
             self.inflight += 1
             self.requests += 1
             if self.rpm:
@@ -252,11 +265,14 @@ class Limiter:
             if self.tpm:
                 self.tpm.take(tokens, now)
 
-    def release(self, outcome: Outcome, reserved_tokens: int) -> None:
+    def release(self, outcome: Outcome, reserved_tokens: int, *, keep_slot: bool = False) -> None:
+        """Report an attempt's outcome and free its slot (unless `keep_slot`: then the caller
+        holds it through a retry wait and calls `free_slot` after)."""
         with self.cond:
             now = self.clock()
             inflight = self.inflight
-            self.inflight -= 1
+            if not keep_slot:
+                self.inflight -= 1
             if outcome.kind == "ok":
                 self.breaker.on_success()
                 if self.adaptive:
@@ -276,6 +292,11 @@ class Limiter:
                 self.breaker.on_success()
             if outcome.headers:
                 self._observe_headers(outcome.headers, now)
+            self.cond.notify_all()
+
+    def free_slot(self) -> None:
+        with self.cond:
+            self.inflight -= 1
             self.cond.notify_all()
 
     def _observe_headers(self, headers: Mapping[str, str], now: float) -> None:

@@ -262,11 +262,21 @@ class LLMExecutor:
                 exc.attempts = sent  # type: ignore[attr-defined]
                 raise
             finally:
-                limiter.release(outcome, tokens)
+                # A refused request keeps its slot through its wait: freeing it at once would
+                # only let another waiting request be refused in its place.
+                hold = outcome.kind == "rate_limited"
+                limiter.release(outcome, tokens, keep_slot=hold)
                 self._publish_state()
             if outcome.kind == "failure" and not limiter.breaker_open():
                 counted += 1
-            if counted < self.cfg.max_attempts and limited < self.cfg.max_rate_limited:
+            retry = counted < self.cfg.max_attempts and limited < self.cfg.max_rate_limited
+            if hold:
+                if retry:
+                    self.sleep(self._backoff(max(counted, 1), last))
+                limiter.free_slot()
+                if retry:
+                    continue
+            if retry:
                 delay = self._backoff(max(counted, 1), last)
                 log.warning(
                     "LLM attempt %d failed (%s); retrying in %.2f s",

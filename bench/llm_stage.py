@@ -1,0 +1,701 @@
+"""The batched LLM stage against the simulator: naive calls, fanout, pack, adaptive, light load.
+
+    python -m bench.llm_stage [--latency-ms 200] [--server-concurrency 8] [--batch 16]
+                              [--events N] [--quick]
+
+Every case gets a fresh simulator (`llmsim`, in this process) with a fixed latency L and a
+server concurrency limit C (a request arriving while C are in flight gets 429), a fresh
+response cache (so the cache never answers) and unique item ids. The workload is chat work
+items of one tenant spread over many sessions, each with a small conversation memory.
+
+- naive: one blocking `openai` request per event inside `op.map` (the same one-item prompt
+  the stage would send); limit 1/L.
+- fanout: `call_llm` with `mode="fanout"`, client concurrency C, not adaptive; limit C/L.
+- pack: `call_llm` with `mode="pack"`, `max_batch=B`, client concurrency C, not adaptive;
+  limit C*B/L.
+- adaptive: pack (or `--adaptive-mode fanout`) with a client cap of 8*C and adaptive
+  concurrency; the 429 share and the throughput are taken from the simulator's request log
+  for requests arriving at least `--warmup-s` (10 s) after the first one.
+- light: a Poisson source of a few events per second, pack with `max_wait_ms=100`; latency.
+
+The throughput cases keep a bounded number of items outstanding (ingested, not yet answered):
+`--window-rounds` (4) times what the client may have in flight (cap x items per request), so
+the stage is saturated without an ever-growing backlog, and the latency figures are
+queueing behind that window. `--window-rounds 0` ingests everything at once.
+
+Per case it prints events/s (first ingestion to last answer emission), LLM requests per event
+(every request the server saw, 429s included), prompt tokens per event (answered requests, as
+the simulator counts them), p50/p99 latency from ingestion to answer emission (nearest rank),
+the 429 count and events/s over the theoretical limit. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import bytewax.operators as op
+import openai
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import DynamicSource, StatelessSourcePartition
+from bytewax.testing import TestingSink, run_main
+
+from config.models import BatchMode, LLMConfig, TaskConfig
+from llmsim import LLMSimulator, SimConfig
+from operators import prompts
+from operators.llm import Audit, Response, call_llm
+from operators.llm_client import LLMExecutor
+from operators.model import DeadLetter, WorkItem
+from state.stores import ResponseCache, close_all
+
+TASK = "chat"
+SCHEMA: Final = "chat_reply"
+MODEL = "sim-1"
+TENANT = "acme"
+
+_TEXTS = (
+    "How do I reset my password?",
+    "My invoice for last month looks wrong, can you check it?",
+    "Hello!",
+    "The CSV export keeps failing with a timeout.",
+    "Can I upgrade my plan without losing my data?",
+    "Your app logged me out three times today.",
+    "Thanks, that fixed it.",
+    "Where can I download my receipts?",
+)
+
+
+# --------------------------------------------------------------------------- workload
+
+
+def make_items(n: int, prefix: str, sessions: int, seed: int = 7) -> list[WorkItem]:
+    """`n` chat work items over `sessions` sessions, each with its session's last turns."""
+    rng = random.Random(seed)
+    memory: dict[int, list[dict[str, Any]]] = {}
+    out: list[WorkItem] = []
+    for i in range(n):
+        s = rng.randrange(sessions)
+        text = f"{rng.choice(_TEXTS)} (ticket {i})"
+        turns = memory.setdefault(s, [])
+        out.append(
+            WorkItem(
+                item_id=f"{prefix}-{i:06d}",
+                event_ids=(f"{prefix}-{i:06d}",),
+                tenant=TENANT,
+                entity=f"sess-{s:04d}",
+                profile_id=f"user-{s:04d}",
+                task=TASK,
+                source=f"bench[0]@{i}",
+                data={"text": text, "role": "user"},
+                context={"memory": list(turns)},
+                ingest_ts=0.0,
+            )
+        )
+        turns.append({"role": "user", "text": text, "ts": 1_700_000_000.0 + i})
+        del turns[:-2]  # keep the memory small: the last two turns
+    return out
+
+
+def poisson_offsets(n: int, rate: float, seed: int = 11) -> list[float]:
+    rng = random.Random(seed)
+    t = 0.0
+    out = []
+    for _ in range(n):
+        out.append(t)
+        t += rng.expovariate(rate)
+    return out
+
+
+class _FeedPartition(StatelessSourcePartition[WorkItem]):
+    """Emits the items, stamping `ingest_ts` when they leave the source.
+
+    With `offsets`, item i leaves at `start + offsets[i]`. Without, items leave as fast as
+    the dataflow takes them while fewer than `window` are outstanding (`window` 0: no bound).
+    After the last item the source stays open until nothing is outstanding (or `deadline_s`
+    after the start), so the stage works in its steady-state mode (answers emitted as they
+    finish) to the end, instead of waiting for everything in `on_eof`.
+    """
+
+    def __init__(
+        self,
+        items: list[WorkItem],
+        offsets: list[float] | None,
+        window: int,
+        outstanding: Callable[[int], int],
+        deadline_s: float,
+    ) -> None:
+        self.items = items
+        self.offsets = offsets
+        self.window = window
+        self.outstanding = outstanding
+        self.deadline_s = deadline_s
+        self.i = 0
+        self.start: float | None = None
+        self.wake: float | None = None
+
+    def next_batch(self) -> list[WorkItem]:
+        now = time.time()
+        if self.start is None:
+            self.start = now
+        n = len(self.items)
+        if self.i >= n:
+            if self.outstanding(self.i) <= 0 or now - self.start > self.deadline_s:
+                raise StopIteration
+            self.wake = now + 0.002
+            return []
+        if self.offsets is not None:
+            end = self.i
+            while end < n and self.offsets[end] <= now - self.start:
+                end += 1
+        else:
+            room = n if self.window <= 0 else self.window - self.outstanding(self.i)
+            end = min(n, self.i + max(0, min(room, 256)))
+        chunk = [dataclasses.replace(it, ingest_ts=now) for it in self.items[self.i : end]]
+        self.i = end
+        if self.i >= n:
+            self.wake = now + 0.002
+        elif self.offsets is not None:
+            self.wake = self.start + self.offsets[self.i]
+        else:
+            self.wake = None if chunk else now + 0.002
+        return chunk
+
+    def next_awake(self) -> datetime | None:
+        return None if self.wake is None else datetime.fromtimestamp(self.wake, UTC)
+
+
+class FeedSource(DynamicSource[WorkItem]):
+    def __init__(
+        self,
+        items: list[WorkItem],
+        *,
+        offsets: list[float] | None = None,
+        window: int = 0,
+        outstanding: Callable[[int], int] = lambda _sent: 0,
+        deadline_s: float = 600.0,
+    ) -> None:
+        self.args = (items, offsets, window, outstanding, deadline_s)
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _FeedPartition:
+        return _FeedPartition(*self.args)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100); nan for no values."""
+    if not values:
+        return math.nan
+    s = sorted(values)
+    return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
+
+
+def items_in_request(entry: dict[str, Any]) -> int:
+    """How many work items a logged request carried (from its `<events>` user message)."""
+    content = (entry.get("messages") or [{}])[-1].get("content") or ""
+    body = content.removeprefix("<events>\n").removesuffix("\n</events>")
+    try:
+        return len(json.loads(body))
+    except ValueError:
+        return 0
+
+
+@dataclass
+class CaseResult:
+    name: str
+    events: int
+    answered: int
+    dead_letters: int
+    seconds: float
+    events_per_s: float
+    limit_per_s: float
+    requests: int
+    requests_429: int
+    prompt_tokens: int
+    latencies_ms: list[float]
+    log: list[dict[str, Any]]
+    audits: list[dict[str, Any]]
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.events_per_s / self.limit_per_s
+
+    @property
+    def requests_per_event(self) -> float:
+        return self.requests / max(1, self.answered)
+
+    @property
+    def prompt_tokens_per_event(self) -> float:
+        return self.prompt_tokens / max(1, self.answered)
+
+    @property
+    def p50_ms(self) -> float:
+        return percentile(self.latencies_ms, 50)
+
+    @property
+    def p99_ms(self) -> float:
+        return percentile(self.latencies_ms, 99)
+
+    def figures(self) -> dict[str, Any]:
+        n = self.name
+        return {
+            f"{n}_events": self.events,
+            f"{n}_answered": self.answered,
+            f"{n}_dead_letters": self.dead_letters,
+            f"{n}_seconds": round(self.seconds, 2),
+            f"{n}_events_per_s": round(self.events_per_s, 2),
+            f"{n}_limit_per_s": round(self.limit_per_s, 2),
+            f"{n}_ratio": round(self.ratio, 4),
+            f"{n}_requests": self.requests,
+            f"{n}_requests_per_event": round(self.requests_per_event, 4),
+            f"{n}_prompt_tokens_per_event": round(self.prompt_tokens_per_event, 1),
+            f"{n}_p50_ms": round(self.p50_ms, 1),
+            f"{n}_p99_ms": round(self.p99_ms, 1),
+            f"{n}_429": self.requests_429,
+            **{f"{n}_{k}": v for k, v in self.extra.items()},
+        }
+
+
+def _summarise(
+    name: str,
+    items: list[WorkItem],
+    ingested: dict[str, float],
+    done: list[tuple[str, float]],
+    dead: int,
+    log: list[dict[str, Any]],
+    audits: list[dict[str, Any]],
+    limit_per_s: float,
+) -> CaseResult:
+    lat = [(at - ingested[i]) * 1000 for i, at in done]
+    first = min(ingested.values()) if ingested else 0.0
+    last = max((at for _, at in done), default=first)
+    seconds = max(last - first, 1e-9)
+    ok = [e for e in log if e["status"] == 200]
+    return CaseResult(
+        name=name,
+        events=len(items),
+        answered=len(done),
+        dead_letters=dead,
+        seconds=seconds,
+        events_per_s=len(done) / seconds,
+        limit_per_s=limit_per_s,
+        requests=len(log),
+        requests_429=sum(1 for e in log if e["status"] == 429),
+        prompt_tokens=sum(int(e["prompt_tokens"]) for e in ok),
+        latencies_ms=lat,
+        log=log,
+        audits=audits,
+    )
+
+
+# --------------------------------------------------------------------------- cases
+
+
+@dataclass(frozen=True)
+class Bench:
+    latency_ms: float
+    server_concurrency: int
+    batch: int
+    sessions: int
+    window_rounds: float
+    verbose: bool = True
+
+    def simulator(self) -> LLMSimulator:
+        cfg = SimConfig(latency_ms=self.latency_ms, max_concurrency=self.server_concurrency)
+        return LLMSimulator(cfg).start()
+
+    def say(self, msg: str) -> None:
+        if self.verbose:
+            print(msg, file=sys.stderr, flush=True)
+
+
+def run_naive(b: Bench, n: int) -> CaseResult:
+    """One blocking request per event inside `op.map` (the dataflow thread waits for each)."""
+    items = make_items(n, "naive", b.sessions)
+    sim = b.simulator()
+    client = openai.OpenAI(base_url=sim.base_url, api_key="sim", max_retries=0, timeout=30.0)
+
+    def ask(item: WorkItem) -> tuple[WorkItem, bool, float]:
+        ids = [item.item_id]
+        resp = client.chat.completions.create(  # type: ignore[call-overload]
+            model=MODEL,
+            messages=prompts.build_messages(SCHEMA, [item]),
+            temperature=0.0,
+            max_tokens=1024,
+            response_format=prompts.response_format(SCHEMA, ids),
+        )
+        ok, _bad = prompts.parse_answers(SCHEMA, resp.choices[0].message.content, ids)
+        return item, item.item_id in ok, time.time()
+
+    out: list[tuple[WorkItem, bool, float]] = []
+    flow = Dataflow("bench_llm_naive")
+    src = op.input("in", flow, FeedSource(items))
+    op.output("out", op.map("ask", src, ask), TestingSink(out))
+    try:
+        run_main(flow)
+    finally:
+        client.close()
+        sim.stop()
+    ingested = {it.item_id: it.ingest_ts for it, _, _ in out}
+    done = [(it.item_id, at) for it, good, at in out if good]
+    return _summarise(
+        "naive",
+        items,
+        ingested,
+        done,
+        len(out) - len(done),
+        sim.requests(),
+        [],
+        1000 / b.latency_ms,
+    )
+
+
+def run_stage(
+    b: Bench,
+    name: str,
+    n: int,
+    *,
+    mode: BatchMode,
+    client_cap: int,
+    adaptive: bool,
+    max_batch: int,
+    max_wait_ms: float = 200.0,
+    offsets: list[float] | None = None,
+    sample_limit: bool = False,
+) -> CaseResult:
+    """Items through `call_llm` (TestingSink outputs) against a fresh simulator and cache."""
+    items = make_items(n, name, b.sessions)
+    per_request = max_batch if mode == "pack" else 1
+    limit_per_s = b.server_concurrency * per_request * 1000 / b.latency_ms
+    task = TaskConfig(
+        name=TASK,
+        schema_name=SCHEMA,
+        model=MODEL,
+        mode=mode,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+    )
+    cfg = LLMConfig(
+        concurrency=client_cap,
+        adaptive_concurrency=adaptive,
+        tasks=(task,),
+        routes=(),
+    )
+    sim = b.simulator()
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-llm-{name}-"))
+    executor = LLMExecutor(cfg, sim.base_url, ResponseCache(tmp / "cache"))
+    answers: list[Response] = []
+    audit: list[Audit] = []
+    errs: list[DeadLetter] = []
+
+    def outstanding(sent: int) -> int:
+        return sent - len(answers) - len(errs)
+
+    window = 0 if offsets is not None else int(b.window_rounds * client_cap * per_request)
+    expected_s = n / limit_per_s + (offsets[-1] if offsets else 0.0)
+    source = FeedSource(
+        items,
+        offsets=offsets,
+        window=window,
+        outstanding=outstanding,
+        deadline_s=max(60.0, 5 * expected_s),
+    )
+    flow = Dataflow(f"bench_llm_{name}")
+    out = call_llm("llm", op.input("in", flow, source), cfg, lambda: executor)
+    op.output("answers", out.answers, TestingSink(answers))
+    op.output("audit", out.audit, TestingSink(audit))
+    op.output("errs", out.errs, TestingSink(errs))
+
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def sampler() -> None:
+        while not stop.wait(0.25):
+            samples.append((time.time(), executor.limiter.limit()))
+
+    thread = threading.Thread(target=sampler, daemon=True) if sample_limit else None
+    b.say(f"  {name}: {n} events, ~{expected_s:.0f} s")
+    try:
+        if thread is not None:
+            thread.start()
+        run_main(flow)
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join()
+        executor.close()
+        close_all()
+        sim.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    ingested = {r.item.item_id: r.item.ingest_ts for r in answers}
+    done = [(r.item.item_id, r.emitted_at) for r in answers]
+    res = _summarise(
+        name,
+        items,
+        ingested,
+        done,
+        len(errs),
+        sim.requests(),
+        [a.record for a in audit],
+        limit_per_s,
+    )
+    sent = [a for a in res.audits if not a["cache_hit"]]
+    res.extra["mean_batch_size"] = round(sum(a["batch_size"] for a in sent) / max(1, len(sent)), 2)
+    # Client-side time per request (all attempts, backoff included) next to the simulator's L.
+    res.extra["request_ms_mean"] = round(sum(a["latency_ms"] for a in sent) / max(1, len(sent)), 1)
+    res.extra["client_rate_limited"] = executor.limiter.rate_limited
+    if samples:
+        res.extra["limit_samples"] = samples
+    return res
+
+
+def adaptive_window(res: CaseResult, warmup_s: float, per_request_limit: float) -> dict[str, Any]:
+    """429 share and throughput over the requests arriving `warmup_s` after the first."""
+    log = res.log
+    if not log:
+        return {"429_share": math.nan, "throughput_ratio": math.nan}
+    t0 = min(e["ts"] for e in log)
+    start = t0 + warmup_s
+    late = [e for e in log if e["ts"] >= start]
+    ok = [e for e in late if e["status"] == 200]
+    end = max((e["ts"] + e["latency_s"] for e in late), default=start)
+    span = max(end - start, 1e-9)
+    items = sum(items_in_request(e) for e in ok)
+    limit_samples: list[tuple[float, int]] = res.extra.pop("limit_samples", [])
+    later = [lim for t, lim in limit_samples if t >= start]
+    return {
+        "window_s": round(span, 2),
+        "window_requests": len(late),
+        "window_429": sum(1 for e in late if e["status"] == 429),
+        "429_share": round(sum(1 for e in late if e["status"] == 429) / max(1, len(late)), 4),
+        "window_events_per_s": round(items / span, 2),
+        "throughput_ratio": round(items / span / per_request_limit, 4),
+        "limit_mean_after_warmup": round(sum(later) / len(later), 2) if later else None,
+        "limit_final": limit_samples[-1][1] if limit_samples else None,
+        "429_share_all": round(res.requests_429 / max(1, res.requests), 4),
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _finite(obj: Any) -> Any:
+    """NaN/inf (no data) as null, so the last line is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    return obj
+
+
+_COLUMNS = (
+    ("case", 9, "{:>9}"),
+    ("events", 7, "{:>7d}"),
+    ("events/s", 9, "{:>9.1f}"),
+    ("limit/s", 8, "{:>8.1f}"),
+    ("ratio", 6, "{:>6.3f}"),
+    ("req/event", 9, "{:>9.4f}"),
+    ("tok/event", 9, "{:>9.1f}"),
+    ("p50 ms", 8, "{:>8.0f}"),
+    ("p99 ms", 8, "{:>8.0f}"),
+    ("429s", 5, "{:>5d}"),
+    ("dead", 5, "{:>5d}"),
+)
+
+
+def _table(results: Iterable[CaseResult]) -> list[str]:
+    lines = [" ".join(f"{name:>{w}}" for name, w, _ in _COLUMNS)]
+    for r in results:
+        cells = (
+            r.name,
+            r.answered,
+            r.events_per_s,
+            r.limit_per_s,
+            r.ratio,
+            r.requests_per_event,
+            r.prompt_tokens_per_event,
+            r.p50_ms,
+            r.p99_ms,
+            r.requests_429,
+            r.dead_letters,
+        )
+        lines.append(
+            " ".join(fmt.format(c) for c, (_, _, fmt) in zip(cells, _COLUMNS, strict=True))
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--latency-ms", type=float, default=200.0, help="simulator latency L")
+    p.add_argument("--server-concurrency", type=int, default=8, help="simulator limit C")
+    p.add_argument("--batch", type=int, default=16, help="pack batch size B")
+    p.add_argument(
+        "--events",
+        type=int,
+        default=None,
+        help="events per throughput case (fanout, pack, "
+        "adaptive); default: the case's theoretical rate times --seconds",
+    )
+    p.add_argument("--seconds", type=float, default=15.0, help="target length of fanout/pack")
+    p.add_argument("--adaptive-seconds", type=float, default=40.0)
+    p.add_argument("--adaptive-mode", choices=("pack", "fanout"), default="pack")
+    p.add_argument("--adaptive-factor", type=int, default=8, help="client cap = factor x C")
+    p.add_argument("--warmup-s", type=float, default=10.0, help="adaptive: figures after this")
+    p.add_argument("--naive-events", type=int, default=25)
+    p.add_argument("--light-rate", type=float, default=5.0, help="light load, events/s")
+    p.add_argument("--light-seconds", type=float, default=12.0)
+    p.add_argument("--light-max-wait-ms", type=float, default=100.0)
+    p.add_argument("--sessions", type=int, default=300)
+    p.add_argument("--window-rounds", type=float, default=4.0, help="0: ingest all at once")
+    p.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
+    args = p.parse_args(argv)
+    # 429 retries are expected in the adaptive case; they are counted, not logged.
+    logging.getLogger("contextstream.llm").setLevel(logging.ERROR)
+    if args.quick:
+        args.seconds, args.adaptive_seconds, args.warmup_s = 1.5, 4.0, 2.0
+        args.naive_events, args.light_seconds = 5, 2.0
+
+    b = Bench(
+        latency_ms=args.latency_ms,
+        server_concurrency=args.server_concurrency,
+        batch=args.batch,
+        sessions=args.sessions,
+        window_rounds=args.window_rounds,
+    )
+    C, B, L = args.server_concurrency, args.batch, args.latency_ms / 1000
+
+    def count(rate: float, seconds: float) -> int:
+        return args.events if args.events is not None else max(1, math.ceil(rate * seconds))
+
+    started = time.time()
+    b.say(f"L={args.latency_ms:g} ms, C={C}, B={B}")
+    naive = run_naive(b, args.naive_events)
+    fanout = run_stage(
+        b,
+        "fanout",
+        count(C / L, args.seconds),
+        mode="fanout",
+        client_cap=C,
+        adaptive=False,
+        max_batch=B,
+    )
+    pack = run_stage(
+        b,
+        "pack",
+        count(C * B / L, args.seconds),
+        mode="pack",
+        client_cap=C,
+        adaptive=False,
+        max_batch=B,
+    )
+    per_req = B if args.adaptive_mode == "pack" else 1
+    adaptive = run_stage(
+        b,
+        "adaptive",
+        count(C * per_req / L, args.adaptive_seconds),
+        mode=args.adaptive_mode,
+        client_cap=args.adaptive_factor * C,
+        adaptive=True,
+        max_batch=B,
+        sample_limit=True,
+    )
+    window = adaptive_window(adaptive, args.warmup_s, adaptive.limit_per_s)
+    n_light = max(2, math.ceil(args.light_rate * args.light_seconds))
+    arrivals = poisson_offsets(n_light, args.light_rate)
+    light = run_stage(
+        b,
+        "light",
+        n_light,
+        mode="pack",
+        client_cap=C,
+        adaptive=False,
+        max_batch=B,
+        max_wait_ms=args.light_max_wait_ms,
+        offsets=arrivals,
+    )
+    # The limit of the light case is the load offered (Poisson arrivals as drawn): its ratio
+    # shows that the stage kept up.
+    light.limit_per_s = (n_light - 1) / arrivals[-1]
+
+    print(
+        f"LLM stage: simulator latency L={args.latency_ms:g} ms, server concurrency C={C}, "
+        f"pack batch B={B}, {args.sessions} sessions"
+    )
+    for line in _table((naive, fanout, pack, adaptive, light)):
+        print(line)
+    print(
+        "limits: naive 1/L, fanout C/L, pack C*B/L, "
+        f"adaptive ({args.adaptive_mode}, client cap {args.adaptive_factor * C}) "
+        f"{'C*B/L' if per_req > 1 else 'C/L'}; light: the offered (Poisson) rate"
+    )
+    print(
+        f"pack: mean batch {pack.extra['mean_batch_size']} (B={B}), "
+        f"{pack.requests_per_event:.4f} requests/event (target <= {1.1 / B:.4f}); "
+        f"mean request {pack.extra['request_ms_mean']} ms client-side "
+        f"(fanout {fanout.extra['request_ms_mean']} ms) for L={args.latency_ms:g} ms"
+    )
+    print(
+        f"adaptive after {args.warmup_s:g} s: {window['window_requests']} requests, "
+        f"{window['window_429']} 429s ({window['429_share']:.1%}; whole run "
+        f"{window['429_share_all']:.1%}), {window['window_events_per_s']} events/s = "
+        f"{window['throughput_ratio']:.1%} of the server's limit; client limit mean "
+        f"{window['limit_mean_after_warmup']}, final {window['limit_final']}"
+    )
+    light_target = args.light_max_wait_ms + args.latency_ms + 50
+    print(
+        f"light: {light.answered} events at ~{args.light_rate:g}/s, max_wait "
+        f"{args.light_max_wait_ms:g} ms: p50 {light.p50_ms:.0f} ms, p99 {light.p99_ms:.0f} ms "
+        f"(target <= {light_target:.0f} ms)"
+    )
+    targets = {
+        "fanout_ratio>=0.9": fanout.ratio >= 0.9,
+        "pack_ratio>=0.9": pack.ratio >= 0.9,
+        "pack_requests_per_event<=1.1/B": pack.requests_per_event <= 1.1 / B,
+        "adaptive_429_share<0.05": window["429_share"] < 0.05,
+        "adaptive_throughput_ratio>=0.85": window["throughput_ratio"] >= 0.85,
+        "light_p99<=max_wait+L+50": light.p99_ms <= light_target,
+    }
+    missed = [k for k, ok in targets.items() if not ok]
+    print("targets: " + ("all met" if not missed else "missed " + ", ".join(missed)))
+    adaptive.extra.update({k: v for k, v in window.items() if k != "limit_samples"})
+    adaptive.extra["client_cap"] = args.adaptive_factor * C
+    adaptive.extra["mode"] = args.adaptive_mode
+    result: dict[str, Any] = {
+        "latency_ms": args.latency_ms,
+        "server_concurrency": C,
+        "sessions": args.sessions,
+        "window_rounds": args.window_rounds,
+        "pack_batch_size": B,
+        "light_max_wait_ms": args.light_max_wait_ms,
+        "light_rate": args.light_rate,
+        "light_p99_target_ms": light_target,
+        "warmup_s": args.warmup_s,
+        "naive_ratio_to_fanout_limit": round(naive.events_per_s / fanout.limit_per_s, 4),
+    }
+    for r in (naive, fanout, pack, adaptive, light):
+        result.update(r.figures())
+    result["targets_met"] = targets
+    result["total_seconds"] = round(time.time() - started, 1)
+    print(json.dumps(_finite(result), allow_nan=False, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
