@@ -1,0 +1,263 @@
+"""Unit tests of the pure detectors (`operators.anomaly.detectors`) and series ensembles."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from config.models import AnomalyConfig
+from operators.anomaly import EntityDetector
+from operators.anomaly.detectors import ContextNovelty, Rank, SeasonalResidual
+from operators.anomaly.series import EnsembleSeries, EwmaSeries, make_series
+from operators.model import Alert, Event, Kind
+
+T0 = 1_700_000_000.0 - (1_700_000_000.0 % 86_400)  # midnight UTC
+STEP = 300.0  # five-minute readings: one per seasonal slot
+
+
+def daily(i: int, noise: float = 0.5, seed: int = 1) -> float:
+    rnd = random.Random(seed * 100_003 + i)
+    return 50.0 + 20.0 * math.sin(2 * math.pi * (i % 288) / 288) + rnd.gauss(0, noise)
+
+
+def ens_cfg(**over: Any) -> AnomalyConfig:
+    base: dict[str, Any] = {"detector": "ensemble", "min_points": 100, "rank_window": 600}
+    base.update(over)
+    return AnomalyConfig(**base)
+
+
+# --- ContextNovelty -------------------------------------------------------------------------
+
+
+def test_context_novelty_learns_a_repeating_pattern() -> None:
+    det = ContextNovelty(levels=8, orders=3)
+    pattern = [0.0, 5.0, 10.0, 5.0]
+    scores = [det.update(pattern[i % 4]) for i in range(200)]
+    assert scores[0] == 0.0
+    assert max(scores[50:]) == 0.0  # a familiar shape is not novel
+    assert det.update(7.5) > 0.5  # a level never seen after this context
+
+
+def test_context_novelty_value_outside_range_is_novel() -> None:
+    det = ContextNovelty(levels=8, orders=2)
+    for i in range(100):
+        det.update(float(i % 5))
+    assert det.update(100.0) == 1.0
+
+
+def test_context_memory_is_bounded() -> None:
+    det = ContextNovelty(levels=16, orders=3, capacity=64)
+    rnd = random.Random(3)
+    for _ in range(2000):
+        det.update(rnd.random())
+        assert len(det.mem) <= 64
+
+
+def test_context_state_round_trip_continues_identically() -> None:
+    rnd = random.Random(5)
+    values = [rnd.random() for _ in range(400)]
+    a = ContextNovelty(levels=8, orders=3, capacity=100)
+    for v in values[:300]:
+        a.update(v)
+    b = ContextNovelty(8, 3, 100, pickle.loads(pickle.dumps(a.state())))
+    assert [a.update(v) for v in values[300:]] == [b.update(v) for v in values[300:]]
+    assert a.state() == b.state()
+
+
+# --- Rank -----------------------------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    values=st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=1, max_size=120),
+    window=st.integers(1, 30),
+)
+def test_rank_matches_brute_force(values: list[float], window: int) -> None:
+    r = Rank(window)
+    seen: list[float] = []
+    for x in values:
+        recent = seen[-window:]
+        expected = sum(1 for v in recent if v < x) / len(recent) if recent else 0.0
+        assert r.rank(x) == expected
+        r.push(x)
+        seen.append(x)
+        assert len(r.sorted) == len(r.ring) == min(len(seen), window)
+    again = Rank(window, r.state())
+    assert again.state() == r.state()
+    assert again.rank(0.0) == r.rank(0.0)
+
+
+# --- SeasonalResidual -----------------------------------------------------------------------
+
+
+def test_seasonal_residual_flags_a_value_off_its_time_of_day() -> None:
+    det = SeasonalResidual(slots=288, alpha=0.25, window=600)
+    for i in range(288 * 3):
+        det.update(daily(i), T0 + i * STEP)
+    i = 288 * 3 + 72  # 06:00: usually 70
+    assert abs((det.baseline(T0 + i * STEP) or 0.0) - 70.0) < 2.0
+    assert det.update(50.0, T0 + i * STEP) == 1.0  # a normal value, but not at this hour
+    assert det.update(daily(i + 1), T0 + (i + 1) * STEP) < 0.99
+
+
+# --- EnsembleSeries -------------------------------------------------------------------------
+
+
+def feed(det: Any, n: int, start: int = 0, spikes: dict[int, float] | None = None) -> list[Any]:
+    spikes = spikes or {}
+    return [det.update(T0 + i * STEP, spikes.get(i, daily(i))) for i in range(start, start + n)]
+
+
+def test_ensemble_alerts_once_on_a_spike_then_rests() -> None:
+    det = EnsembleSeries(ens_cfg(rest_points=50))
+    spike = 288 * 4 + 10
+    verdicts = feed(det, spike + 40, spikes={spike: 150.0, spike + 3: 160.0})
+    # Days 1-3 are its learning period (like NAB's probation): look at day 4 on.
+    alerts = [i for i, v in enumerate(verdicts) if v.alert and i >= 288 * 3]
+    assert alerts == [spike]  # the second spike falls in the rest period
+    v = verdicts[spike]
+    assert v.score >= 0.9 and v.detector in ("seasonal_residual", "context_novelty")
+    assert verdicts[spike + 3].score == 0.0  # resting
+    assert det.recent()[-1] == daily(spike + 39)
+    assert all(0.0 <= x.score <= 1.0 for x in verdicts)
+
+
+def test_ensemble_is_silent_before_min_points() -> None:
+    det = EnsembleSeries(ens_cfg(min_points=200))
+    verdicts = feed(det, 150, spikes={120: 500.0})
+    assert not any(v.alert for v in verdicts)
+    assert all(v.score == 0.0 for v in verdicts)
+
+
+def test_ensemble_state_round_trip_gives_the_same_decisions() -> None:
+    """A detector rebuilt from its snapshot continues with the same statistics: every score
+    and alert after the restart equals the uninterrupted run's, while a detector started
+    from zero decides differently (it is still warming up)."""
+    cfg = ens_cfg()
+    live = EnsembleSeries(cfg)
+    feed(live, 288 * 3)
+    snap = pickle.loads(pickle.dumps(live.state()))
+    resumed = make_series(cfg, snap)
+    assert isinstance(resumed, EnsembleSeries)
+    assert resumed.n == live.n == 288 * 3
+    assert resumed.season.slot_mean == live.season.slot_mean
+    spikes = {288 * 3 + 40: 150.0}
+    out_live = feed(live, 200, start=288 * 3, spikes=spikes)
+    out_resumed = feed(resumed, 200, start=288 * 3, spikes=spikes)
+    assert out_resumed == out_live
+    assert any(v.alert for v in out_resumed)
+    fresh = feed(EnsembleSeries(cfg), 200, start=288 * 3, spikes=spikes)
+    assert not any(v.alert for v in fresh[:100])
+    assert resumed.state() == live.state()
+
+
+def test_snapshot_is_an_immutable_copy() -> None:
+    det = EnsembleSeries(ens_cfg())
+    feed(det, 300)
+    snap = det.state()
+    frozen = pickle.dumps(snap)
+    feed(det, 50, start=300)
+    assert pickle.dumps(snap) == frozen
+
+
+def test_ensemble_state_is_bounded() -> None:
+    cfg = ens_cfg(rank_window=100, context_capacity=50, season_slots=24, evidence_points=4)
+    det = EnsembleSeries(cfg)
+    rnd = random.Random(9)
+    for i in range(3000):
+        det.update(T0 + i * 37.0, rnd.random() * 1000)
+    season, contexts, *_ = det.state()
+    assert len(season[0]) <= 24 and len(season[1]) == 100
+    assert all(len(c[2]) <= 50 for c in contexts)
+    assert len(det.recent()) == 4
+
+
+def test_ewma_series_score_scale() -> None:
+    det = EwmaSeries(AnomalyConfig(detector="ewma", warmup=5, z_threshold=4.0))
+    for i in range(30):
+        det.update(float(i), 10.0 + (0.5 if i % 2 else -0.5))
+    v = det.update(30.0, 50.0)
+    assert v.alert and v.raw >= 4.0 and v.score >= 0.5 and v.detector == "ewma_zscore"
+
+
+# --- EntityDetector with the ensemble -------------------------------------------------------
+
+
+def metric(i: int, value: float) -> Event:
+    return Event(
+        event_id=f"m-{i}",
+        source=f"metrics[0]@{i}",
+        tenant="acme",
+        kind=Kind.METRIC,
+        entity="web-1.cpu",
+        ts=T0 + i * STEP,
+        payload={"value": value, "unit": None, "tags": {}},
+        ingest_ts=0.0,
+    )
+
+
+def test_entity_detector_metric_alert_carries_evidence() -> None:
+    det = EntityDetector(ens_cfg(allowed_lateness_s=1e9, min_points=2 * 288))
+    spike = 288 * 3 + 5
+    out = det.process([metric(i, daily(i)) for i in range(spike)], now=1.0)
+    assert not any(isinstance(f, Alert) for f in out)
+    out = det.process([metric(spike, 140.0)], now=2.0)
+    [alert] = [f for f in out if isinstance(f, Alert)]
+    assert alert.detector.startswith("ensemble/")
+    assert alert.value == 140.0 and alert.event_ids == (f"m-{spike}",)
+    assert alert.threshold == 0.9 and 0.9 <= alert.score <= 1.0
+    assert abs(alert.baseline - daily(spike)) < 5.0
+    assert alert.window["recent"][-1] == 140.0 and len(alert.window["recent"]) == 8
+    assert alert.window["component"] in ("seasonal_residual", "context_novelty")
+    assert "expected about" in alert.message
+
+
+def test_entity_detector_resumes_after_restart() -> None:
+    """Pickled snapshot -> new detector: the alert after the restart is the same one."""
+    cfg = ens_cfg(allowed_lateness_s=1e9, min_points=2 * 288)
+    live = EntityDetector(cfg)
+    spike = 288 * 3 + 5
+    live.process([metric(i, daily(i)) for i in range(spike)], now=1.0)
+    resumed = EntityDetector(cfg, pickle.loads(pickle.dumps(live.state())))
+    tail = [metric(spike, 140.0), metric(spike + 1, daily(spike + 1))]
+    assert resumed.process(tail, now=2.0) == live.process(tail, now=2.0)
+    fresh = EntityDetector(cfg).process(tail, now=2.0)
+    assert not any(isinstance(f, Alert) for f in fresh)
+
+
+def test_snapshot_under_another_detector_starts_afresh() -> None:
+    ewma = EntityDetector(AnomalyConfig(detector="ewma", allowed_lateness_s=1e9))
+    ewma.process([metric(i, daily(i)) for i in range(10)], now=1.0)
+    det = EntityDetector(ens_cfg(), ewma.state())
+    assert isinstance(det.series, EnsembleSeries) and det.series.n == 0
+
+
+def chat(ts: float, eid: str) -> Event:
+    return Event(
+        event_id=eid,
+        source="chat[0]@1",
+        tenant="acme",
+        kind=Kind.CHAT,
+        entity="sess-1",
+        ts=ts,
+        payload={"text": "hi", "role": "user"},
+        ingest_ts=ts,
+    )
+
+
+def test_event_rate_drop_alert() -> None:
+    cfg = AnomalyConfig(rate_min_count=10, rate_warmup_windows=3, rate_factor=5.0)
+    det = EntityDetector(cfg)
+    for k in range(5):
+        det.process([chat(T0 + 60 * k + i * 2, f"w{k}-{i}") for i in range(20)], now=1.0)
+    det.process([chat(T0 + 300 + 1, "lonely")], now=1.0)
+    out = det.process([chat(T0 + 420 + 31, "push")], now=1.0)
+    [alert] = [f for f in out if isinstance(f, Alert)]
+    assert alert.detector == "event_rate_drop"
+    assert alert.value == 1.0 and alert.baseline >= 10
+    assert alert.window["kind"] == "drop" and alert.threshold == 0.2
