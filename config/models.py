@@ -204,10 +204,10 @@ class AnomalyConfig(Frozen):
     season_slots: int = Field(default=288, ge=1, le=10_000)
     season_period_s: float = Field(default=86_400.0, gt=0)
     season_alpha: float = Field(default=0.25, gt=0, le=1)
-    rank_window: int = Field(default=1500, ge=50, le=20_000)
+    rank_window: int = Field(default=3000, ge=50, le=20_000)
     """Ensemble: residuals kept to rank a new one against (8 bytes each, twice, per series)."""
-    season_sharpness: float = Field(default=50.0, ge=1)
-    """Ensemble: the seasonal rank enters the fusion as rank ** sharpness (0.999 -> 0.95)."""
+    season_sharpness: float = Field(default=100.0, ge=1)
+    """Ensemble: the seasonal rank enters the fusion as rank ** sharpness (0.999 -> 0.90)."""
     context_levels: tuple[int, ...] = (6, 8, 12, 16)
     context_orders: tuple[int, ...] = (2, 3, 2, 3)
     context_capacity: int = Field(default=2048, ge=16, le=100_000)
