@@ -7,9 +7,12 @@ With the local profile and no LLM endpoint configured (`llm.base_url` or `OPENAI
 the bundled LLM simulator is started on loopback and its answers are marked "[simulated]".
 
 Recovery: the directory (default `out/recovery` for file output, `recovery` otherwise) gets
-its partitions created when it has none; it is never deleted or re-created. Running again on
-the same directory resumes where the last snapshot left off; a finished file input stays
-finished (delete `./out` to start the demo from scratch).
+its partitions created when it is new (then a marker file records how many); it is never
+deleted or re-created. A directory whose partition files are missing (the marker says they
+existed), unreadable, or from different directories is refused with the fix in the message
+(exit 3), here and, through `check_recovery_directory`, under `python -m bytewax.run`.
+Running again on the same directory resumes where the last snapshot left off; a finished
+file input stays finished (delete `./out` to start the demo from scratch).
 
 Exit codes: 0 finished, or stopped gracefully by SIGTERM/SIGINT (input ended at its current
 offsets, work in flight finished, final snapshot written); 2 bad configuration; 3 damaged or
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -56,11 +60,95 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+RECOVERY_MARKER = "contextstream-recovery.json"
+"""Written next to the partitions when this launcher creates them."""
+
+
+class RecoveryDirectoryError(RuntimeError):
+    """The recovery directory is damaged or mismatched; nothing was deleted or re-created.
+
+    The message names the fix: restore the named partition files from one consistent backup,
+    or point `-r` at a new empty directory to start over (re-reading the inputs from their
+    beginning; answers still in the LLM response cache are not requested again).
+    """
+
+
+def recovery_problems(directory: Path) -> list[str]:
+    """What is wrong with the partition files in `directory` (empty: usable or new)."""
+    parts = sorted(directory.glob("part-*.sqlite3"))
+    marker = directory / RECOVERY_MARKER
+    if not parts:
+        if marker.exists():
+            return [
+                f"{directory} has no partition files, but {RECOVERY_MARKER} says "
+                f"{marker.read_text().strip()}: the partitions were deleted. Restore them from "
+                "backup, or point -r at a new empty directory to start over"
+            ]
+        return []
+    problems: list[str] = []
+    found: dict[int, tuple[str, int]] = {}
+    for p in parts:
+        try:
+            con = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+            try:
+                rows = con.execute("select part_index, part_count from parts").fetchall()
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            problems.append(
+                f"{p} is not a readable Bytewax recovery partition ({exc}); restore it from "
+                "the same backup as the other partition files"
+            )
+            continue
+        if len(rows) != 1:
+            problems.append(f"{p} holds {len(rows)} partition records; restore it from backup")
+            continue
+        index, count = rows[0]
+        if index in found:
+            problems.append(
+                f"{p} and {found[index][0]} are both partition {index}; keep the one that "
+                "belongs with the others (restore a consistent backup)"
+            )
+        found[index] = (p.name, count)
+    counts = {c for _, c in found.values()}
+    if len(counts) > 1:
+        detail = ", ".join(f"{n}: {i} of {c}" for i, (n, c) in sorted(found.items()))
+        problems.append(
+            f"partition files in {directory} come from different recovery directories "
+            f"({detail}); restore a consistent set of partition backups"
+        )
+    elif counts:
+        (count,) = counts
+        missing = sorted(set(range(count)) - set(found))
+        if missing and not problems:
+            problems.append(
+                f"{directory} is missing partition(s) {missing} of {count}; restore them from "
+                "backup, or point -r at a new empty directory to start over"
+            )
+    return problems
+
+
+def check_recovery_directory(directory: Path) -> None:
+    """Raise `RecoveryDirectoryError` naming the fix if `directory` is damaged."""
+    problems = recovery_problems(directory)
+    if problems:
+        msg = (
+            "recovery directory refused (nothing was deleted): "
+            + "; ".join(problems)
+            + ". See docs/RELIABILITY.md, 'Damaged recovery directory'."
+        )
+        raise RecoveryDirectoryError(msg)
+
+
 def prepare_recovery(directory: Path, partitions: int) -> None:
-    """Create recovery partitions if the directory has none; never deletes anything."""
+    """Create recovery partitions in a new directory; refuse a damaged one (never deletes)."""
     directory.mkdir(parents=True, exist_ok=True)
+    check_recovery_directory(directory)
     if not any(directory.glob("part-*.sqlite3")):
         init_db_dir(directory, partitions)
+        (directory / RECOVERY_MARKER).write_text(
+            json.dumps({"partitions": partitions, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        )
 
 
 def _progress(stop: threading.Event, every: float, started: float) -> None:
@@ -106,7 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     recovery_dir = args.recovery_directory or Path(
         f"{settings.output.dir}/recovery" if settings.output.kind == "file" else "recovery"
     )
-    prepare_recovery(recovery_dir, args.workers_per_process)
+    try:
+        prepare_recovery(recovery_dir, args.workers_per_process)
+    except RecoveryDirectoryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     sim = _start_simulator(settings)
 
     from flows.pipeline import build_flow, load_profile_seed, tune_gc

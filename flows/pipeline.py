@@ -288,6 +288,7 @@ def build(config_path: str) -> Dataflow:
     """Entry point for `python -m bytewax.run "flows.pipeline:build('config/…toml')"`."""
     settings = load_config(config_path)
     setup_logging(settings.app)
+    _check_recovery_argument()
     install_graceful_stop()
     if settings.stores.profiles_seed:
         load_profile_seed(settings)
@@ -303,6 +304,20 @@ def build(config_path: str) -> Dataflow:
         },
     )
     return flow
+
+
+def _check_recovery_argument() -> None:
+    """Under `python -m bytewax.run ... -r DIR`, refuse a damaged recovery directory with
+    the fix in the message, before Bytewax fails on it with less to go on."""
+    import sys
+    from pathlib import Path
+
+    argv = sys.argv
+    for flag in ("-r", "--recovery-directory"):
+        if flag in argv[:-1]:
+            from run import check_recovery_directory
+
+            check_recovery_directory(Path(argv[argv.index(flag) + 1]))
 
 
 def tune_gc() -> None:

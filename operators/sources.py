@@ -191,7 +191,7 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
         self._tp = TopicPartition(topic, part, self._offset)
         self._consumer.assign([self._tp])
         # A resumed offset is checked against the first fetch's watermarks (see module doc).
-        self._check_resume = resume is not None
+        self._check_resume = resume is not None and resume >= 0  # not OFFSET_BEGINNING
         self._topic = topic
         self._part = part
         self._name = name
