@@ -546,3 +546,81 @@ def flow_metrics(port: int, timeout_s: float = 2.0) -> dict[str, float]:
         except ValueError:
             continue
     return out
+
+
+class TopicCounter:
+    """Counts a topic's records incrementally (one consumer kept assigned; no re-reading)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"count-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        self.n = 0
+
+    def count(self, wait_s: float = 0.2) -> int:
+        while True:
+            msgs = self.consumer.consume(10_000, wait_s)
+            self.n += sum(1 for m in msgs if m.error() is None)
+            if not msgs:
+                return self.n
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class Feeder:
+    """Writes `sent`'s records to the input topics at about `rate` records/s, in a thread,
+    so the flow runs under load (input keeps arriving while faults are injected)."""
+
+    def __init__(self, dep: Deployment, sent: Sent, rate: float, chunk: int = 500) -> None:
+        self.dep = dep
+        self.rate = rate
+        self.chunk = chunk
+        self.queue = [(name, v) for name, recs in sent.records.items() for _, v in recs]
+        # Interleave the topics, so every input is busy all along.
+        self.queue.sort(key=lambda nv: hash(nv[1]) % 1000)
+        self.written = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="feeder")
+
+    def start(self) -> Feeder:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        from tests.fixtures.broker import produce
+
+        while self.written < len(self.queue) and not self._stop.is_set():
+            t0 = time.monotonic()
+            part = self.queue[self.written : self.written + self.chunk]
+            by_topic: dict[str, list[bytes | None]] = defaultdict(list)
+            for name, v in part:
+                by_topic[name].append(v)
+            for name, values in by_topic.items():
+                produce(
+                    self.dep.bootstrap,
+                    self.dep.topics[name],
+                    [(None, v) for v in values],
+                    timeout_s=600,
+                    producer_config={"message.max.bytes": 8_000_000},
+                )
+            self.written += len(part)
+            self._stop.wait(max(0.0, len(part) / self.rate - (time.monotonic() - t0)))
+
+    @property
+    def done(self) -> bool:
+        return self.written >= len(self.queue)
+
+    def finish(self, timeout_s: float = 600) -> None:
+        """Write the rest at full speed and wait for the thread."""
+        self.rate = 1e9
+        self._thread.join(timeout_s)
