@@ -189,12 +189,13 @@ class RedactionConfig(Frozen):
 class AnomalyConfig(Frozen):
     """Anomaly detection per entity (`operators.anomaly`); the same settings drive `bench.nab`.
 
-    `detector` picks the metric-series detector: `ensemble` (seasonal residual + context
-    novelty at several resolutions, fused, with a rest period; tuned on NAB) or `ewma` (the
-    cheap EWMA z-score against `z_threshold`). Event-rate windows run with either.
+    `detector` picks the metric-series detector: `ensemble` (the default: seasonal residual,
+    a shift detector on its ranks and context novelty at three resolutions, fused, with a rest
+    period; measured on NAB with `bench/nab.py`) or `ewma` (the cheap EWMA z-score against
+    `z_threshold`). Event-rate windows run with either.
     """
 
-    detector: MetricDetector = "ewma"
+    detector: MetricDetector = "ensemble"
     alert_threshold: float = Field(default=0.9, gt=0, le=1)
     """Ensemble: a fused score at or above this raises an alert (scores are in [0, 1])."""
     rest_points: int = Field(default=50, ge=0)
@@ -205,11 +206,15 @@ class AnomalyConfig(Frozen):
     season_period_s: float = Field(default=86_400.0, gt=0)
     season_alpha: float = Field(default=0.25, gt=0, le=1)
     rank_window: int = Field(default=3000, ge=50, le=20_000)
-    """Ensemble: residuals kept to rank a new one against (8 bytes each, twice, per series)."""
+    """Ensemble: history kept to rank a new residual (and a new shift mean) against (8 bytes
+    each, twice, per ranked statistic: 2 x 2 x 8 x 3000 = 96 kB per series)."""
     season_sharpness: float = Field(default=100.0, ge=1)
-    """Ensemble: the seasonal rank enters the fusion as rank ** sharpness (0.999 -> 0.90)."""
-    context_levels: tuple[int, ...] = (6, 8, 12, 16)
-    context_orders: tuple[int, ...] = (2, 3, 2, 3)
+    """Ensemble: the seasonal and shift ranks enter the fusion as rank ** sharpness
+    (0.999 -> 0.90)."""
+    shift_span: int = Field(default=30, ge=2, le=1000)
+    """Ensemble: readings the shift detector averages the residual ranks' surprise over."""
+    context_levels: tuple[int, ...] = (5, 6, 7)
+    context_orders: tuple[int, ...] = (1, 1, 1)
     context_capacity: int = Field(default=2048, ge=16, le=100_000)
     """Ensemble: (context, level) pairs each context detector remembers (least recent go)."""
     evidence_points: int = Field(default=8, ge=1, le=100)

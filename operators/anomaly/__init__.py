@@ -4,8 +4,9 @@ Pure logic, combined per entity key by one keyed `stateful_batch` step (`anomaly
 
 - Metric readings (`payload["value"]`, event time `Event.ts`) go through the series detector
   that `AnomalyConfig.detector` names (`series.make_series`): the default `ensemble` (seasonal
-  residual + context novelty, fused, with a rest period after an alarm; see `series.py` and
-  `detectors.py`, measured on NAB with `bench/nab.py`) or the cheap `ewma` z-score.
+  residual, a shift detector on its ranks and context novelty, fused, with a rest period;
+  see `series.py` and `detectors.py`, measured on NAB with `bench/nab.py`) or the cheap
+  `ewma` z-score.
 - `RateWindows`: event-time tumbling windows counting events per entity. A window closes when
   the entity's watermark passes its end (the watermark is the newest event time minus the
   allowed lateness, advanced by wall time while the entity is idle, like Bytewax's
@@ -38,7 +39,7 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from config.models import AnomalyConfig
-from operators.anomaly.detectors import ContextNovelty, EwmaZScore, SeasonalResidual
+from operators.anomaly.detectors import ContextNovelty, EwmaZScore, RankShift, SeasonalResidual
 from operators.anomaly.series import (
     EnsembleSeries,
     EwmaSeries,
@@ -58,6 +59,7 @@ __all__ = [
     "EwmaZScore",
     "Flagged",
     "Late",
+    "RankShift",
     "RateWindows",
     "SeasonalResidual",
     "SeriesDetector",
@@ -67,6 +69,11 @@ __all__ = [
 ]
 
 Clock = Callable[[], float]
+_WHAT = {
+    "seasonal_residual": "far from its usual level at this time of day",
+    "residual_shift": "part of a sustained shift away from its usual level or spread",
+    "context_novelty": "a pattern not seen in its recent past",
+}
 _MAX_WINDOW_IDS = 10
 _MAX_GAP_WINDOWS = 1000
 
@@ -242,11 +249,7 @@ class EntityDetector:
         else:
             score, threshold = v.score, v.threshold
             window = {"component": v.detector, **series.evidence()}
-            what = (
-                "far from its usual level at this time of day"
-                if v.detector == "seasonal_residual"
-                else "a pattern not seen in its recent past"
-            )
+            what = _WHAT.get(v.detector, "a pattern not seen in its recent past")
             message = (
                 f"{e.entity}: value {value:g} is {what} (expected about {v.baseline:g}; "
                 f"anomaly score {v.score:.3f} >= {v.threshold:g})"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_left
+from collections import deque
 from typing import Any
 
 
@@ -251,3 +252,50 @@ class SeasonalResidual:
 
     def state(self) -> tuple[Any, ...]:
         return (tuple(self.slot_mean.items()), self.rank.state())
+
+
+class RankShift:
+    """A sustained shift in a stream of ranks (change detection on conformal p-values).
+
+    Fed the seasonal residual's rank r in [0, 1) per reading, it averages the surprise
+    -ln(1 - r) over the last `span` readings (under "nothing changed" the ranks are about
+    uniform, so each surprise is about Exp(1) and the mean is near 1; a level or variance shift
+    keeps many ranks high and drives it up, even when no single reading is extreme). Real
+    residuals are autocorrelated, so the mean is not compared with a fixed bound but ranked
+    against its own last `window` values: 1.0 means "the most sustained deviation recently".
+    The first `span` readings only fill the average.
+
+    State: the last `span` surprises, their sum, the count and the ranking window.
+    """
+
+    __slots__ = ("n", "rank", "ring", "span", "total")
+
+    _FLOOR = 1e-4  # caps one reading's surprise at ln(1e4) ~ 9.2
+
+    def __init__(
+        self, span: int = 30, window: int = 3000, state: tuple[Any, ...] | None = None
+    ) -> None:
+        self.span = span
+        ring, total, n, ranks = state or ((), 0.0, 0, ())
+        self.ring: deque[float] = deque(ring, maxlen=span)
+        self.total: float = total
+        self.n: int = n
+        self.rank = Rank(window, ranks)
+
+    def update(self, r: float) -> float:
+        z = -math.log(max(1.0 - r, self._FLOOR))
+        ring = self.ring
+        if len(ring) == self.span:
+            self.total -= ring[0]
+        ring.append(z)
+        self.total += z
+        self.n += 1
+        if self.n <= self.span:
+            return 0.0
+        mean = self.total / self.span
+        score = self.rank.rank(mean)
+        self.rank.push(mean)
+        return score
+
+    def state(self) -> tuple[Any, ...]:
+        return (tuple(self.ring), self.total, self.n, self.rank.state())

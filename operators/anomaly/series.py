@@ -4,13 +4,16 @@
 names; the pipeline (`operators.anomaly.EntityDetector`) and the benchmark (`bench.nab`) both
 call it, so NAB scores measure the code that runs in the flow.
 
-- `EnsembleSeries` (`detector = "ensemble"`): a seasonal residual (distance to the usual value
-  at this time of day, ranked against recent residuals) and context novelty at several
-  quantization levels (after CAD OSE). The fused score is the larger of `rank ** sharpness`
-  and the mean novelty. The last stage turns scores into alerts without repeated alarms (after
-  CAD OSE's rest period): a score at or above `alert_threshold` is an alert unless some score
-  in the previous `rest_points` readings reached the threshold too; during that rest the
-  reported score is 0. Readings before `min_points` only teach the detectors.
+- `EnsembleSeries` (`detector = "ensemble"`, the default): a seasonal residual (distance to
+  the usual value at this time of day, ranked against recent residuals), a shift detector on
+  those ranks (their mean surprise over `shift_span` readings, ranked against its own
+  history: catches level and variance shifts that no single reading shows) and context
+  novelty at several quantization levels (after CAD OSE). The fused score is the largest of
+  the two `rank ** sharpness` and the mean novelty. The last stage turns scores into alerts
+  without repeated alarms (after CAD OSE's rest period): a score at or above
+  `alert_threshold` is an alert unless some score in the previous `rest_points` readings
+  reached the threshold too; during that rest the reported score is 0. Readings before
+  `min_points` only teach the detectors.
 - `EwmaSeries` (`detector = "ewma"`): the EWMA z-score against `z_threshold`, with alerts
   suppressed for `suppress_s` of event time; the reported score is z / (z + z_threshold), so
   its alert threshold on the [0, 1] scale is 0.5.
@@ -27,7 +30,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from config.models import AnomalyConfig
-from operators.anomaly.detectors import ContextNovelty, EwmaZScore, SeasonalResidual
+from operators.anomaly.detectors import ContextNovelty, EwmaZScore, RankShift, SeasonalResidual
+
+_STATE_LEN = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +70,7 @@ class SeriesDetector(Protocol):
 
 
 class EnsembleSeries:
-    """Seasonal residual + multi-resolution context novelty, fused, with a rest period."""
+    """Seasonal residual + its rank shift + multi-resolution context novelty, fused, rested."""
 
     name = "ensemble"
 
@@ -73,10 +78,17 @@ class EnsembleSeries:
         self.cfg = cfg
         self.threshold = cfg.alert_threshold
         self.sharpness = cfg.season_sharpness
-        season_s, contexts_s, n, last_hit, recent, parts = state or (None, None, 0, None, (), ())
+        if state is not None and len(state) != _STATE_LEN:
+            state = None  # a snapshot of an earlier layout: start afresh
+        season_s, shift_s, contexts_s, n, last_hit, recent, parts = state or (
+            (None,) * 5 + ((), ())
+        )
+        if contexts_s is not None and len(contexts_s) != len(cfg.context_levels):
+            contexts_s = None  # the resolutions changed
         self.season = SeasonalResidual(
             cfg.season_slots, cfg.season_alpha, cfg.rank_window, cfg.season_period_s, season_s
         )
+        self.shift = RankShift(cfg.shift_span, cfg.rank_window, shift_s)
         self.contexts = [
             ContextNovelty(lv, order, cfg.context_capacity, s)
             for lv, order, s in zip(
@@ -86,21 +98,28 @@ class EnsembleSeries:
                 strict=True,
             )
         ]
-        self.n: int = n
+        self.n: int = n or 0
         self.last_hit: int | None = last_hit
         self._recent: deque[float] = deque(recent, maxlen=cfg.evidence_points)
-        self.parts: tuple[float, ...] = tuple(parts) or (0.0, 0.0)
+        self.parts: tuple[float, ...] = tuple(parts) or (0.0, 0.0, 0.0)
 
     def update(self, ts: float, value: float) -> Verdict:
         baseline = self.season.baseline(ts)
-        seasonal = self.season.update(value, ts) ** self.sharpness
+        rank = self.season.update(value, ts)
+        sharp = self.sharpness
+        seasonal = rank**sharp
+        shift = self.shift.update(rank) ** sharp
         contexts = self.contexts
         novelty = sum(c.update(value) for c in contexts) / len(contexts)
         self._recent.append(value)
         self.n += 1
-        fused = seasonal if seasonal >= novelty else novelty
-        self.parts = (seasonal, novelty)
-        detector = "seasonal_residual" if seasonal >= novelty else "context_novelty"
+        self.parts = (seasonal, shift, novelty)
+        if seasonal >= shift and seasonal >= novelty:
+            fused, detector = seasonal, "seasonal_residual"
+        elif shift >= novelty:
+            fused, detector = shift, "residual_shift"
+        else:
+            fused, detector = novelty, "context_novelty"
         thr = self.threshold
         resting = self.last_hit is not None and self.n - self.last_hit <= self.cfg.rest_points
         score = 0.0 if resting or self.n < self.cfg.min_points else fused
@@ -119,9 +138,10 @@ class EnsembleSeries:
         return tuple(self._recent)
 
     def evidence(self) -> dict[str, Any]:
-        seasonal, novelty = self.parts
+        seasonal, shift, novelty = self.parts
         return {
             "seasonal_residual": round(seasonal, 4),
+            "residual_shift": round(shift, 4),
             "context_novelty": round(novelty, 4),
             "n": self.n,
         }
@@ -129,6 +149,7 @@ class EnsembleSeries:
     def state(self) -> tuple[Any, ...]:
         return (
             self.season.state(),
+            self.shift.state(),
             tuple(c.state() for c in self.contexts),
             self.n,
             self.last_hit,

@@ -68,7 +68,7 @@ def test_anomaly_alerts_carry_evidence(runner: str) -> None:
     alerts: list[Any] = []
     flow = Dataflow("anomaly_test")
     keyed = op.key_on("key", op.input("in", flow, TestingSource(events)), lambda e: e.key)
-    cfg = AnomalyConfig(warmup=20, z_threshold=5)
+    cfg = AnomalyConfig(detector="ewma", warmup=20, z_threshold=5)
     out = detect_anomalies("anomaly", keyed, cfg, clock=lambda: 0.0)
     op.output("oks", out.oks, TestingSink(oks))
     op.output("alerts", out.alerts, TestingSink(alerts))

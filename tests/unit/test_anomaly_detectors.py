@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from config.models import AnomalyConfig
 from operators.anomaly import EntityDetector
-from operators.anomaly.detectors import ContextNovelty, Rank, SeasonalResidual
+from operators.anomaly.detectors import ContextNovelty, Rank, RankShift, SeasonalResidual
 from operators.anomaly.series import EnsembleSeries, EwmaSeries, make_series
 from operators.model import Alert, Event, Kind
 
@@ -105,6 +105,41 @@ def test_seasonal_residual_flags_a_value_off_its_time_of_day() -> None:
     assert det.update(daily(i + 1), T0 + (i + 1) * STEP) < 0.99
 
 
+# --- RankShift ------------------------------------------------------------------------------
+
+
+def test_rank_shift_flags_a_sustained_shift_no_single_reading_shows() -> None:
+    """Uniform ranks, then ranks that stay moderately high (0.8-0.95: none extreme on its
+    own): the mean surprise climbs to a record within the span."""
+    rnd = random.Random(5)
+    det = RankShift(span=30, window=1000)
+    calm = [det.update(rnd.random()) for _ in range(1500)]
+    assert sum(x >= 0.999 for x in calm[1000:]) <= 5  # records are rare in calm data
+    shifted = [det.update(0.8 + 0.15 * rnd.random()) for _ in range(30)]
+    assert max(shifted) >= 0.999
+
+
+def test_rank_shift_is_quiet_during_its_span_and_round_trips() -> None:
+    det = RankShift(span=10, window=50)
+    rnd = random.Random(6)
+    assert [det.update(rnd.random()) for _ in range(10)] == [0.0] * 10
+    for _ in range(200):
+        det.update(rnd.random())
+    snap = pickle.loads(pickle.dumps(det.state()))
+    twin = RankShift(10, 50, snap)
+    xs = [rnd.random() for _ in range(100)]
+    assert [det.update(x) for x in xs] == [twin.update(x) for x in xs]
+    assert twin.state() == det.state()
+    assert len(det.state()[3]) == 50
+
+
+def test_ensemble_resumes_an_older_snapshot_layout_afresh() -> None:
+    cfg = ens_cfg()
+    old = ((), (), 12, None, (), (0.0, 0.0))  # the layout before the shift detector
+    det = EnsembleSeries(cfg, old)
+    assert det.n == 0 and len(det.contexts) == len(cfg.context_levels)
+
+
 # --- EnsembleSeries -------------------------------------------------------------------------
 
 
@@ -114,7 +149,10 @@ def feed(det: Any, n: int, start: int = 0, spikes: dict[int, float] | None = Non
 
 
 def test_ensemble_alerts_once_on_a_spike_then_rests() -> None:
-    det = EnsembleSeries(ens_cfg(rest_points=50))
+    # A 1500-reading rank window: with 600 the shift detector's history of 30-reading means
+    # (overlapping, so only ~20 independent ones) is short enough that pure noise sets a new
+    # record now and then, and that chance alarm's rest would cover the spike.
+    det = EnsembleSeries(ens_cfg(rest_points=50, rank_window=1500))
     spike = 288 * 4 + 10
     verdicts = feed(det, spike + 40, spikes={spike: 150.0, spike + 3: 160.0})
     # Days 1-3 are its learning period (like NAB's probation): look at day 4 on.
@@ -122,6 +160,7 @@ def test_ensemble_alerts_once_on_a_spike_then_rests() -> None:
     assert alerts == [spike]  # the second spike falls in the rest period
     v = verdicts[spike]
     assert v.score >= 0.9 and v.detector in ("seasonal_residual", "context_novelty")
+    assert v.detector != "residual_shift"
     assert verdicts[spike + 3].score == 0.0  # resting
     assert det.recent()[-1] == daily(spike + 39)
     assert all(0.0 <= x.score <= 1.0 for x in verdicts)
@@ -171,8 +210,9 @@ def test_ensemble_state_is_bounded() -> None:
     rnd = random.Random(9)
     for i in range(3000):
         det.update(T0 + i * 37.0, rnd.random() * 1000)
-    season, contexts, *_ = det.state()
+    season, shift, contexts, *_ = det.state()
     assert len(season[0]) <= 24 and len(season[1]) == 100
+    assert len(shift[0]) == cfg.shift_span and len(shift[3]) == 100
     assert all(len(c[2]) <= 50 for c in contexts)
     assert len(det.recent()) == 4
 
