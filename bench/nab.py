@@ -106,7 +106,12 @@ def synthetic(n: int, seed: int = 7) -> list[tuple[float, float]]:
 
 def cost(points: int) -> dict[str, float]:
     """µs per reading of each detector alone and of each configured series detector."""
-    from operators.anomaly.detectors import ContextNovelty, EwmaZScore, SeasonalResidual
+    from operators.anomaly.detectors import (
+        ContextNovelty,
+        EwmaZScore,
+        RankShift,
+        SeasonalResidual,
+    )
 
     cfg = load_anomaly_config(None)
     series = synthetic(points)
@@ -123,7 +128,11 @@ def cost(points: int) -> dict[str, float]:
     season = SeasonalResidual(
         cfg.season_slots, cfg.season_alpha, cfg.rank_window, cfg.season_period_s
     )
-    timed("seasonal_residual", lambda ts, v: season.update(v, ts))
+    ranks: list[float] = []
+    timed("seasonal_residual", lambda ts, v: ranks.append(season.update(v, ts)))
+    shift = RankShift(cfg.shift_span, cfg.rank_window)
+    it = iter(ranks)
+    timed(f"residual_shift(span={cfg.shift_span})", lambda ts, v: shift.update(next(it)))
     for lv, order in zip(cfg.context_levels, cfg.context_orders, strict=True):
         ctx = ContextNovelty(lv, order, cfg.context_capacity)
         timed(f"context_novelty(levels={lv},orders={order})", lambda ts, v, c=ctx: c.update(v))
