@@ -310,10 +310,17 @@ def broker_stall(ctx: Ctx) -> Outcome:
             write_inputs(dep, more)
             total = sent.total + more.total
 
-            def caught_up() -> bool:
-                return len(dep.drain("ledger", 0.3)) + len(dep.drain("dead_letters", 0.3)) >= total
+            counted = [
+                TopicCounter(dep.bootstrap, dep.topics[t]) for t in ("ledger", "dead_letters")
+            ]
 
-            lag_zero = _wait_for(caught_up, 300, 1.0)
+            def caught_up() -> bool:
+                return sum(c.count() for c in counted) >= total or not runner.alive()
+
+            _wait_for(caught_up, 120 if ctx.quick else 300, 1.0)
+            lag_zero = sum(c.count() for c in counted) >= total
+            for c in counted:
+                c.close()
             caught_up_s = time.time() - resumed_at
             with contextlib.suppress(OSError):
                 m = flow_metrics(port)

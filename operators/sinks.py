@@ -10,12 +10,17 @@ written, so a restart replays the records instead of advancing past a lost messa
 Failures are of two kinds:
 - permanent (a message over `message.max.bytes`, an unknown topic, a fatal producer error):
   the batch fails at once, with the cause and the fix in the message;
-- a stalled broker (messages timed out, transport errors): the sink keeps the batch and
-  produces the timed-out messages again until `stall_timeout_s` has passed since the batch
-  began, logging a warning every few seconds and setting `contextstream_output_stalled`, so
-  a broker paused for a minute holds the flow back (backpressure) instead of failing it.
-  Only past `stall_timeout_s` does the batch fail. Re-producing may duplicate a message the
+- anything else (messages timed out on a stalled broker, transport errors, and the producer
+  fencing that follows them): the sink keeps the batch and, with a fresh producer, produces
+  the failed messages again until `stall_timeout_s` has passed since the batch began,
+  logging a warning every few seconds and setting `contextstream_output_stalled`, so a
+  broker paused for a minute holds the flow back (backpressure) instead of failing it. Only
+  past `stall_timeout_s` does the batch fail. Re-producing may duplicate a message the
   broker had in fact stored: output is at-least-once, and every record carries its event ids.
+
+A fresh producer is needed because an idempotent producer whose messages timed out bumps its
+epoch, and a broker may then fence it ("a newer producer ... fences the current one", seen
+with Tansu after a 12 s pause): re-producing through it would fail for good.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -49,18 +54,21 @@ OUTPUT_STALL_SECONDS = Counter(
     ["topic"],
 )
 
-#: Delivery errors that mean "the broker did not answer in time", not "the broker refused".
-TRANSIENT_DELIVERY_ERRORS = frozenset(
+#: Delivery errors that producing again cannot fix: the message or the topic is refused.
+PERMANENT_DELIVERY_ERRORS = frozenset(
     {
-        KafkaError._MSG_TIMED_OUT,
-        KafkaError._TIMED_OUT,
-        KafkaError._TRANSPORT,
-        KafkaError._ALL_BROKERS_DOWN,
-        KafkaError.REQUEST_TIMED_OUT,
-        KafkaError.NOT_ENOUGH_REPLICAS,
-        KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
-        KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.POLICY_VIOLATION,
+        KafkaError.INVALID_REQUIRED_ACKS,
+        KafkaError._INVALID_ARG,
     }
 )
 
@@ -77,21 +85,28 @@ class DeliveryFailed(RuntimeError):
 
 class _KafkaPartition(StatelessSinkPartition[KV]):
     def __init__(
-        self, producer: Producer, topic: str, flush_timeout_s: float, stall_timeout_s: float
+        self,
+        make_producer: Callable[[], Producer],
+        topic: str,
+        flush_timeout_s: float,
+        stall_timeout_s: float,
     ) -> None:
-        self.producer = producer
+        self.make_producer = make_producer
+        self.producer = make_producer()
         self.topic = topic
         self.flush_timeout_s = flush_timeout_s
         self.stall_timeout_s = stall_timeout_s
         self.errors: list[str] = []
         self.retry: list[KV] = []
+        self.retry_reasons: set[str] = set()
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
             return
-        transient = err.code() in TRANSIENT_DELIVERY_ERRORS or err.retriable()
-        if self.stall_timeout_s > 0 and transient and not err.fatal():
+        if self.stall_timeout_s > 0 and err.code() not in PERMANENT_DELIVERY_ERRORS:
             self.retry.append((msg.key(), msg.value() or b""))
+            if len(self.retry_reasons) < 5:
+                self.retry_reasons.add(err.str())
         elif len(self.errors) < 20:
             self.errors.append(f"{msg.topic()}: {err.str()}")
 
@@ -153,16 +168,23 @@ class _KafkaPartition(StatelessSinkPartition[KV]):
             if now - last_log >= _STALL_LOG_EVERY_S or self.retry:
                 log.warning(
                     "output topic %r: broker stalled for %.0f s; %d message(s) in flight, "
-                    "%d to produce again (holding the flow back until it answers)",
+                    "%d to produce again (%s); holding the flow back until it answers",
                     self.topic,
                     now - stalled_since,
                     remaining,
                     len(self.retry),
+                    "; ".join(sorted(self.retry_reasons)) or "no answer yet",
                 )
                 last_log = now
-            if self.retry:
+            if self.retry and not remaining:
+                # Every message has an outcome: re-produce the failed ones through a fresh
+                # producer (the old one may be fenced after its timeouts; see module doc).
                 again, self.retry = self.retry, []
+                self.retry_reasons.clear()
                 OUTPUT_REPRODUCED.labels(self.topic).inc(len(again))
+                self.producer.purge()
+                self.producer.flush(0)
+                self.producer = self.make_producer()
                 self._produce(again)
         if stalled_since is not None:
             stall = time.monotonic() - stalled_since
@@ -214,7 +236,7 @@ class ReliableKafkaSink(DynamicSink[KV]):
             **self.settings,
         }
         return _KafkaPartition(
-            Producer(config), self.topic, self.flush_timeout_s, self.stall_timeout_s
+            lambda: Producer(config), self.topic, self.flush_timeout_s, self.stall_timeout_s
         )
 
 
