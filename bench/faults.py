@@ -378,7 +378,7 @@ def llm_outage(ctx: Ctx) -> Outcome:
             sim,
             partitions=1,
             tail=True,
-            extra_toml=f"max_held_items = {max_held}\ntimeout_s = 5",
+            extra_toml=f"max_held_items = {max_held}",
         )
         first = Sent()
         first.add("chat", workload.chats(200, sessions=20, prefix="c0"))
@@ -387,7 +387,7 @@ def llm_outage(ctx: Ctx) -> Outcome:
         seen = {"breaker_max": 0.0, "pending_max": 0.0}
         try:
             runner.start()
-            _wait_for(lambda: len(dep.drain("responses", 0.2)) >= 200, 60)
+            _wait_for(lambda: len(dep.drain("responses", 0.2)) >= 200 or not runner.alive(), 60)
             sim.configure(down=True)
             down_at = time.time()
             outage = Sent()
@@ -419,6 +419,7 @@ def llm_outage(ctx: Ctx) -> Outcome:
                     len({i for r in dep.drain("responses", 0.3) for i in r["event_ids"]})
                     + len(dep.drain("dead_letters", 0.3))
                     >= want
+                    or not runner.alive()
                 ),
                 300,
                 1.0,
