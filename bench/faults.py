@@ -1004,15 +1004,16 @@ def _du(path: Path) -> int:
 
 
 def bounded_state(ctx: Ctx) -> Outcome:
-    """1,000,000 events over 100,000 entities (quick: 150,000 over 15,000), in waves that
+    """1,000,000 events over 100,000 entities (quick: 100,000 over 10,000), in waves that
     each use a fresh tenth of the entities, with idle expiry configured: RSS, the rocksdict
     stores and the recovery store level off (the curve's points are reported)."""
     waves = 10
-    n, entities = (150_000, 15_000) if ctx.quick else (1_000_000, 100_000)
-    ttl = 4.0 if ctx.quick else 15.0
+    n, entities = (100_000, 10_000) if ctx.quick else (1_000_000, 100_000)
+    ttl = 3.0 if ctx.quick else 15.0
     per_wave, ents_per_wave = n // waves, entities // waves
     extra = (
-        f"\n[anomaly]\nidle_ttl_s = {ttl}\n[memory]\nidle_ttl_s = {ttl}\n"
+        f"\n[anomaly]\nidle_ttl_s = {ttl}\nrate_window_s = 2.0\nallowed_lateness_s = 1.0\n"
+        f"[memory]\nidle_ttl_s = {ttl}\n"
         f"[validation]\ndedup_ttl_s = {ttl}\n"
     )
     curve = []
@@ -1041,7 +1042,21 @@ def bounded_state(ctx: Ctx) -> Outcome:
                         ).encode()
                     )
                 produce(dep.bootstrap, dep.topics["metrics"], recs, timeout_s=300)
-                produced += per_wave
+                # 1 % chat messages, on sessions of this wave: answers fill the LLM cache.
+                chats = [
+                    json.dumps(
+                        {
+                            "message_id": f"w{w}-c{i:06d}",
+                            "session_id": f"s-{w * ents_per_wave + i % ents_per_wave:06d}",
+                            "tenant": "acme",
+                            "text": f"question {i}",
+                            "sent_at": _iso(t0 - 1 + i / per_wave),
+                        }
+                    ).encode()
+                    for i in range(per_wave // 100)
+                ]
+                produce(dep.bootstrap, dep.topics["chat"], chats, timeout_s=300)
+                produced += per_wave + len(chats)
                 target = produced
                 _wait_for(lambda t=target: ledger_count.count() >= t, 600, 1.0)  # type: ignore[misc]
                 time.sleep(max(0.0, ttl + 1.5 - (time.time() - t0)))  # let idle keys expire
@@ -1061,26 +1076,41 @@ def bounded_state(ctx: Ctx) -> Outcome:
             ledger = ledger_count.count(1.0)
             ledger_count.close()
     rep = Report(inputs=produced, ledger=ledger, lost=max(0, produced - ledger))
-    half = curve[len(curve) // 2 - 1]["rss_mb"]
-    last = curve[-1]["rss_mb"]
-    rec_half, rec_last = curve[len(curve) // 2 - 1]["recovery_mb"], curve[-1]["recovery_mb"]
+    mid = curve[len(curve) // 2 - 1]
+    last = curve[-1]
+
+    def growth(key: str) -> float:
+        return round((last[key] + 0.01) / (mid[key] + 0.01) - 1, 3)
+
+    new_entities = entities - entities // 2
     out = Outcome(
         rep,
         extra={
             "entities": entities,
             "idle_ttl_s": ttl,
             "curve": curve,
-            "rss_growth_second_half": round(last / half - 1, 3),
-            "recovery_growth_second_half": round((rec_last + 0.01) / (rec_half + 0.01) - 1, 3),
+            "rss_growth_second_half": growth("rss_mb"),
+            "stores_growth_second_half": growth("stores_mb"),
+            "recovery_growth_second_half": growth("recovery_mb"),
+            "recovery_bytes_per_new_entity": round(
+                (last["recovery_mb"] - mid["recovery_mb"]) * 2**20 / new_entities
+            ),
             "peak_rss_mb": round(runner.generations[0].peak_rss / 2**20),
             "exit_code_after_sigterm": code,
         },
     )
     out.expect(rep.lost == 0, f"lost {rep.lost}")
-    out.expect(last <= half * 1.15, f"RSS kept growing: {half} MB at half, {last} MB at the end")
     out.expect(
-        rec_last <= rec_half * 1.5 + 1, f"recovery store kept growing: {rec_half} -> {rec_last} MB"
+        last["rss_mb"] <= mid["rss_mb"] * 1.15,
+        f"RSS kept growing: {mid['rss_mb']} MB at half, {last['rss_mb']} MB at the end",
     )
+    out.expect(
+        last["stores_mb"] <= mid["stores_mb"] * 1.15 + 0.05,
+        f"rocksdict stores kept growing: {mid['stores_mb']} MB at half, {last['stores_mb']} MB "
+        "at the end (the LLM response cache has no expiry)",
+    )
+    # Reported, not checked: Bytewax keeps one tombstone row per discarded key in the
+    # recovery store, so it grows with the number of distinct keys ever seen.
     return out
 
 
