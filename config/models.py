@@ -301,6 +301,9 @@ class LLMConfig(Frozen):
     breaker_failures: int = Field(default=5, ge=1)
     breaker_open_s: float = Field(default=2.0, gt=0)
     breaker_max_open_s: float = Field(default=30.0, gt=0)
+    cache_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    """How long cached answers are kept: longer than any crash-to-resume gap that should
+    replay without paying again; bounds the response cache's size."""
     max_held_items: int = Field(default=10_000, ge=1)
     """Items a task's queue holds while the circuit breaker is open; beyond, dead letters."""
     shards_per_task: int = Field(default=1, ge=1, le=256)

@@ -354,6 +354,6 @@ def shared_executor(cfg: LLMConfig, base_url: str | None, cache_path: str) -> LL
     with _exec_lock:
         ex = _executors.get(key)
         if ex is None:
-            ex = LLMExecutor(cfg, base_url, ResponseCache(cache_path))
+            ex = LLMExecutor(cfg, base_url, ResponseCache(cache_path, cfg.cache_ttl_s))
             _executors[key] = ex
         return ex

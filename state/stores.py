@@ -8,6 +8,9 @@ idempotent upsert applied atomically (one `WriteBatch`):
   after a crash cannot roll a profile back;
 - cached LLM answers are keyed by a fingerprint of the request item (task, model, prompt
   version and the item's prompt data); writing the same answer twice is a no-op in effect.
+  They expire after a TTL (RocksDB's TTL mode drops them at compaction, which runs at least
+  every half TTL while answers are written), so the cache is bounded by the answers of one
+  TTL; the TTL must be longer than any crash-to-resume gap that should replay for free.
 
 RocksDB allows one open handle per process and path; `open_store` shares it between the
 workers of a process. Stores are opened on first use, never at import time.
@@ -17,17 +20,23 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import AccessType, Options, Rdict, WriteBatch
 
 _lock = threading.Lock()
 _open: dict[str, Rdict] = {}
 
 
-def open_store(path: str | Path) -> Rdict:
-    """The process-wide handle of the rocksdict store at `path` (created if absent)."""
+def open_store(path: str | Path, ttl_s: float | None = None) -> Rdict:
+    """The process-wide handle of the rocksdict store at `path` (created if absent).
+
+    With `ttl_s`, the store is opened in RocksDB's TTL mode: entries older than that are
+    dropped when compaction reaches them.
+    """
     key = str(Path(path).resolve())
     with _lock:
         db = _open.get(key)
@@ -35,7 +44,10 @@ def open_store(path: str | Path) -> Rdict:
             Path(key).parent.mkdir(parents=True, exist_ok=True)
             opts = Options(raw_mode=True)
             opts.create_if_missing(True)
-            db = Rdict(key, opts)
+            if ttl_s is None:
+                db = Rdict(key, opts)
+            else:
+                db = Rdict(key, opts, access_type=AccessType.with_ttl(max(1, int(ttl_s))))
             _open[key] = db
         return db
 
@@ -92,19 +104,47 @@ class ProfileStore:
 
 
 class ResponseCache:
-    """LLM answers by item fingerprint; written before an answer is emitted."""
+    """LLM answers by item fingerprint, written before an answer is emitted, kept `ttl_s`.
 
-    def __init__(self, path: str | Path) -> None:
-        self.db = open_store(path)
+    Thread-safe (RocksDB is); shared by a process's request threads.
+    """
+
+    DEFAULT_TTL_S = 7 * 24 * 3600.0
+
+    def __init__(
+        self, path: str | Path, ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self.db = open_store(path, ttl_s)
+        self._compact_every = min(ttl_s / 2, 3600.0)
+        self._last_compaction = clock()
+        self._lock = threading.Lock()
 
     def get(self, fingerprint: str) -> dict[str, Any] | None:
         raw = self.db.get(fingerprint.encode())
-        return None if raw is None else json.loads(raw)
+        if raw is None:
+            return None
+        doc = json.loads(raw)
+        if self.clock() - doc["t"] > self.ttl_s:
+            return None  # expired, not yet compacted away
+        answer: dict[str, Any] = doc["a"]
+        return answer
 
     def put_many(self, entries: dict[str, dict[str, Any]]) -> None:
         if not entries:
             return
+        now = self.clock()
         wb = WriteBatch(raw_mode=True)
         for fp, answer in entries.items():
-            wb.put(fp.encode(), _dump(answer))
+            wb.put(fp.encode(), _dump({"a": answer, "t": now}))
         self.db.write(wb)
+        self._maybe_compact(now)
+
+    def _maybe_compact(self, now: float) -> None:
+        with self._lock:
+            if now - self._last_compaction < self._compact_every:
+                return
+            self._last_compaction = now
+        # Compaction is where RocksDB's TTL mode drops expired answers from disk.
+        self.db.compact_range(None, None)

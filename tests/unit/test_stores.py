@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,3 +127,24 @@ def test_response_cache_round_trip(store_dir: Path) -> None:
     cache.put_many({})
     stores.close_all()
     assert ResponseCache(store_dir / "llm-cache").get("fp-1") == answer
+
+
+def test_cached_answers_expire_after_the_ttl(store_dir: Path) -> None:
+    now = [1000.0]
+    cache = ResponseCache(store_dir / "cache", ttl_s=60, clock=lambda: now[0])
+    cache.put_many({"fp": {"reply": "hi"}})
+    now[0] += 59
+    assert cache.get("fp") == {"reply": "hi"}
+    now[0] += 2
+    assert cache.get("fp") is None  # expired: a replay this late asks the LLM again
+
+
+def test_compaction_drops_expired_answers_from_disk(store_dir: Path) -> None:
+    """The cache stays bounded: expired answers leave the store at compaction, which runs at
+    least every half TTL while answers are written."""
+    cache = ResponseCache(store_dir / "cache", ttl_s=1)
+    cache.put_many({f"old-{i}": {"reply": "x" * 100} for i in range(1000)})
+    time.sleep(2.1)
+    cache.put_many({"new": {"reply": "y"}})  # more than half a TTL later: compacts
+    keys = list(cache.db.keys())
+    assert keys == [b"new"]
