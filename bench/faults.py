@@ -141,8 +141,12 @@ def _standard(out: Outcome) -> None:
 
 
 def _peak_rate(dep: Deployment, window_s: float = 1.0) -> float:
-    """Most ledger records written in any `window_s` (events per snapshot interval)."""
-    stamps = sorted(ts for ts, _ in dep.drain_timed("ledger", idle_s=0.5))
+    """Most events processed for the first time in any `window_s` (replays excluded): the
+    events one snapshot interval can hold."""
+    first: dict[str, float] = {}
+    for ts, e in dep.drain_timed("ledger", idle_s=0.5):
+        first[e["source"]] = min(first.get(e["source"], ts), ts)
+    stamps = sorted(first.values())
     best, j = 0, 0
     for i, t in enumerate(stamps):
         while stamps[j] < t - window_s:
@@ -194,6 +198,7 @@ def storm(ctx: Ctx) -> Outcome:
         kills_with_llm_in_flight=in_flight_kills,
         in_flight_at_kills=[g.in_flight_at_end for g in runner.generations if g.how == "SIGKILL"],
         events_per_snapshot_interval=round(per_interval),
+        duplicates_per_kill=round(rep.duplicates / max(1, done_kills)),
         duplicate_bound=round(bound),
         peak_rss_mb=round(max(g.peak_rss for g in runner.generations) / 2**20),
     )

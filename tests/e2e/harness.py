@@ -521,6 +521,10 @@ def check(
                 if end is None or done + cache_margin_s < end:
                     cached_at[item] = min(cached_at.get(item, done), done)
 
+    if generations:
+        rep.extra["peak_rss_mb"] = round(max(g.peak_rss for g in generations) / 2**20)
+        rep.extra["restarts"] = len(generations) - 1
+
     # -- recovery: seconds from each restart to its first new output record
     stamps = sorted(ts for ts, _ in ledger + dead + responses)
     for g in generations[1:]:
