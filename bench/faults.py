@@ -274,6 +274,17 @@ def graceful(ctx: Ctx) -> Outcome:
 # --------------------------------------------------------------------------- 3. broker stall
 
 
+def _api_env(ctx: Ctx, port: int) -> dict[str, str]:
+    """Environment for the flow's Prometheus endpoint (its dataflow.json goes to the workdir)."""
+    cache = ctx.workdir / f"api-{port}"
+    cache.mkdir(parents=True, exist_ok=True)
+    return {
+        "BYTEWAX_DATAFLOW_API_ENABLED": "true",
+        "BYTEWAX_DATAFLOW_API_PORT": str(port),
+        "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(cache),
+    }
+
+
 def _metric(metrics: dict[str, float], prefix: str) -> float:
     return max((v for k, v in metrics.items() if k.startswith(prefix)), default=0.0)
 
@@ -285,7 +296,7 @@ def broker_stall(ctx: Ctx) -> Outcome:
     pause_s = 12.0 if ctx.quick else 60.0
     n = 20_000 if ctx.quick else 100_000
     port = _free_port()
-    env = {"BYTEWAX_DATAFLOW_API_ENABLED": "true", "BYTEWAX_DATAFLOW_API_PORT": str(port)}
+    env = _api_env(ctx, port)
     # Messages time out well inside the pause (quick), so the sink's re-produce path runs.
     kafka = "delivery_timeout_ms = 4000" if ctx.quick else ""
     with _sim(latency_ms=100, max_concurrency=64) as sim:
@@ -375,7 +386,7 @@ def llm_outage(ctx: Ctx) -> Outcome:
     n_chat = 1_500 if ctx.quick else 6_000
     max_held = 10_000
     port = _free_port()
-    env = {"BYTEWAX_DATAFLOW_API_ENABLED": "true", "BYTEWAX_DATAFLOW_API_PORT": str(port)}
+    env = _api_env(ctx, port)
     with _sim(latency_ms=50, max_concurrency=64) as sim:
         dep = _new_dep(
             ctx,
