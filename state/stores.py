@@ -44,6 +44,9 @@ def open_store(path: str | Path, ttl_s: float | None = None) -> Rdict:
             Path(key).parent.mkdir(parents=True, exist_ok=True)
             opts = Options(raw_mode=True)
             opts.create_if_missing(True)
+            # RocksDB's informational LOG files would otherwise grow without bound.
+            opts.set_max_log_file_size(1 << 20)
+            opts.set_keep_log_file_num(2)
             if ttl_s is None:
                 db = Rdict(key, opts)
             else:
