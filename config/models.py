@@ -391,9 +391,6 @@ def check_production(settings: Settings) -> None:
         problems.append(
             f"environment variable {settings.llm.api_key_env} is unset or a placeholder"
         )
-    if not settings.llm.resolved_base_url() and settings.llm.base_url is None:
-        # The OpenAI default endpoint is fine; nothing to check.
-        pass
     if problems:
         msg = "production profile refused:\n  - " + "\n  - ".join(problems)
         raise ConfigError(msg)

@@ -27,7 +27,7 @@ from bytewax.operators import KeyedStream, StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from config.models import MemoryConfig
-from operators.model import Event, Kind, RawRecord, WorkItem, coords
+from operators.model import Event, Kind, RawRecord, WorkItem
 from operators.wake import wake_at
 from state.stores import ProfileStore
 
@@ -167,17 +167,11 @@ class _ProfilePartition(StatelessSinkPartition[RawRecord]):
 
 
 class ProfileSink(DynamicSink[RawRecord]):
-    """Writes valid profile updates into the profile store (invalid ones are filtered before).
-
-    Use `split_profiles` first, so invalid updates reach the dead letters instead.
-    """
+    """Writes valid profile updates into the profile store; invalid ones are skipped here
+    (the flow sends them to the dead letters through `parse_profile`)."""
 
     def __init__(self, store_path: str) -> None:
         self.store_path = store_path
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProfilePartition:
         return _ProfilePartition(ProfileStore(self.store_path))
-
-
-def profile_error_source(raw: RawRecord) -> str:
-    return coords(raw.origin, raw.partition, raw.offset)
