@@ -200,6 +200,10 @@ class AnomalyConfig(Frozen):
     """Ensemble: a fused score at or above this raises an alert (scores are in [0, 1])."""
     rest_points: int = Field(default=50, ge=0)
     """Ensemble: no alert while any of the last `rest_points` scores reached the threshold."""
+    component_rest_points: int = Field(default=100, ge=0)
+    """Ensemble: a component whose score reached the threshold in its last
+    `component_rest_points` readings is left out of the fusion (the same source repeating
+    its alarm), unless its score exceeds the highest it reached meanwhile (escalation)."""
     min_points: int = Field(default=150, ge=2)
     """Ensemble: readings a series needs before it may alert (its detectors learn meanwhile)."""
     season_slots: int = Field(default=288, ge=1, le=10_000)

@@ -10,10 +10,14 @@ call it, so NAB scores measure the code that runs in the flow.
   history: catches level and variance shifts that no single reading shows) and context
   novelty at several quantization levels (after CAD OSE). The fused score is the largest of
   the two `rank ** sharpness` and the mean novelty. The last stage turns scores into alerts
-  without repeated alarms (after CAD OSE's rest period): a score at or above
-  `alert_threshold` is an alert unless some score in the previous `rest_points` readings
-  reached the threshold too; during that rest the reported score is 0. Readings before
-  `min_points` only teach the detectors.
+  without repeated alarms, in two steps. Per component (alarm deduplication by source): a
+  component whose score reached `alert_threshold` in its previous `component_rest_points`
+  readings is left out of the fusion, unless its score now exceeds the highest it reached in
+  that time (escalation: the same source reporting something worse is a new alarm). Overall
+  (after CAD OSE's rest period): a fused score at or above `alert_threshold` is an alert
+  unless some fused score (of all components) in the previous `rest_points` readings reached
+  the threshold too; during that rest the reported score is 0. Readings before `min_points`
+  only teach the detectors.
 - `EwmaSeries` (`detector = "ewma"`): the EWMA z-score against `z_threshold`, with alerts
   suppressed for `suppress_s` of event time; the reported score is z / (z + z_threshold), so
   its alert threshold on the [0, 1] scale is 0.5.
@@ -32,7 +36,8 @@ from typing import Any, Protocol
 from config.models import AnomalyConfig
 from operators.anomaly.detectors import ContextNovelty, EwmaZScore, RankShift, SeasonalResidual
 
-_STATE_LEN = 7
+_STATE_LEN = 9
+_COMPONENTS = 3  # seasonal residual, residual shift, context novelty
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +83,13 @@ class EnsembleSeries:
         self.cfg = cfg
         self.threshold = cfg.alert_threshold
         self.sharpness = cfg.season_sharpness
+        if state is not None and len(state) == _STATE_LEN - 2:
+            # a snapshot from before per-component rest: no component is resting
+            state = (*state, (None,) * _COMPONENTS, (0.0,) * _COMPONENTS)
         if state is not None and len(state) != _STATE_LEN:
             state = None  # a snapshot of an earlier layout: start afresh
-        season_s, shift_s, contexts_s, n, last_hit, recent, parts = state or (
-            (None,) * 5 + ((), ())
+        season_s, shift_s, contexts_s, n, last_hit, recent, parts, comp_hit, comp_peak = state or (
+            (None,) * 5 + ((), (), (None,) * _COMPONENTS, (0.0,) * _COMPONENTS)
         )
         if contexts_s is not None and len(contexts_s) != len(cfg.context_levels):
             contexts_s = None  # the resolutions changed
@@ -102,6 +110,10 @@ class EnsembleSeries:
         self.last_hit: int | None = last_hit
         self._recent: deque[float] = deque(recent, maxlen=cfg.evidence_points)
         self.parts: tuple[float, ...] = tuple(parts) or (0.0, 0.0, 0.0)
+        # Per component: the reading of its last score at or above the threshold, and the
+        # highest score it reached since its rest began (what an escalation must exceed).
+        self.comp_hit: list[int | None] = list(comp_hit)
+        self.comp_peak: list[float] = list(comp_peak)
 
     def update(self, ts: float, value: float) -> Verdict:
         baseline = self.season.baseline(ts)
@@ -114,16 +126,17 @@ class EnsembleSeries:
         self._recent.append(value)
         self.n += 1
         self.parts = (seasonal, shift, novelty)
+        thr = self.threshold
+        seasonal, shift, novelty = self._dedup(seasonal, shift, novelty, thr)
         if seasonal >= shift and seasonal >= novelty:
             fused, detector = seasonal, "seasonal_residual"
         elif shift >= novelty:
             fused, detector = shift, "residual_shift"
         else:
             fused, detector = novelty, "context_novelty"
-        thr = self.threshold
         resting = self.last_hit is not None and self.n - self.last_hit <= self.cfg.rest_points
         score = 0.0 if resting or self.n < self.cfg.min_points else fused
-        if fused >= thr:
+        if max(self.parts) >= thr:
             self.last_hit = self.n
         return Verdict(
             score=score,
@@ -133,6 +146,24 @@ class EnsembleSeries:
             raw=fused,
             threshold=thr,
         )
+
+    def _dedup(
+        self, seasonal: float, shift: float, novelty: float, thr: float
+    ) -> tuple[float, float, float]:
+        """The component scores, those of resting components (not escalating) set to 0."""
+        n, rest = self.n, self.cfg.component_rest_points
+        hits, peaks = self.comp_hit, self.comp_peak
+        out = []
+        for i, p in enumerate((seasonal, shift, novelty)):
+            hit = hits[i]
+            resting = hit is not None and n - hit <= rest
+            if resting and p > peaks[i]:
+                resting = False  # escalation: worse than anything it reported in this rest
+            if p >= thr:
+                hits[i] = n
+                peaks[i] = max(peaks[i], p) if resting else p
+            out.append(0.0 if resting else p)
+        return out[0], out[1], out[2]
 
     def recent(self) -> tuple[float, ...]:
         return tuple(self._recent)
@@ -155,6 +186,8 @@ class EnsembleSeries:
             self.last_hit,
             tuple(self._recent),
             self.parts,
+            tuple(self.comp_hit),
+            tuple(self.comp_peak),
         )
 
 

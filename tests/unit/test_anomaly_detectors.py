@@ -166,6 +166,46 @@ def test_ensemble_alerts_once_on_a_spike_then_rests() -> None:
     assert all(0.0 <= x.score <= 1.0 for x in verdicts)
 
 
+def test_component_rest_suppresses_repeats_of_one_component_unless_worse() -> None:
+    det = EnsembleSeries(ens_cfg(component_rest_points=10))
+    thr = 0.9
+
+    def at(n: int, seasonal: float, shift: float, novelty: float) -> tuple[float, float, float]:
+        det.n = n
+        return det._dedup(seasonal, shift, novelty, thr)
+
+    assert at(1, 0.95, 0.0, 0.0) == (0.95, 0.0, 0.0)  # the seasonal component alarms
+    assert at(5, 0.92, 0.0, 0.0) == (0.0, 0.0, 0.0)  # the same source again: left out
+    assert at(6, 0.0, 0.0, 1.0) == (0.0, 0.0, 1.0)  # another component is not resting
+    assert at(7, 0.97, 0.0, 0.0) == (0.97, 0.0, 0.0)  # worse than its alarm: escalation
+    assert at(8, 0.96, 0.0, 0.0) == (0.0, 0.0, 0.0)  # below the new peak
+    # Its rest lasts while it keeps reaching the threshold (like the overall rest).
+    assert at(18, 0.5, 0.0, 0.0) == (0.0, 0.0, 0.0)
+    assert at(19, 0.91, 0.0, 0.0) == (0.91, 0.0, 0.0)  # 11 readings since its last hit
+
+
+def test_component_rest_outlasts_the_overall_rest() -> None:
+    spike = 288 * 4 + 10
+    spikes = {spike: 150.0, spike + 70: 150.0}  # after the overall rest (50), within 100
+    for comp_rest, expected in ((100, [spike]), (0, [spike, spike + 70])):
+        det = EnsembleSeries(
+            ens_cfg(rest_points=50, rank_window=1500, component_rest_points=comp_rest)
+        )
+        verdicts = feed(det, spike + 100, spikes=spikes)
+        alerts = [i for i, v in enumerate(verdicts) if v.alert and i >= 288 * 3]
+        assert alerts == expected
+
+
+def test_ensemble_resumes_a_snapshot_from_before_component_rest() -> None:
+    cfg = ens_cfg()
+    live = EnsembleSeries(cfg)
+    feed(live, 400)
+    old = live.state()[:7]  # the layout without per-component rest
+    resumed = EnsembleSeries(cfg, old)
+    assert resumed.n == live.n == 400
+    assert resumed.comp_hit == [None, None, None] and resumed.comp_peak == [0.0, 0.0, 0.0]
+
+
 def test_ensemble_is_silent_before_min_points() -> None:
     det = EnsembleSeries(ens_cfg(min_points=200))
     verdicts = feed(det, 150, spikes={120: 500.0})
