@@ -23,9 +23,9 @@ def test_answers_cached_before_a_crash_are_never_requested_again(
     snapshot (the snapshot interval is longer than the run). On resume everything is read
     again from the start: the simulator's request log shows no second request for the
     events answered before the crash, and their answers are emitted again from the cache."""
-    sim = llm_sim_factory(latency_ms=300, max_concurrency=64)
+    sim = llm_sim_factory(latency_ms=500, max_concurrency=64)
     dep = Deployment(kafka_bootstrap, tmp_path, sim.base_url, partitions=1, tail=True)
-    chats = workload.chats(800, sessions=80)
+    chats = workload.chats(3000, sessions=150)
     produce(kafka_bootstrap, dep.topics["chat"], [v for _, v in chats])
 
     proc = dep.start_flow(snapshot_s=600, log_name="run1")
