@@ -27,143 +27,48 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import sys
-import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 
-from bytewax._bytewax import cli_main
 from bytewax.recovery import (
     InconsistentPartitionsError,
     MissingPartitionsError,
     NoPartitionsError,
     RecoveryConfig,
-    init_db_dir,
 )
+from bytewax.run import cli_main
 
-from config.logs import setup_logging
 from config.models import ConfigError, Settings, load_config
-from operators import metrics
-from operators.sources import install_graceful_stop
+from connectors.reference import load_profile_seed
+from flows.pipeline import build_flow, profiles_path
+from runtime import metrics
+from runtime.process import setup_process, start_progress, stop_progress, tune_gc
+from state.recovery import RecoveryDirectoryError, prepare_recovery
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python run.py", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python run.py",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("config", nargs="?", default="config/local.toml", help="deployment TOML")
-    p.add_argument("-r", "--recovery-directory", type=Path, default=None)
+    p.add_argument(
+        "-r",
+        "--recovery-directory",
+        type=Path,
+        default=None,
+        help="recovery directory (default: OUTPUT_DIR/recovery for file output, else ./recovery)",
+    )
     p.add_argument("-s", "--snapshot-interval", type=float, default=5.0, help="seconds")
     p.add_argument("-b", "--backup-interval", type=float, default=0.0, help="seconds")
     p.add_argument("-w", "--workers-per-process", type=int, default=1)
-    p.add_argument("--progress-every", type=float, default=2.0, help="seconds; 0 disables")
+    p.add_argument(
+        "--progress-every", type=float, default=2.0, help="seconds between progress lines; 0: none"
+    )
     return p.parse_args(argv)
-
-
-RECOVERY_MARKER = "contextstream-recovery.json"
-"""Written next to the partitions when this launcher creates them."""
-
-
-class RecoveryDirectoryError(RuntimeError):
-    """The recovery directory is damaged or mismatched; nothing was deleted or re-created.
-
-    The message names the fix: restore the named partition files from one consistent backup,
-    or point `-r` at a new empty directory to start over (re-reading the inputs from their
-    beginning; answers still in the LLM response cache are not requested again).
-    """
-
-
-def recovery_problems(directory: Path) -> list[str]:
-    """What is wrong with the partition files in `directory` (empty: usable or new)."""
-    parts = sorted(directory.glob("part-*.sqlite3"))
-    marker = directory / RECOVERY_MARKER
-    if not parts:
-        if marker.exists():
-            return [
-                f"{directory} has no partition files, but {RECOVERY_MARKER} says "
-                f"{marker.read_text().strip()}: the partitions were deleted. Restore them from "
-                "backup, or point -r at a new empty directory to start over"
-            ]
-        return []
-    problems: list[str] = []
-    found: dict[int, tuple[str, int]] = {}
-    for p in parts:
-        try:
-            con = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
-            try:
-                rows = con.execute("select part_index, part_count from parts").fetchall()
-            finally:
-                con.close()
-        except sqlite3.Error as exc:
-            problems.append(
-                f"{p} is not a readable Bytewax recovery partition ({exc}); restore it from "
-                "the same backup as the other partition files"
-            )
-            continue
-        if len(rows) != 1:
-            problems.append(f"{p} holds {len(rows)} partition records; restore it from backup")
-            continue
-        index, count = rows[0]
-        if index in found:
-            problems.append(
-                f"{p} and {found[index][0]} are both partition {index}; keep the one that "
-                "belongs with the others (restore a consistent backup)"
-            )
-        found[index] = (p.name, count)
-    counts = {c for _, c in found.values()}
-    if len(counts) > 1:
-        detail = ", ".join(f"{n}: {i} of {c}" for i, (n, c) in sorted(found.items()))
-        problems.append(
-            f"partition files in {directory} come from different recovery directories "
-            f"({detail}); restore a consistent set of partition backups"
-        )
-    elif counts:
-        (count,) = counts
-        missing = sorted(set(range(count)) - set(found))
-        if missing and not problems:
-            problems.append(
-                f"{directory} is missing partition(s) {missing} of {count}; restore them from "
-                "backup, or point -r at a new empty directory to start over"
-            )
-    return problems
-
-
-def check_recovery_directory(directory: Path) -> None:
-    """Raise `RecoveryDirectoryError` naming the fix if `directory` is damaged."""
-    problems = recovery_problems(directory)
-    if problems:
-        msg = (
-            "recovery directory refused (nothing was deleted): "
-            + "; ".join(problems)
-            + ". See docs/RELIABILITY.md, 'Damaged recovery directory'."
-        )
-        raise RecoveryDirectoryError(msg)
-
-
-def prepare_recovery(directory: Path, partitions: int) -> None:
-    """Create recovery partitions in a new directory; refuse a damaged one (never deletes)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    check_recovery_directory(directory)
-    if not any(directory.glob("part-*.sqlite3")):
-        init_db_dir(directory, partitions)
-        (directory / RECOVERY_MARKER).write_text(
-            json.dumps({"partitions": partitions, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        )
-
-
-def _progress(stop: threading.Event, every: float, started: float) -> None:
-    last = 0.0
-    while not stop.wait(every):
-        s = metrics.snapshot()
-        rate = (s["in"] - last) / every
-        last = s["in"]
-        print(
-            f"[{time.monotonic() - started:6.1f}s] in {s['in']:.0f} ({rate:.0f}/s) "
-            f"valid {s['valid']:.0f} dead {s['dead_letters']:.0f} alerts {s['alerts']:.0f} "
-            f"llm requests {s['llm_requests']:.0f} answers {s['answers']:.0f}",
-            file=sys.stderr,
-            flush=True,
-        )
 
 
 def _start_simulator(settings: Settings) -> object | None:
@@ -190,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.app)
+    setup_process(settings.app)
     recovery_dir = args.recovery_directory or Path(
         f"{settings.output.dir}/recovery" if settings.output.kind == "file" else "recovery"
     )
@@ -201,24 +106,17 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     sim = _start_simulator(settings)
 
-    from flows.pipeline import build_flow, load_profile_seed, tune_gc
-
     if settings.stores.profiles_seed:
-        load_profile_seed(settings)
+        load_profile_seed(settings.stores.profiles_seed, profiles_path(settings))
     try:
         flow = build_flow(settings)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     tune_gc()
-    install_graceful_stop()
 
     started = time.monotonic()
-    stop = threading.Event()
-    if args.progress_every > 0:
-        threading.Thread(
-            target=_progress, args=(stop, args.progress_every, started), daemon=True
-        ).start()
+    start_progress(args.progress_every)
     code = 0
     try:
         cli_main(
@@ -247,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         code = 130
     finally:
-        stop.set()
+        stop_progress()
         if sim is not None:
             sim.stop()  # type: ignore[attr-defined]
     s = summary(started)

@@ -55,11 +55,11 @@ from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.testing import TestingSink, run_main
 
 from config.models import BatchMode, LLMConfig, TaskConfig
+from core.records import DeadLetter, WorkItem
+from inference import prompts
+from inference.client import LLMExecutor
 from llmsim import LLMSimulator, SimConfig
-from operators import prompts
 from operators.llm import Audit, Response, call_llm
-from operators.llm_client import LLMExecutor
-from operators.model import DeadLetter, WorkItem
 from state.stores import ResponseCache, close_all
 
 TASK = "chat"

@@ -151,8 +151,8 @@ def throughput(events: int, repeat: int, detectors: list[str]) -> dict[str, Any]
     import zlib
 
     from bench import throughput as tp
-    from bench import workload
-    from tests.fixtures.broker import TansuBroker, create_topic, produce
+    from support import workload
+    from support.broker import TansuBroker, create_topic, produce
 
     records = workload.metrics(int(events * 0.7), series=1000)
     records += workload.business(int(events * 0.28), accounts=1000)

@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
 
-    from bench import workload
-    from tests.fixtures.broker import TansuBroker, create_topic, produce
+    from support import workload
+    from support.broker import TansuBroker, create_topic, produce
 
     n = args.events
     records = workload.metrics(int(n * 0.7), series=1000)

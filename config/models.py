@@ -44,6 +44,8 @@ class AppConfig(Frozen):
     profile: Literal["local", "dev", "production"] = "local"
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    progress_every_s: float = Field(default=10.0, ge=0)
+    """Seconds between progress lines in the log (0: none)."""
 
 
 class SaslConfig(Frozen):

@@ -10,16 +10,17 @@
 Run it with `python -m bytewax.run "flows.pipeline:build('config/kafka-dev.toml')" -r DIR -s
 10 -b 60`, or through `run.py`.
 
-The step ids below are part of the recovery format (a renamed step orphans its state): keep
-`STEP_IDS` in step with them; `tests/flows/test_step_ids.py` holds the contract.
+The step ids below are part of the recovery format (a renamed step orphans its state): the
+recovery step ids are recorded in `flows/step_ids.txt`, and `tests/flows/test_step_ids.py`
+fails when the built flow differs from that record.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gc
 import hashlib
 import logging
+import sys
 import time
 from collections.abc import Callable
 
@@ -28,15 +29,19 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource
 from bytewax.outputs import DynamicSink
 
-from config.logs import setup_logging
 from config.models import ConfigError, Settings, load_config
-from operators import metrics
+from connectors.files import JsonlFileSink, JsonlFileSource, file_map
+from connectors.kafka_sink import ReliableKafkaSink
+from connectors.kafka_source import RawKafkaSource
+from connectors.reference import ProfileSink, load_profile_seed, parse_profile
+from core.clock import Clock
+from core.records import KV, DeadLetter, Event, Kind, LedgerEntry, RawRecord, coords
+from inference.client import LLMExecutor, shared_executor
 from operators.anomaly import detect_anomalies
-from operators.context import ProfileSink, attach_profiles, parse_profile, remember
 from operators.dedup import dedup
+from operators.enrich import attach_profiles
 from operators.llm import call_llm
-from operators.llm_client import LLMExecutor, shared_executor
-from operators.model import DeadLetter, Event, Kind, LedgerEntry, RawRecord, coords
+from operators.memory import remember
 from operators.publish import (
     alert_kv,
     audit_kv,
@@ -48,34 +53,18 @@ from operators.publish import (
 )
 from operators.redact import RegexRedactor, redact
 from operators.route import Router
-from operators.sinks import KV, JsonlFileSink, ReliableKafkaSink
-from operators.sources import JsonlFileSource, RawKafkaSource, file_map, install_graceful_stop
 from operators.validate import decode_validate
-from state.stores import ProfileStore
+from runtime import metrics
+from runtime.process import setup_process, start_progress, tune_gc
+from state.recovery import check_recovery_directory, recovery_directory_argument
 
 log = logging.getLogger("contextstream.pipeline")
 
 FLOW_ID = "contextstream"
 
-STEP_IDS = (
-    "ingest",
-    "decode",
-    "redact",
-    "key",
-    "dedup",
-    "anomaly",
-    "memory",
-    "llm",
-    "profiles_in",
-    "profiles_store",
-)
-"""Stateful or recoverable steps; renaming one needs a migration note in the README."""
-
-Clock = Callable[[], float]
-
 OUTPUT_STALL_TIMEOUT_S = 600.0
 """How long output writes wait for a stalled broker (re-producing timed-out messages) before
-the run fails; see `operators.sinks`."""
+the run fails; see `connectors.kafka_sink`."""
 
 
 def _source(settings: Settings) -> FixedPartitionedSource[RawRecord, object]:
@@ -194,7 +183,7 @@ def build_flow(
 ) -> Dataflow:
     """Build the dataflow for `settings` (no connections are opened here)."""
     stores = settings.stores
-    profiles_path = f"{stores.dir}/profiles"
+    profile_store = profiles_path(settings)
     if executor is None:
         base_url = llm_base_url(settings)
         cache_path = f"{stores.dir}/llm-cache"
@@ -244,7 +233,7 @@ def build_flow(
         op.flat_map("event_work", remembered, lambda kv: router.work_for_event(kv[1])),
         op.flat_map("alert_work", detected.alerts, lambda a: router.work_for_alert(a, clock())),
     )
-    work = attach_profiles("profiles", work, profiles_path)
+    work = attach_profiles("profiles", work, profile_store)
     llm = call_llm("llm", work, settings.llm, executor, clock)
     dead.append(llm.errs)
 
@@ -264,7 +253,7 @@ def build_flow(
             )
         updates = op.input("profiles_in", flow, psrc)
         dead.append(op.filter_map("profile_errors", updates, _profile_dead_letter))
-        op.output("profiles_store", updates, ProfileSink(profiles_path))
+        op.output("profiles_store", updates, ProfileSink(profile_store))
 
     publish("out_alerts", detected.alerts, alert_kv, _sink(settings, "alerts", out.alerts))
     publish("out_responses", llm.answers, response_kv, _sink(settings, "responses", out.responses))
@@ -285,15 +274,26 @@ def build_flow(
 
 
 def build(config_path: str) -> Dataflow:
-    """Entry point for `python -m bytewax.run "flows.pipeline:build('config/…toml')"`."""
-    settings = load_config(config_path)
-    setup_logging(settings.app)
-    _check_recovery_argument()
-    install_graceful_stop()
+    """Entry point for `python -m bytewax.run "flows.pipeline:build('config/…toml')"`.
+
+    Sets the process up (logging, graceful stop), refuses a damaged `-r` directory with the
+    fix, loads the profile seed, builds the flow, tunes the GC and starts the progress log.
+    """
+    try:
+        settings = load_config(config_path)
+    except ConfigError as exc:
+        # Bad configuration is exit code 2 under both entry points, with one short message.
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    setup_process(settings.app)
+    recovery = recovery_directory_argument()
+    if recovery is not None:
+        check_recovery_directory(recovery)
     if settings.stores.profiles_seed:
-        load_profile_seed(settings)
+        load_profile_seed(settings.stores.profiles_seed, profiles_path(settings))
     flow = build_flow(settings)
     tune_gc()
+    start_progress(settings.app.progress_every_s)
     log.info(
         "flow built",
         extra={
@@ -306,45 +306,6 @@ def build(config_path: str) -> Dataflow:
     return flow
 
 
-def _check_recovery_argument() -> None:
-    """Under `python -m bytewax.run ... -r DIR`, refuse a damaged recovery directory with
-    the fix in the message, before Bytewax fails on it with less to go on."""
-    import sys
-    from pathlib import Path
-
-    argv = sys.argv
-    for flag in ("-r", "--recovery-directory"):
-        if flag in argv[:-1]:
-            from run import check_recovery_directory
-
-            check_recovery_directory(Path(argv[argv.index(flag) + 1]))
-
-
-def tune_gc() -> None:
-    """Move start-up objects out of the collector's view and collect young objects less often.
-
-    The flow allocates many short-lived objects per event; with the default threshold (700)
-    the collector ran often enough to cost about a sixth of the time in profiles. Measured
-    with `bench/throughput.py`.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-
-
-def load_profile_seed(settings: Settings) -> int:
-    """Upsert the seed profiles file into the profile store (idempotent; replay-safe)."""
-    seed = settings.stores.profiles_seed
-    assert seed is not None
-    store = ProfileStore(f"{settings.stores.dir}/profiles")
-    updates = []
-    with open(seed, "rb") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parsed = parse_profile(
-                RawRecord(f"file:{seed}", 0, line_no, None, line.strip(), "seed")
-            )
-            if isinstance(parsed, tuple):
-                updates.append(parsed)
-    return store.upsert_many(updates)
+def profiles_path(settings: Settings) -> str:
+    """Where the profile store of this deployment lives."""
+    return f"{settings.stores.dir}/profiles"

@@ -17,8 +17,8 @@ import bytewax.operators as op
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
-from operators.model import Event
-from operators.wake import wake_at
+from core.clock import wake_at
+from core.records import Event
 
 Clock = Callable[[], float]
 

@@ -25,52 +25,18 @@ from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
 from config.models import LLMConfig, TaskConfig
-from operators import metrics, prompts
-from operators.llm_client import CallOutcome, LLMExecutor
-from operators.model import DeadLetter, WorkItem
+from core.records import Audit, DeadLetter, Response, WorkItem
+from inference import prompts
+from inference.client import CallOutcome, LLMExecutor
+from runtime import metrics
 
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True)
-class Response:
-    """An answer for one work item, ready for the responses output."""
-
-    item: WorkItem
-    task: str
-    model: str
-    answer: dict[str, Any]
-    cached: bool
-    emitted_at: float
-
-    def to_json(self) -> dict[str, Any]:
-        i = self.item
-        return {
-            "type": "response",
-            "item_id": i.item_id,
-            "event_ids": list(i.event_ids),
-            "tenant": i.tenant,
-            "entity": i.entity,
-            "task": self.task,
-            "model": self.model,
-            "answer": self.answer,
-            "cached": self.cached,
-            "source": i.source,
-            "flags": list(i.flags),
-            "latency_ms": round((self.emitted_at - i.ingest_ts) * 1000, 1),
-        }
-
-
-@dataclass(frozen=True)
-class Audit:
-    record: dict[str, Any]
 
 
 LLMEmit = Response | Audit | DeadLetter

@@ -14,10 +14,8 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.outputs import DynamicSink
 
-from operators import metrics
-from operators.llm import Audit, Response
-from operators.model import Alert, DeadLetter, LedgerEntry, dumps
-from operators.sinks import KV
+from core.records import KV, Alert, Audit, DeadLetter, LedgerEntry, Response, dumps
+from runtime import metrics
 
 X = TypeVar("X")
 

@@ -20,7 +20,7 @@ from typing import Protocol
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 
-from operators.model import Event, Kind
+from core.records import Event, Kind
 
 
 class Redactor(Protocol):

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from config.models import RouteRule
-from operators.context import Remembered
-from operators.model import Alert, Event, Kind, LedgerEntry, WorkItem
+from core.records import Alert, Event, Kind, LedgerEntry, WorkItem
+from operators.memory import Remembered
 
 NONE = "none"
 

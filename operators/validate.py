@@ -31,8 +31,8 @@ from bytewax.dataflow import Stream, operator
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from config.models import Adapter, SourceConfig, ValidationConfig
-from operators import metrics
-from operators.model import DeadLetter, Event, Kind, RawRecord, coords
+from core.records import DeadLetter, Event, Kind, RawRecord, coords
+from runtime import metrics
 
 _Id = Field(min_length=1, max_length=256)
 

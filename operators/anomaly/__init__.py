@@ -39,6 +39,8 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from config.models import AnomalyConfig
+from core.clock import wake_at
+from core.records import Alert, Event, Kind
 from operators.anomaly.detectors import ContextNovelty, EwmaZScore, RankShift, SeasonalResidual
 from operators.anomaly.series import (
     EnsembleSeries,
@@ -47,8 +49,6 @@ from operators.anomaly.series import (
     Verdict,
     make_series,
 )
-from operators.model import Alert, Event, Kind
-from operators.wake import wake_at
 
 __all__ = [
     "AnomalyOut",

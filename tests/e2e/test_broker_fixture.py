@@ -18,7 +18,7 @@ from bytewax.connectors.kafka import (
 from bytewax.dataflow import Dataflow
 from bytewax.testing import run_main
 
-from tests.fixtures.broker import (
+from support.broker import (
     ProduceError,
     TansuBroker,
     consume_all,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.faults import run_scenario
-from tests.fixtures.broker import TansuBroker
+from support.broker import TansuBroker
+from support.faults import run_scenario
 
 
 def _run(name: str, broker: TansuBroker, tmp_path: Path) -> dict:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import workload
-from tests.e2e.harness import Deployment
+from support import workload
+from support.broker import consume_all, produce
+from support.harness import Deployment
 from tests.e2e.test_pipeline_kafka import RUN_TIMEOUT_S, _chat_items, _wait
-from tests.fixtures.broker import consume_all, produce
 
 
 def test_answers_cached_before_a_crash_are_never_requested_again(

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import workload
 from llmsim import LLMSimulator
-from tests.e2e.harness import Deployment, account
-from tests.fixtures.broker import consume_all, produce
+from support import workload
+from support.broker import consume_all, produce
+from support.harness import Deployment, account
 
 RUN_TIMEOUT_S = 240
 

@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from operators.sinks import DeliveryFailed, ReliableKafkaSink
-from tests.fixtures.broker import consume_all
+from connectors.kafka_sink import DeliveryFailed, ReliableKafkaSink
+from support.broker import consume_all
 
 
 def _dead_address() -> str:

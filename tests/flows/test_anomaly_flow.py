@@ -16,8 +16,8 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from config.models import AnomalyConfig
+from core.records import Event, Kind
 from operators.anomaly import detect_anomalies
-from operators.model import Event, Kind
 
 T0 = 1_700_000_000.0 - (1_700_000_000.0 % 86_400)
 DAY = 288  # five-minute readings

@@ -18,10 +18,10 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from config.models import LLMConfig, TaskConfig
+from core.records import WorkItem
+from inference.client import LLMExecutor
 from llmsim import LLMSimulator
 from operators.llm import call_llm
-from operators.llm_client import LLMExecutor
-from operators.model import WorkItem
 from state.stores import ResponseCache, close_all
 
 

@@ -11,12 +11,12 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from config.models import AnomalyConfig, LLMConfig, TaskConfig
+from core.records import Event, Kind, WorkItem
+from inference.client import LLMExecutor
 from llmsim import LLMSimulator
 from operators.anomaly import detect_anomalies
 from operators.dedup import dedup
 from operators.llm import call_llm
-from operators.llm_client import LLMExecutor
-from operators.model import Event, Kind, WorkItem
 from state.stores import ResponseCache, close_all
 
 RUNNERS = ["run_main", "cluster_main"]

@@ -12,11 +12,11 @@ import pytest
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main, run_main
 
-from bench import workload
 from config.models import Settings
-from flows.pipeline import STEP_IDS, build_flow
+from flows.pipeline import build_flow
 from llmsim import LLMSimulator
 from state.stores import close_all
+from support import workload
 
 
 def _settings(tmp: Path, inputs: list[Path], base_url: str, **over: Any) -> Settings:
@@ -128,32 +128,3 @@ def test_llm_failures_after_retry_budget_go_to_dead_letters(tmp_path: Path, llm_
     assert all("after 2 attempt(s)" in d["reason"] for d in dead)
     audit = _read(tmp_path, "audit")
     assert {a["outcome"] for a in audit} == {"error"}
-
-
-def test_step_ids_are_a_contract(tmp_path: Path, llm_sim: LLMSimulator):
-    """Renaming a stateful step orphans its recovered state: changing this list needs a
-    migration note in the README's 'Step ids' section."""
-    settings = _settings(tmp_path, [tmp_path / "x.jsonl"], llm_sim.base_url)
-    settings = settings.model_copy(
-        update={
-            "input": settings.input.model_copy(
-                update={"profiles": settings.input.sources[0].model_copy(update={"name": "p"})}
-            )
-        }
-    )
-    flow = build_flow(settings)
-    top = {s.step_id.removeprefix("contextstream.") for s in flow.substeps}
-    assert set(STEP_IDS) <= top
-    stateful = {
-        "contextstream.dedup.seen",
-        "contextstream.anomaly.detect",
-        "contextstream.memory.memory",
-        "contextstream.llm.batch",
-    }
-
-    def walk(steps):
-        for s in steps:
-            yield s.step_id
-            yield from walk(s.substeps)
-
-    assert stateful <= set(walk(flow.substeps))

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from config.models import AnomalyConfig
+from core.records import Alert, Event, Kind
 from operators.anomaly import EntityDetector, EwmaSeries, EwmaZScore, Flagged, Late, RateWindows
-from operators.model import Alert, Event, Kind
 
 T0 = 1_700_000_040.0  # a multiple of 60: window starts are round numbers
 

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from config.models import AnomalyConfig
+from core.records import Alert, Event, Kind
 from operators.anomaly import EntityDetector
 from operators.anomaly.detectors import ContextNovelty, Rank, RankShift, SeasonalResidual
 from operators.anomaly.series import EnsembleSeries, EwmaSeries, make_series
-from operators.model import Alert, Event, Kind
 
 T0 = 1_700_000_000.0 - (1_700_000_000.0 % 86_400)  # midnight UTC
 STEP = 300.0  # five-minute readings: one per seasonal slot

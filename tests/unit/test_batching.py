@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from config.models import TaskConfig
+from core.records import WorkItem
 from operators.llm import MicroBatcher
-from operators.model import WorkItem
 
 
 def item(item_id: str, tokens: int = 10) -> WorkItem:

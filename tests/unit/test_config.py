@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from config.models import ConfigError, RouteRule, Settings, load_config
-from operators.model import Kind
+from core.records import Kind
 from operators.route import Router
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"

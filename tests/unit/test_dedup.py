@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from core.records import Event, Kind
 from operators.dedup import Duplicate, SeenIds, _DedupLogic
-from operators.model import Event, Kind
 
 
 class FakeClock:

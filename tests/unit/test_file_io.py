@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from operators.model import RawRecord
-from operators.sinks import JsonlFileSink
-from operators.sources import JsonlFileSource, file_map
+from connectors.files import JsonlFileSink, JsonlFileSource, file_map
+from core.records import RawRecord
 
 LINES = [b'{"n": 1}', b"", b'{"n": 2}', b"   ", b'{"n": 3}', b'{"n": 4}', b'{"n": 5}']
 

@@ -1,4 +1,4 @@
-"""Unit tests of `operators.limits`: token buckets, adaptive concurrency, circuit breaker, limiter.
+"""Unit tests of `inference.limits`: token buckets, adaptive concurrency, circuit breaker, limiter.
 
 The pure classes take the time as an argument; `Limiter` gets a fake clock. Threads appear only
 where `Limiter.acquire` must be seen to block: the test advances the fake clock and wakes the
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.limits import (
+from inference.limits import (
     AdaptiveConcurrency,
     BreakerState,
     CircuitBreaker,

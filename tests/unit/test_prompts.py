@@ -1,4 +1,4 @@
-"""Unit tests of `operators.prompts`: prompt building, response schema, answers, fingerprints."""
+"""Unit tests of `inference.prompts`: prompt building, response schema, answers, fingerprints."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from operators.model import WorkItem
-from operators.prompts import (
+from core.records import WorkItem
+from inference.prompts import (
     build_messages,
     item_fingerprint,
     parse_answers,

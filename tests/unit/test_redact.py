@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from operators.model import Event, Kind
+from core.records import Event, Kind
 from operators.redact import EventRedactor, RegexRedactor, iban_ok, looks_like_injection, luhn_ok
 
 ALL_KINDS = ("email", "phone", "credit_card", "iban", "ssn", "ip")

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from config.models import SourceConfig, ValidationConfig
-from operators.model import DeadLetter, Event, Kind, RawRecord
+from core.records import DeadLetter, Event, Kind, RawRecord
 from operators.validate import Decoder, detect_adapter
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()

@@ -1,35 +1,28 @@
-"""Context for the LLM: conversation memory per entity and entity profiles.
+"""Conversation memory per entity: the recent context each event's prompt sees.
 
-- `remember`: a keyed `stateful_batch` step holding the last `max_turns` context items per
+`remember` is a keyed `stateful_batch` step holding the last `max_turns` context items per
   entity (chat turns for sessions, business events for accounts), each truncated to
   `max_chars_per_turn`, already redacted. Each event comes out with the memory as it was
   *before* it (its own text travels separately). State: a tuple of small dicts (an immutable
   copy in the snapshot); discarded after `idle_ttl_s` of wall time without events.
-- `ProfileSink`: writes profile updates (a topic, or a file in local mode) into the rocksdict
-  profile store with idempotent, replay-safe upserts (see `state.stores.ProfileStore`).
-- `attach_profiles`: looks the tenant's profile of each work item up in that store; lookups
-  are scoped to the item's tenant, so one tenant never sees another's profile.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Stream, operator
+from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from config.models import MemoryConfig
-from operators.model import Event, Kind, RawRecord, WorkItem
-from operators.wake import wake_at
-from state.stores import ProfileStore
+from core.clock import wake_at
+from core.records import Event, Kind
 
 Clock = Callable[[], float]
 Turn = dict[str, Any]
@@ -111,67 +104,3 @@ def remember(
         return _MemoryLogic(Memory(cfg, resume), clock)
 
     return op.stateful_batch("memory", up, builder)
-
-
-class ProfileLookup:
-    """Adds `context["profile"]` to work items from the profile store (tenant-scoped)."""
-
-    def __init__(self, store_path: str) -> None:
-        self.store_path = store_path
-        self._store: ProfileStore | None = None
-
-    def apply(self, item: WorkItem) -> WorkItem:
-        if self._store is None:
-            self._store = ProfileStore(self.store_path)
-        profile = self._store.get(item.tenant, item.profile_id)
-        if profile is None:
-            return item
-        return replace(item, context={**item.context, "profile": profile})
-
-
-@operator
-def attach_profiles(step_id: str, up: Stream[WorkItem], store_path: str) -> Stream[WorkItem]:
-    """Enrich work items with their entity's profile. Reads only; never raises on a miss."""
-    return op.map("lookup", up, ProfileLookup(store_path).apply)
-
-
-def parse_profile(raw: RawRecord) -> tuple[str, str, dict[str, Any], str, int] | str:
-    """A profile update `{"tenant", "entity", "attributes": {...}}`, or the reason it is invalid."""
-    try:
-        obj = json.loads(raw.value or b"")
-    except ValueError as exc:
-        return f"profile update is not valid JSON: {exc}"
-    except RecursionError:
-        return "profile update is JSON nested too deeply to decode"
-    if not isinstance(obj, dict):
-        return "profile update must be a JSON object"
-    tenant, entity, attrs = obj.get("tenant"), obj.get("entity"), obj.get("attributes")
-    if not (isinstance(tenant, str) and tenant and isinstance(entity, str) and entity):
-        return "profile update needs non-empty string `tenant` and `entity`"
-    if not isinstance(attrs, dict):
-        return "profile update needs an `attributes` object"
-    return tenant, entity, attrs, f"{raw.origin}[{raw.partition}]", raw.offset
-
-
-class _ProfilePartition(StatelessSinkPartition[RawRecord]):
-    def __init__(self, store: ProfileStore) -> None:
-        self.store = store
-
-    def write_batch(self, items: list[RawRecord]) -> None:
-        updates = []
-        for raw in items:
-            parsed = parse_profile(raw)
-            if isinstance(parsed, tuple):
-                updates.append(parsed)
-        self.store.upsert_many(updates)
-
-
-class ProfileSink(DynamicSink[RawRecord]):
-    """Writes valid profile updates into the profile store; invalid ones are skipped here
-    (the flow sends them to the dead letters through `parse_profile`)."""
-
-    def __init__(self, store_path: str) -> None:
-        self.store_path = store_path
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProfilePartition:
-        return _ProfilePartition(ProfileStore(self.store_path))

@@ -27,9 +27,10 @@ from typing import Any
 import openai
 
 from config.models import LLMConfig, TaskConfig
-from operators import metrics, prompts
-from operators.limits import BreakerState, Limiter, Outcome
-from operators.model import WorkItem
+from core.records import WorkItem
+from inference import prompts
+from inference.limits import BreakerState, Limiter, Outcome
+from runtime import metrics
 from state.stores import ResponseCache
 
 Sleep = Callable[[float], None]

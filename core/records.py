@@ -15,6 +15,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
+KV = tuple[bytes | None, bytes]
+"""An output record: Kafka key (or None) and value bytes."""
+
 
 class Kind(StrEnum):
     """Discriminator of the canonical event."""
@@ -179,3 +182,39 @@ class WorkItem:
     ingest_ts: float
     redactions: int = 0
     flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Response:
+    """An answer for one work item, ready for the responses output."""
+
+    item: WorkItem
+    task: str
+    model: str
+    answer: dict[str, Any]
+    cached: bool
+    emitted_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        i = self.item
+        return {
+            "type": "response",
+            "item_id": i.item_id,
+            "event_ids": list(i.event_ids),
+            "tenant": i.tenant,
+            "entity": i.entity,
+            "task": self.task,
+            "model": self.model,
+            "answer": self.answer,
+            "cached": self.cached,
+            "source": i.source,
+            "flags": list(i.flags),
+            "latency_ms": round((self.emitted_at - i.ingest_ts) * 1000, 1),
+        }
+
+
+@dataclass(frozen=True)
+class Audit:
+    """One audit record (a dict in the audit output's schema): per LLM request or cache hit."""
+
+    record: dict[str, Any]

@@ -1,4 +1,4 @@
-"""Unit tests of `operators.context`: bounded per-entity memory and profile update parsing."""
+"""Unit tests of `operators.memory` (bounded memory) and `connectors.reference` (parsing)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from config.models import MemoryConfig
-from operators.context import Memory, parse_profile
-from operators.model import Event, Kind, RawRecord
+from connectors.reference import parse_profile
+from core.records import Event, Kind, RawRecord
+from operators.memory import Memory
 
 
 def chat(i: int, text: str | None = None, role: str = "user") -> Event:

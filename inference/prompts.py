@@ -1,9 +1,9 @@
-"""Task answer schemas, prompt building and fingerprints for the LLM stage.
+"""Prompt building, answer parsing and fingerprints for the LLM stage.
 
 Streamed text is untrusted. Prompts keep instructions in the system message only and put the
 work items in the user message as one JSON array between `<events>` tags, with `<` escaped,
 so no item can close the delimiter or pose as an instruction. Every answer is validated
-against its task's pydantic schema before it is used.
+against its task's pydantic schema (`inference.schemas`) before it is used.
 
 A request (pack mode) asks for one JSON object keyed by item id, each value the task's answer;
 the JSON schema sent as `response_format` lists every id as a required property.
@@ -13,40 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from operators.model import WorkItem
+from core.records import WorkItem
+from inference.schemas import SCHEMAS
 
 PROMPT_VERSION = "v1"
 """Bump when prompts change meaningfully: it is part of every cache fingerprint."""
 
-
-class _Answer(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ChatReply(_Answer):
-    """Intent of a chat message and a draft reply."""
-
-    intent: Literal["question", "complaint", "request", "feedback", "greeting", "other"]
-    reply: str = Field(min_length=1, max_length=4000)
-    needs_human: bool
-
-
-class AnomalyExplanation(_Answer):
-    """Plain-language explanation of an anomaly alert."""
-
-    summary: str = Field(min_length=1, max_length=2000)
-    likely_cause: str = Field(min_length=1, max_length=2000)
-    severity: Literal["low", "medium", "high", "critical"]
-
-
-SCHEMAS: dict[str, type[_Answer]] = {
-    "chat_reply": ChatReply,
-    "anomaly_explanation": AnomalyExplanation,
-}
 
 _INSTRUCTIONS = {
     "chat_reply": (

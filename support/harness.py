@@ -34,9 +34,9 @@ from typing import Any
 import psutil
 from bytewax.recovery import init_db_dir
 
-from tests.fixtures.broker import Record, consume_all, create_topic
+from support.broker import Record, consume_all, create_topic
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = ("responses", "alerts", "dead_letters", "audit", "ledger")
 
 
@@ -332,7 +332,7 @@ class Sent:
 
 def write_inputs(dep: Deployment, sent: Sent) -> None:
     """Produce `sent`'s records to the deployment's input topics."""
-    from tests.fixtures.broker import produce
+    from support.broker import produce
 
     for name, recs in sent.records.items():
         produce(
@@ -601,7 +601,7 @@ class Feeder:
         return self
 
     def _run(self) -> None:
-        from tests.fixtures.broker import produce
+        from support.broker import produce
 
         while self.written < len(self.queue) and not self._stop.is_set():
             t0 = time.monotonic()

@@ -1,4 +1,6 @@
-"""Wake-up times for `notify_at`, rounded up and shared.
+"""Clocks: the injectable wall clock of every stage, and shared wake-up times for `notify_at`.
+
+Every stage takes a `Clock` (epoch seconds, `time.time` by default) so tests can drive time.
 
 Every keyed logic is asked for its next wake-up after each batch; building a fresh `datetime`
 per key per batch showed up in profiles. Rounding up to a quantum (a wake-up a few
@@ -8,7 +10,11 @@ milliseconds late is harmless for TTLs and window closes) lets keys share one ob
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
+
+Clock = Callable[[], float]
+"""Wall-clock time as epoch seconds; `time.time` in production, a fake in tests."""
 
 _cache: dict[float, datetime] = {}
 

@@ -1,5 +1,7 @@
-"""Prometheus metrics of ContextStream (served by Bytewax's API server at `/metrics` when
-`BYTEWAX_DATAFLOW_API_ENABLED=true`) and a snapshot of them for progress lines and summaries.
+"""The metrics registry of ContextStream and a snapshot of it for progress lines and summaries.
+
+Prometheus metrics, served by Bytewax's API server at `/metrics` when
+`BYTEWAX_DATAFLOW_API_ENABLED=true`.
 
 Metric objects live in prometheus_client's process-wide registry, like Bytewax's own.
 """
@@ -61,7 +63,28 @@ LLM_CONCURRENCY_LIMIT = Gauge(
 LLM_BREAKER_STATE = Gauge(
     "contextstream_llm_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open."
 )
+INPUT_LAG = Gauge(
+    "contextstream_input_lag_messages",
+    "Messages between an input partition's read position and its end offset (high watermark).",
+    ["topic", "partition"],
+)
 LLM_PENDING = Gauge("contextstream_llm_pending_items", "Items buffered or in flight.")
+
+OUTPUT_STALLED = Gauge(
+    "contextstream_output_stalled",
+    "1 while an output topic's messages wait for an unreachable or stalled broker.",
+    ["topic"],
+)
+OUTPUT_REPRODUCED = Counter(
+    "contextstream_output_reproduced_total",
+    "Messages produced again after a transient delivery failure (broker stall).",
+    ["topic"],
+)
+OUTPUT_STALL_SECONDS = Counter(
+    "contextstream_output_stall_seconds_total",
+    "Time spent waiting for a stalled broker in output writes.",
+    ["topic"],
+)
 
 
 def _total(counter: Counter, **match: str) -> float:
@@ -88,4 +111,7 @@ def snapshot() -> dict[str, float]:
         "llm_requests": _total(LLM_REQUESTS) - _total(LLM_REQUESTS, outcome="cache_hit"),
         "cache_hits": _total(LLM_ITEMS, cached="true"),
         "answers": _total(LLM_ITEMS),
+        "lag": sum(
+            s.value for metric in INPUT_LAG.collect() for s in metric.samples if s.value > 0
+        ),
     }

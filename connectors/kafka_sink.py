@@ -1,4 +1,4 @@
-"""Outputs: Kafka topics that never drop a message silently, and JSON-lines files.
+"""The Kafka output: topics that never drop a message silently.
 
 Items are `(key, value)` pairs of bytes. `ReliableKafkaSink` registers a delivery callback for
 every message and flushes at the end of each batch; if any message of the batch failed for
@@ -26,33 +26,16 @@ with Tansu after a 12 s pause): re-producing through it would fail for good.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from prometheus_client import Counter, Gauge
 
-KV = tuple[bytes | None, bytes]
+from core.records import KV
+from runtime.metrics import OUTPUT_REPRODUCED, OUTPUT_STALL_SECONDS, OUTPUT_STALLED
+
 log = logging.getLogger("contextstream.sinks")
-
-OUTPUT_STALLED = Gauge(
-    "contextstream_output_stalled",
-    "1 while an output topic's messages wait for an unreachable or stalled broker.",
-    ["topic"],
-)
-OUTPUT_REPRODUCED = Counter(
-    "contextstream_output_reproduced_total",
-    "Messages produced again after a transient delivery failure (broker stall).",
-    ["topic"],
-)
-OUTPUT_STALL_SECONDS = Counter(
-    "contextstream_output_stall_seconds_total",
-    "Time spent waiting for a stalled broker in output writes.",
-    ["topic"],
-)
 
 #: Delivery errors that producing again cannot fix: the message or the topic is refused.
 PERMANENT_DELIVERY_ERRORS = frozenset(
@@ -238,30 +221,3 @@ class ReliableKafkaSink(DynamicSink[KV]):
         return _KafkaPartition(
             lambda: Producer(config), self.topic, self.flush_timeout_s, self.stall_timeout_s
         )
-
-
-class _FilePartition(StatelessSinkPartition[KV]):
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(path, "ab")  # noqa: SIM115 - closed in close()
-
-    def write_batch(self, items: list[KV]) -> None:
-        self.f.write(b"".join(value + b"\n" for _, value in items))
-        self.f.flush()
-
-    def close(self) -> None:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-
-
-class JsonlFileSink(DynamicSink[KV]):
-    """Appends values as JSON lines to `dir/name.jsonl` (`name.wN.jsonl` with several workers)."""
-
-    def __init__(self, directory: str, name: str) -> None:
-        self.directory = directory
-        self.name = name
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _FilePartition:
-        suffix = "" if worker_count == 1 else f".w{worker_index}"
-        return _FilePartition(Path(self.directory) / f"{self.name}{suffix}.jsonl")

@@ -1,0 +1,1 @@
+"""Process-level setup: logging, signals, GC tuning, the metrics registry, progress lines."""
