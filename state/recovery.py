@@ -8,11 +8,13 @@ different directories, with a `RecoveryDirectoryError` whose message names the f
 
 Bytewax 0.21.1 has no public API to read a partition's index and count before it runs (its
 own checks fail later, with less to go on), so `_read_partition` reads them from the
-partition file's SQLite `parts` table: the one place that knows Bytewax's storage format.
+partition file's SQLite `parts` table. This module is the one place that knows Bytewax's
+storage format (`recovered_state_digest`, used by the fault scenarios, reads it too).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import sys
@@ -33,6 +35,31 @@ def _read_partition(path: Path) -> list[tuple[int, int]]:
     finally:
         con.close()
     return [(int(i), int(c)) for i, c in rows]
+
+
+def recovered_state_digest(directory: Path) -> dict[str, str]:
+    """Per partition file, a hash of its snapshot rows and commit epochs (of the file's bytes
+    when SQLite cannot read it): equal digests mean the same recovered state.
+
+    Bytewax adds an execution row at every start, so the files' bytes change while the
+    snapshots and commits must not. Private format, as `_read_partition`.
+    """
+    out: dict[str, str] = {}
+    for p in sorted(directory.glob("part-*.sqlite3")):
+        try:
+            con = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+            try:
+                snaps = con.execute(
+                    "select step_id, state_key, snap_epoch, ser_change from snaps"
+                ).fetchall()
+                commits = con.execute("select part_index, commit_epoch from commits").fetchall()
+            finally:
+                con.close()
+            digest = repr((sorted(snaps), sorted(commits))).encode()
+        except sqlite3.Error:
+            digest = p.read_bytes()
+        out[p.name] = hashlib.sha256(digest).hexdigest()
+    return out
 
 
 RECOVERY_MARKER = "contextstream-recovery.json"

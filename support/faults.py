@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from llmsim import LLMSimulator, SimConfig
+from state.recovery import recovered_state_digest
 from support import workload
 from support.broker import TansuBroker, consume_all, create_topic, delete_topic, produce
 from support.harness import (
@@ -521,31 +522,6 @@ def sink_failure(ctx: Ctx) -> Outcome:
 # --------------------------------------------------------------------------- 6. expired offset
 
 
-def _dir_digest(d: Path) -> dict[str, Any]:
-    """The recovered state in `d`: per partition file its snapshot rows and commit epochs (a
-    file SQLite cannot read is kept as its hash). Bytewax adds an execution row at every
-    start, so the files' bytes change; the snapshots and commits must not."""
-    import sqlite3
-
-    out: dict[str, Any] = {}
-    for p in sorted(d.glob("part-*.sqlite3")):
-        try:
-            con = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
-            try:
-                snaps = con.execute(
-                    "select step_id, state_key, snap_epoch, ser_change from snaps"
-                ).fetchall()
-                commits = con.execute("select part_index, commit_epoch from commits").fetchall()
-            finally:
-                con.close()
-            out[p.name] = hashlib.sha256(
-                repr((sorted(snaps), sorted(commits))).encode()
-            ).hexdigest()
-        except sqlite3.Error:
-            out[p.name] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
 def expired_offset(ctx: Ctx) -> Outcome:
     """The input topic is deleted and re-created (as retention or an operator would leave
     it): the snapshotted resume offset no longer exists. Startup stops with a clear message
@@ -564,7 +540,7 @@ def expired_offset(ctx: Ctx) -> Outcome:
             delete_topic(dep.bootstrap, topic)
             create_topic(dep.bootstrap, topic, 1)
             produce(dep.bootstrap, topic, [v for _, v in workload.metrics(50, prefix="m9")])
-            digest = _dir_digest(dep.recovery)
+            digest = recovered_state_digest(dep.recovery)
             runner.start()
             t0 = time.monotonic()
             second = runner.wait(120)
@@ -581,7 +557,7 @@ def expired_offset(ctx: Ctx) -> Outcome:
             "stopped_after_s": round(took, 1),
             "message": next((ln for ln in log2.splitlines() if "no longer exists" in ln), ""),
             "records_processed_after_loss": after - before,
-            "recovery_dir_unchanged": _dir_digest(dep.recovery) == digest,
+            "recovery_dir_unchanged": recovered_state_digest(dep.recovery) == digest,
         },
     )
     out.expect(first == 0, f"first run exited {first}")
@@ -639,7 +615,7 @@ def damaged_recovery(ctx: Ctx) -> Outcome:
             target = dep.workdir / f"case-{name}"
             shutil.copytree(good, target)
             fn(target)
-            digest = _dir_digest(target)
+            digest = recovered_state_digest(target)
             flow = f"flows.pipeline:build('{dep.config}')"
             results = {}
             for entry, cmd in (
@@ -679,7 +655,7 @@ def damaged_recovery(ctx: Ctx) -> Outcome:
                     "exit_code": code,
                     "message": (lines[-1] if lines else text[-300:])[:400],
                 }
-            results["unchanged"] = _dir_digest(target) == digest  # type: ignore[assignment]
+            results["unchanged"] = recovered_state_digest(target) == digest  # type: ignore[assignment]
             cases[name] = results
 
         damage("missing_partition", lambda d: (d / "part-1.sqlite3").unlink())
