@@ -9,18 +9,17 @@ offsets), a replay after a crash is not mistaken for a duplicate.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeGuard
 
 import bytewax.operators as op
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
-from core.clock import wake_at
+from core.clock import Clock, wake_at
 from core.records import Event
-
-Clock = Callable[[], float]
 
 
 class SeenIds:
@@ -86,6 +85,18 @@ class _DedupLogic(StatefulBatchLogic[Event, Event | Duplicate, dict[str, float]]
         return dict(self.ids.seen)
 
 
+def _is_first(kv: tuple[str, Event | Duplicate]) -> TypeGuard[tuple[str, Event]]:
+    # `__class__ is` rather than `isinstance`: this runs once per event.
+    return kv[1].__class__ is Event
+
+
+def _duplicate_event(d: Event | Duplicate) -> Event:
+    if not isinstance(d, Duplicate):
+        msg = f"dedup: the duplicates branch got a first sighting {d!r}"
+        raise TypeError(msg)
+    return d.event
+
+
 @dataclass(frozen=True)
 class DedupOut:
     """First sightings (`oks`) and dropped duplicates (`dups`), both keyed by entity."""
@@ -108,6 +119,6 @@ def dedup(
         return _DedupLogic(SeenIds(ttl_s, max_ids, resume), clock)
 
     tagged = op.stateful_batch("seen", up, builder)
-    split = op.branch("split", tagged, lambda kv: kv[1].__class__ is Event)
-    dups = op.map_value("dups", split.falses, lambda d: d.event)  # type: ignore[union-attr]
-    return DedupOut(oks=split.trues, dups=dups)  # type: ignore[arg-type]
+    split = op.branch("split", tagged, _is_first)
+    dups = op.map_value("dups", split.falses, _duplicate_event)
+    return DedupOut(oks=split.trues, dups=dups)

@@ -25,19 +25,18 @@ from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeGuard, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
 from config.models import LLMConfig, TaskConfig
+from core.clock import Clock
 from core.records import Audit, DeadLetter, Response, WorkItem
 from inference import prompts
 from inference.client import CallOutcome, LLMExecutor
 from runtime import metrics
-
-Clock = Callable[[], float]
-
 
 LLMEmit = Response | Audit | DeadLetter
 
@@ -262,6 +261,14 @@ def _token_cache(item: WorkItem) -> int:
     return n
 
 
+def _is_response(x: LLMEmit) -> TypeGuard[Response]:
+    return isinstance(x, Response)
+
+
+def _is_audit(x: LLMEmit) -> TypeGuard[Audit]:
+    return isinstance(x, Audit)
+
+
 @dataclass(frozen=True)
 class LLMOut:
     """Answers, audit records (one per request or cache hit) and dead letters."""
@@ -292,16 +299,19 @@ def call_llm(
     tasks = {t.name: t for t in cfg.tasks}
     keyed = op.key_on("key", up, lambda i: shard_key(i, cfg.shards_per_task))
 
-    def builder(resume: tuple[WorkItem, ...] | None) -> _LLMLogic:
+    def builder(resume: tuple[WorkItem, ...] | None) -> _LazyTaskLogic:
         # Bytewax does not pass the key to the builder; every item of a key has one task,
         # so the logic learns its task from the first item (or from the resumed items).
-        return _LazyTaskLogic(tasks, executor, cfg.poll_ms / 1000, clock, resume)  # type: ignore[return-value]
+        return _LazyTaskLogic(tasks, executor, cfg.poll_ms / 1000, clock, resume)
 
     emitted = op.stateful_batch("batch", keyed, builder)
     values = op.map("unkey", emitted, lambda kv: kv[1])
-    is_resp = op.branch("is_response", values, lambda x: isinstance(x, Response))
-    rest = op.branch("is_audit", is_resp.falses, lambda x: isinstance(x, Audit))
-    return LLMOut(answers=is_resp.trues, audit=rest.trues, errs=rest.falses)  # type: ignore[arg-type]
+    is_resp = op.branch("is_response", values, _is_response)
+    rest = op.branch("is_audit", is_resp.falses, _is_audit)
+    # The TypeGuards narrow `trues`; Bytewax types `falses` as the upstream type, and what is
+    # neither a `Response` nor an `Audit` is a `DeadLetter`.
+    errs = cast(Stream[DeadLetter], rest.falses)
+    return LLMOut(answers=is_resp.trues, audit=rest.trues, errs=errs)
 
 
 class _LazyTaskLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):

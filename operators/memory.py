@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,10 +21,9 @@ from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from config.models import MemoryConfig
-from core.clock import wake_at
+from core.clock import Clock, wake_at
 from core.records import Event, Kind
 
-Clock = Callable[[], float]
 Turn = dict[str, Any]
 
 

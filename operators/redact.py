@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import bytewax.operators as op
@@ -77,12 +77,14 @@ class RegexRedactor:
     def redact(self, text: str) -> tuple[str, int]:
         count = 0
 
-        def sub(pattern: re.Pattern[str], label: str, check: object = None) -> None:
+        def sub(
+            pattern: re.Pattern[str], label: str, check: Callable[[str], bool] | None = None
+        ) -> None:
             nonlocal text, count
 
             def repl(m: re.Match[str]) -> str:
                 nonlocal count
-                if check is not None and not check(m.group(0)):  # type: ignore[operator]
+                if check is not None and not check(m.group(0)):
                     return m.group(0)
                 count += 1
                 return label

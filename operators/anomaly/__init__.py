@@ -29,17 +29,17 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from config.models import AnomalyConfig
-from core.clock import wake_at
+from core.clock import Clock, wake_at
 from core.records import Alert, Event, Kind
 from operators.anomaly.detectors import ContextNovelty, EwmaZScore, RankShift, SeasonalResidual
 from operators.anomaly.series import (
@@ -68,7 +68,6 @@ __all__ = [
     "make_series",
 ]
 
-Clock = Callable[[], float]
 _WHAT = {
     "seasonal_residual": "far from its usual level at this time of day",
     "residual_shift": "part of a sustained shift away from its usual level or spread",
@@ -332,6 +331,22 @@ class _DetectLogic(StatefulBatchLogic[Event, Flagged, dict[str, Any]]):
         return self.det.state()
 
 
+def _is_event(kv: tuple[str, Flagged]) -> TypeGuard[tuple[str, Event]]:
+    # `__class__ is` rather than `isinstance`: this runs once per event.
+    return kv[1].__class__ is Event
+
+
+def _is_alert(kv: tuple[str, Flagged]) -> TypeGuard[tuple[str, Alert]]:
+    return kv[1].__class__ is Alert
+
+
+def _late_event(f: Flagged) -> Event:
+    if not isinstance(f, Late):
+        msg = f"anomaly: the late branch got {f!r}, not a late event"
+        raise TypeError(msg)
+    return f.event
+
+
 @dataclass(frozen=True)
 class AnomalyOut:
     """Events that passed (`oks`), alerts with evidence, and events late for their window."""
@@ -351,8 +366,8 @@ def detect_anomalies(
         return _DetectLogic(EntityDetector(cfg, resume), clock)
 
     flagged = op.stateful_batch("detect", up, builder)
-    split = op.branch("in_time", flagged, lambda kv: kv[1].__class__ is Event)
-    rest = op.branch("is_alert", split.falses, lambda kv: kv[1].__class__ is Alert)
+    split = op.branch("in_time", flagged, _is_event)
+    rest = op.branch("is_alert", split.falses, _is_alert)
     alerts = op.map("alerts", rest.trues, lambda kv: kv[1])
-    late = op.map_value("late", rest.falses, lambda f: f.event)  # type: ignore[union-attr]
-    return AnomalyOut(oks=split.trues, alerts=alerts, late=late)  # type: ignore[arg-type]
+    late = op.map_value("late", rest.falses, _late_event)
+    return AnomalyOut(oks=split.trues, alerts=alerts, late=late)
