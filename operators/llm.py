@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TypeGuard, cast
 
 import bytewax.operators as op
@@ -237,7 +237,7 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
 
     def notify_at(self) -> datetime | None:
         if self.inflight:
-            return datetime.now(UTC) + timedelta(seconds=self.poll_s)
+            return datetime.fromtimestamp(self.clock() + self.poll_s, UTC)
         at = self.batcher.wake_at()
         return None if at is None else datetime.fromtimestamp(at, UTC)
 
