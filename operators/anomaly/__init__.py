@@ -14,14 +14,18 @@ Pure logic, combined per entity key by one keyed `stateful_batch` step (`anomaly
   times the EWMA of earlier windows (and at least `rate_min_count`) is a burst; one whose
   count fell to `1 / rate_factor` of a baseline of at least `rate_min_count` is a drop. Events
   older than the watermark are late: they do not count and come out on the `late` stream.
+  At the end of the input (`on_eof`) every open window is reported as a watermark at
+  +infinity would close it, so a finite input's last burst is an alert; the windows stay
+  open, because the end of input may be a graceful stop that a restart continues (see
+  `RateWindows.report_open`).
 
 Every alert carries its evidence for the LLM "explain" route: recent values, baseline, score,
 threshold and the detector that raised it.
 
 State per entity (snapshotted as plain tuples and small dicts, an immutable copy): the series
 detector's statistics (bounded by `rank_window`, `context_capacity`, `season_slots`), the open
-windows' counts (at most a few), the window baseline. It is discarded after `idle_ttl_s` of
-wall time without events.
+windows' counts (at most a few) and which of them were already reported at an end of input,
+the window baseline. It is discarded after `idle_ttl_s` of wall time without events.
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ class RateWindows:
     """Event-time tumbling windows of event counts for one entity, with a rate baseline."""
 
     def __init__(self, cfg: AnomalyConfig, state: dict[str, Any] | None = None) -> None:
+        self.cfg = cfg
         self.size = cfg.rate_window_s
         self.lateness = cfg.allowed_lateness_s
         self.alpha = 0.3
@@ -111,6 +116,9 @@ class RateWindows:
         self.baseline: float = s.get("baseline", 0.0)
         self.closed: int = s.get("closed", 0)
         self.last_end: float | None = s.get("last_end")
+        # Starts of open windows whose alert already went out at an end of input (a frozenset:
+        # the empty one is shared, so the many entities that never report one cost nothing).
+        self.reported: frozenset[float] = frozenset(s.get("reported", ()))
 
     def watermark(self, now: float) -> float:
         if self.max_ts == -math.inf:
@@ -136,8 +144,29 @@ class RateWindows:
         return True
 
     def close_due(self, now: float) -> list[ClosedWindow]:
-        """Close every open window whose end the watermark has passed, oldest first."""
-        wm = self.watermark(now)
+        """Close every open window whose end the watermark has passed, oldest first.
+
+        A window already reported at an end of input (`report_open`) closes without a second
+        alert.
+        """
+        return self._close(self.watermark(now))
+
+    def report_open(self) -> list[ClosedWindow]:
+        """Every open window as a watermark at +infinity would close it, without closing it.
+
+        Called at the end of the input. The windows stay open in the state: the end may be a
+        graceful stop, and after the restart the same windows go on counting (closing them
+        would make the rest of their events late). Their alerts are remembered, so neither
+        the restart's real close nor a second end of input raises them again. The window
+        holding the newest event was cut short by the end of the input, not by the entity:
+        it can be a burst (its count only grows) but never a drop.
+        """
+        trial = RateWindows(self.cfg, self.state())
+        closed = trial._close(math.inf, cut_short_after=self.max_ts)
+        self.reported |= {w.start for w in closed if w.alert}
+        return closed
+
+    def _close(self, wm: float, cut_short_after: float = math.inf) -> list[ClosedWindow]:
         out = []
         for start in sorted(self.open):
             end = start + self.size
@@ -154,10 +183,17 @@ class RateWindows:
             baseline = self.baseline
             warm = self.closed >= self.warmup
             burst = warm and count >= self.min_count and count >= self.factor * max(baseline, 1.0)
-            drop = warm and baseline >= self.min_count and count * self.factor <= baseline
-            out.append(
-                ClosedWindow(start, end, count, baseline, burst or drop, tuple(slot[1:]), drop)
+            drop = (
+                warm
+                and baseline >= self.min_count
+                and count * self.factor <= baseline
+                and end <= cut_short_after
             )
+            alert = burst or drop
+            if start in self.reported:
+                alert = False  # raised already, at an end of input
+                self.reported -= {start}
+            out.append(ClosedWindow(start, end, count, baseline, alert, tuple(slot[1:]), drop))
             self.baseline = (
                 count if self.closed == 0 else baseline + self.alpha * (count - baseline)
             )
@@ -173,7 +209,7 @@ class RateWindows:
         return self.wall_at_max + (end - (self.max_ts - self.lateness))
 
     def state(self) -> dict[str, Any]:
-        return {
+        out = {
             "open": {k: tuple(v) for k, v in self.open.items()},
             "max_ts": self.max_ts,
             "wall_at_max": self.wall_at_max,
@@ -181,6 +217,9 @@ class RateWindows:
             "closed": self.closed,
             "last_end": self.last_end,
         }
+        if self.reported:
+            out["reported"] = tuple(sorted(self.reported))
+        return out
 
 
 @dataclass(frozen=True)
@@ -233,6 +272,13 @@ class EntityDetector:
         for w in self.rate.close_due(now):
             if w.alert:
                 alerts.append(self._rate_alert(w))
+        return alerts
+
+    def flush(self, now: float) -> list[Alert]:
+        """At the end of the input: close what is due, then report the windows still open
+        (`RateWindows.report_open`); the series detector has nothing pending."""
+        alerts = self.tick(now)
+        alerts.extend(self._rate_alert(w) for w in self.rate.report_open() if w.alert)
         return alerts
 
     def _metric_alert(self, e: Event, value: float, v: Verdict) -> Alert:
@@ -319,6 +365,11 @@ class _DetectLogic(StatefulBatchLogic[Event, Flagged, dict[str, Any]]):
         alerts: list[Flagged] = list(self.det.tick(now))
         idle = now >= self.det.expires_at() and not self.det.rate.open
         return alerts, self.DISCARD if idle else self.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Flagged], bool]:
+        # Without this, a burst in a window still open when a finite input ends is never
+        # raised: the watermark moves only with events or wall time, and the flow ends first.
+        return self.det.flush(self.clock()), self.RETAIN
 
     def notify_at(self) -> datetime | None:
         at = self.det.expires_at()

@@ -107,3 +107,85 @@ def test_detector_state_survives_a_restart(tmp_path: Path) -> None:
     cold: list[Any] = []
     run_main(build(after, [], cold))
     assert cold == []
+
+
+# --- the end of a finite input ---------------------------------------------------------------
+
+RATE_CFG = AnomalyConfig(detector="ewma", rate_min_count=10, rate_factor=5.0)
+W0 = T0 + 600.0  # a window start (T0 is a multiple of the 60 s window)
+
+
+def business(i: int, ts: float) -> Event:
+    return Event(
+        event_id=f"b-{i}",
+        source=f"t[0]@{i}",
+        tenant="acme",
+        kind=Kind.BUSINESS,
+        entity="acct-1",
+        ts=ts,
+        payload={"event_type": "login", "amount": None, "currency": None, "attributes": {}},
+        ingest_ts=0.0,
+    )
+
+
+def burst_at_the_end(more: int = 0) -> list[Event]:
+    """Three quiet windows (2 events each), then 15 events in the last window; `more` adds
+    events to that same window and one event two windows later that closes it."""
+    quiet = [W0 + 60 * k + 1 + i for k in range(3) for i in range(2)]
+    burst = [W0 + 181 + i for i in range(15)]
+    after = [W0 + 200 + i for i in range(more)] + ([W0 + 300] if more else [])
+    return [business(i, ts) for i, ts in enumerate(quiet + burst + after)]
+
+
+def build_rate(items: list[Any], oks: list[Any], alerts: list[Any], late: list[Any]) -> Dataflow:
+    flow = Dataflow("anomaly_eof")
+    keyed = op.key_on("key", op.input("in", flow, TestingSource(items)), lambda e: e.key)
+    out = detect_anomalies("anomaly", keyed, RATE_CFG, clock=lambda: 0.0)
+    op.output("oks", out.oks, TestingSink(oks))
+    op.output("alerts", out.alerts, TestingSink(alerts))
+    op.output("late", out.late, TestingSink(late))
+    return flow
+
+
+@pytest.mark.parametrize("runner", ["run_main", "cluster_main"])
+def test_burst_in_the_last_window_is_an_alert_at_the_end_of_input(runner: str) -> None:
+    """No event (and, on this frozen clock, no wall time) ever passes the last window's end:
+    the burst in it is raised when the input ends."""
+    oks: list[Any] = []
+    alerts: list[Any] = []
+    flow = build_rate(burst_at_the_end(), oks, alerts, [])
+    if runner == "run_main":
+        run_main(flow)
+    else:
+        cluster_main(flow, [], 0, worker_count_per_proc=2)
+    assert len(oks) == 3 * 2 + 15
+    [alert] = alerts
+    assert (alert.detector, alert.entity, alert.value) == ("event_rate", "acct-1", 15.0)
+    assert alert.window == {"start": W0 + 180, "end": W0 + 240, "size_s": 60.0, "kind": "burst"}
+
+
+def test_a_graceful_stop_mid_burst_neither_loses_the_window_nor_repeats_the_alert(
+    tmp_path: Path,
+) -> None:
+    """The input ends (a graceful stop: `TestingSource.EOF`) inside the burst window; the
+    alert goes out then. The restart continues the same window: the rest of the burst is
+    counted, not late, and its real close raises no second alert."""
+    rec = tmp_path / "recovery"
+    rec.mkdir()
+    init_db_dir(rec, 1)
+    recovery = RecoveryConfig(str(rec))
+    events = burst_at_the_end(more=5)
+    cut = 3 * 2 + 15
+    items: list[Any] = [*events[:cut], TestingSource.EOF(), *events[cut:]]
+
+    first: list[Any] = []
+    flow = build_rate(items, [], first, [])
+    run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)
+    assert [a.value for a in first] == [15.0]
+
+    oks: list[Any] = []
+    again: list[Any] = []
+    late: list[Any] = []
+    flow = build_rate(items, oks, again, late)
+    run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)
+    assert (len(oks), late, again) == (5 + 1, [], [])

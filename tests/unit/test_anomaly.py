@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 
 from config.models import AnomalyConfig
 from core.records import Alert, Event, Kind
-from operators.anomaly import EntityDetector, EwmaSeries, EwmaZScore, Flagged, Late, RateWindows
+from operators.anomaly import (
+    ClosedWindow,
+    EntityDetector,
+    EwmaSeries,
+    EwmaZScore,
+    Flagged,
+    Late,
+    RateWindows,
+)
 
 T0 = 1_700_000_040.0  # a multiple of 60: window starts are round numbers
 
@@ -292,6 +300,92 @@ def test_rate_state_round_trip_is_a_copy() -> None:
     assert state["max_ts"] == T0 + 1.2
 
 
+def warm_then(rw: RateWindows, last: int, per_window: int = 2) -> list[ClosedWindow]:
+    """Three warm-up windows of `per_window` events, then `last` events in window 4; closes
+    what the watermark has passed and returns it."""
+    for k in range(3):
+        fill(rw, T0 + 60 * k, per_window, now=0.0)
+    fill(rw, T0 + 180, last, now=0.0, prefix="last")
+    return rw.close_due(0.0)
+
+
+def test_burst_in_the_last_window_is_reported_at_the_end_of_input() -> None:
+    """The input ends inside a burst: the watermark never passes its end, so only the end of
+    input (`report_open`) can report it; the window stays open and counts on."""
+    rw = RateWindows(cfg(rate_min_count=10, rate_factor=5.0))
+    due = warm_then(rw, last=12)
+    assert [w.count for w in due] == [2, 2]  # the burst window and the one before are open
+    reported = rw.report_open()
+    assert [(w.start, w.count, w.alert, w.drop) for w in reported] == [
+        (T0 + 120, 2, False, False),
+        (T0 + 180, 12, True, False),
+    ]
+    assert reported[1].baseline == 2.0 and reported[1].event_ids[0] == f"last{T0 + 180}-0"
+    assert sorted(rw.open) == [T0 + 120, T0 + 180] and rw.last_end == T0 + 120
+    assert rw.baseline == 2.0 and rw.closed == 2  # nothing closed for real
+    # A second end of input (a re-run on the same state) reports nothing new.
+    assert [w.alert for w in rw.report_open()] == [False, False]
+
+
+def test_a_restart_continues_the_reported_window_without_a_second_alert() -> None:
+    """A graceful stop ends the input mid-burst; after the restart the rest of the burst is
+    counted (not late), and the real close updates the baseline but raises no second alert."""
+    rw = RateWindows(cfg(rate_min_count=10, rate_factor=5.0))
+    warm_then(rw, last=12)
+    assert [w.alert for w in rw.report_open()] == [False, True]
+    resumed = RateWindows(cfg(rate_min_count=10, rate_factor=5.0), rw.state())
+    assert resumed.reported == {T0 + 180}
+    for i in range(8):
+        assert resumed.add(T0 + 230 + i, f"after-{i}", now=0.0)  # same window: not late
+    resumed.add(T0 + 271, "push", now=0.0)
+    closed = resumed.close_due(0.0)
+    assert [(w.start, w.count, w.alert) for w in closed] == [
+        (T0 + 120, 2, False),
+        (T0 + 180, 20, False),
+    ]
+    assert resumed.reported == frozenset() and "reported" not in resumed.state()
+    assert resumed.baseline == 2.0 + 0.3 * (20 - 2.0)
+
+
+def test_a_window_not_alerting_at_the_end_of_input_can_alert_at_its_real_close() -> None:
+    rw = RateWindows(cfg(rate_min_count=10, rate_factor=5.0))
+    warm_then(rw, last=4)
+    assert not any(w.alert for w in rw.report_open())
+    fill(rw, T0 + 200, 8, now=0.0, prefix="more")  # the burst builds up after a restart
+    rw.add(T0 + 271, "push", now=0.0)
+    assert [w.alert for w in rw.close_due(0.0)] == [False, True]
+
+
+def test_the_window_cut_short_by_the_end_of_input_is_never_a_drop() -> None:
+    """Baseline 30 per window: a last window holding 2 events when the input ends is cut
+    short, not a drop; a complete window (the entity's newest event is past its end) with 2
+    events is one."""
+    c = cfg(rate_min_count=10, rate_factor=5.0, allowed_lateness_s=1000.0)
+    rw = RateWindows(c)
+    warm_then(rw, last=2, per_window=30)
+    assert not any(w.alert for w in rw.report_open())
+
+    rw2 = RateWindows(c)
+    warm_then(rw2, last=2, per_window=30)
+    assert rw2.add(T0 + 241, "next window", now=0.0)
+    reported = rw2.report_open()
+    assert [(w.start, w.alert, w.drop) for w in reported][-2:] == [
+        (T0 + 180, True, True),
+        (T0 + 240, False, False),
+    ]
+
+
+def test_reported_windows_survive_a_snapshot() -> None:
+    rw = RateWindows(cfg(rate_min_count=10, rate_factor=5.0))
+    assert "reported" not in rw.state()  # the common case costs the snapshot nothing
+    warm_then(rw, last=12)
+    rw.report_open()
+    state = pickle.loads(pickle.dumps(rw.state()))
+    assert state["reported"] == (T0 + 180,)
+    assert [w.alert for w in RateWindows(cfg(), state).report_open()] == [False, False]
+    assert sorted(state["open"]) == [T0 + 120, T0 + 180]
+
+
 # --- EntityDetector -------------------------------------------------------------------------
 
 
@@ -362,6 +456,18 @@ def test_process_emits_rate_alert_when_window_closes() -> None:
     assert alert.window == {"start": T0 + 180, "end": T0 + 240, "size_s": 60.0, "kind": "burst"}
     assert len(alert.event_ids) == 10  # evidence is bounded
     assert alert.event_ids[0] == "burst-0"
+
+
+def test_flush_raises_the_burst_of_a_window_open_at_the_end_of_input() -> None:
+    det = EntityDetector(cfg(rate_min_count=10, rate_warmup_windows=3))
+    for k in range(3):
+        det.process([chat(T0 + 60 * k + 1 + i, f"w{k}-{i}") for i in range(2)], now=1.0)
+    out = det.process([chat(T0 + 181 + i * 0.5, f"burst-{i}") for i in range(15)], now=1.0)
+    assert [f for f in out if tag(f) == ALERT] == []
+    [alert] = det.flush(now=1.0)
+    assert (alert.detector, alert.value, alert.ts) == ("event_rate", 15.0, T0 + 240)
+    assert alert.window["kind"] == "burst"
+    assert det.flush(now=1.0) == []  # reported once
 
 
 def test_tick_closes_windows_on_wall_time_alone() -> None:
