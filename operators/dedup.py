@@ -113,7 +113,29 @@ def dedup(
     max_ids: int,
     clock: Clock = time.time,
 ) -> DedupOut:
-    """Split events into first sightings and duplicates of an `event_id` seen within `ttl_s`."""
+    """Split events into first sightings and duplicates of an `event_id` seen within `ttl_s`.
+
+    Keyed: ids are remembered per entity key, at most `max_ids` of them (the oldest go
+    first), each for `ttl_s` of `clock` time (epoch seconds).
+
+    >>> import bytewax.operators as op
+    >>> from bytewax.dataflow import Dataflow
+    >>> from bytewax.testing import TestingSink, TestingSource, run_main
+    >>> from core.records import Event, Kind
+    >>> def chat(event_id):
+    ...     return Event(event_id, "chat[0]@0", "acme", Kind.CHAT, "s1", 0.0,
+    ...                  {"text": "hi", "role": "user"}, 0.0)
+    >>> flow = Dataflow("dedup_eg")
+    >>> events = op.input("in", flow, TestingSource([chat("m1"), chat("m2"), chat("m1")]))
+    >>> keyed = op.key_on("key", events, lambda e: e.key)
+    >>> out = dedup("dedup", keyed, ttl_s=3600, max_ids=1000, clock=lambda: 0.0)
+    >>> oks, dups = [], []
+    >>> op.output("oks", out.oks, TestingSink(oks))
+    >>> op.output("dups", out.dups, TestingSink(dups))
+    >>> run_main(flow)
+    >>> [(k, e.event_id) for k, e in oks], [(k, e.event_id) for k, e in dups]
+    ([('acme/s1', 'm1'), ('acme/s1', 'm2')], [('acme/s1', 'm1')])
+    """
 
     def builder(resume: dict[str, float] | None) -> _DedupLogic:
         return _DedupLogic(SeenIds(ttl_s, max_ids, resume), clock)

@@ -301,6 +301,31 @@ def decode_validate(
     """Decode raw records into canonical events; invalid ones go to `errs` as dead letters.
 
     Stateless. Never raises on input: every record comes out on exactly one of the streams.
+    `clock` (epoch seconds) is the wall time of the skew and age checks and of `ingest_ts`.
+
+    >>> import bytewax.operators as op
+    >>> from bytewax.dataflow import Dataflow
+    >>> from bytewax.testing import TestingSink, TestingSource, run_main
+    >>> from core.records import RawRecord
+    >>> from config.models import SourceConfig, ValidationConfig
+    >>> chat = (
+    ...     b'{"message_id": "m1", "session_id": "s1", "tenant": "acme", "text": "hi", '
+    ...     b'"sent_at": "2026-11-01T08:00:00Z"}'
+    ... )
+    >>> raw = [RawRecord("chat", 0, 0, None, chat, "chat"),
+    ...        RawRecord("chat", 0, 1, None, b"not json", "chat")]
+    >>> flow = Dataflow("decode_eg")
+    >>> sources = {"chat": SourceConfig(name="chat", topic="chat")}
+    >>> out = decode_validate("decode", op.input("in", flow, TestingSource(raw)), sources,
+    ...                       ValidationConfig(), clock=lambda: 1793520000.0)
+    >>> oks, errs = [], []
+    >>> op.output("oks", out.oks, TestingSink(oks))
+    >>> op.output("errs", out.errs, TestingSink(errs))
+    >>> run_main(flow)
+    >>> [(e.event_id, e.kind.value, e.key, e.payload["text"]) for e in oks]
+    [('m1', 'chat', 'acme/s1', 'hi')]
+    >>> [(d.step_id, d.source, d.raw, d.reason.split(":")[0]) for d in errs]
+    [('decode', 'chat[0]@1', b'not json', 'not valid JSON')]
     """
     # Dead letters name the step as configured in the flow ("decode"), not its full path.
     decoder = Decoder(step_id.rsplit(".", 1)[-1], sources, cfg, clock)

@@ -411,7 +411,34 @@ class AnomalyOut:
 def detect_anomalies(
     step_id: str, up: KeyedStream[Event], cfg: AnomalyConfig, clock: Clock = time.time
 ) -> AnomalyOut:
-    """Per-entity metric and event-rate anomaly detection (see the module docstring)."""
+    """Per-entity metric and event-rate anomaly detection (see the module docstring).
+
+    Keyed by entity. `oks` are the events in time (late ones come out on `late`), `alerts`
+    carry their evidence. `clock` (epoch seconds) is the wall time that advances an idle
+    entity's watermark and expires its state.
+
+    Three quiet minutes, then a burst in the last window of a finite input (raised when the
+    input ends, since no later event closes that window):
+
+    >>> import bytewax.operators as op
+    >>> from bytewax.dataflow import Dataflow
+    >>> from bytewax.testing import TestingSink, TestingSource, run_main
+    >>> from config.models import AnomalyConfig
+    >>> from core.records import Event, Kind
+    >>> ts = [60.0 * k + i for k in range(3) for i in (1, 2)] + [181.0 + i for i in range(15)]
+    >>> events = [Event(f"e{i}", "chat[0]@0", "acme", Kind.CHAT, "s1", t,
+    ...                 {"text": "hi", "role": "user"}, 0.0) for i, t in enumerate(ts)]
+    >>> flow = Dataflow("anomaly_eg")
+    >>> keyed = op.key_on("key", op.input("in", flow, TestingSource(events)), lambda e: e.key)
+    >>> out = detect_anomalies("anomaly", keyed, AnomalyConfig(rate_min_count=10),
+    ...                        clock=lambda: 0.0)
+    >>> oks, alerts = [], []
+    >>> op.output("oks", out.oks, TestingSink(oks))
+    >>> op.output("alerts", out.alerts, TestingSink(alerts))
+    >>> run_main(flow)
+    >>> len(oks), [(a.detector, a.message) for a in alerts]
+    (21, [('event_rate', 's1: 15 events in 60 s, 7.5x its usual 2.0 (burst)')])
+    """
 
     def builder(resume: dict[str, Any] | None) -> _DetectLogic:
         return _DetectLogic(EntityDetector(cfg, resume), clock)
