@@ -84,7 +84,10 @@ class _MemoryLogic(StatefulBatchLogic[Event, Remembered, tuple[tuple[Turn, ...],
         return [Remembered(e, self.mem.observe(e, now)) for e in values], self.RETAIN
 
     def on_notify(self) -> tuple[Iterable[Remembered], bool]:
-        return (), self.DISCARD
+        # Bytewax wakes the logic by its own system time; whether the memory has expired is
+        # decided by the injected clock, like every other expiry in the flow.
+        expired = self.clock() >= self.mem.last_wall + self.mem.cfg.idle_ttl_s
+        return (), self.DISCARD if expired else self.RETAIN
 
     def notify_at(self) -> datetime | None:
         return wake_at(self.mem.last_wall + self.mem.cfg.idle_ttl_s, 1.0)
@@ -97,7 +100,29 @@ class _MemoryLogic(StatefulBatchLogic[Event, Remembered, tuple[tuple[Turn, ...],
 def remember(
     step_id: str, up: KeyedStream[Event], cfg: MemoryConfig, clock: Clock = time.time
 ) -> KeyedStream[Remembered]:
-    """Attach each entity's recent context (before the event) and remember the event."""
+    """Attach each entity's recent context (before the event) and remember the event.
+
+    Keyed by entity; emits `(key, Remembered(event, memory))`, the memory as it was before
+    the event. `clock` (epoch seconds) times the idle expiry.
+
+    >>> import bytewax.operators as op
+    >>> from bytewax.dataflow import Dataflow
+    >>> from bytewax.testing import TestingSink, TestingSource, run_main
+    >>> from config.models import MemoryConfig
+    >>> from core.records import Event, Kind
+    >>> def chat(event_id, text):
+    ...     return Event(event_id, "chat[0]@0", "acme", Kind.CHAT, "s1", 0.0,
+    ...                  {"text": text, "role": "user"}, 0.0)
+    >>> turns = [chat("m1", "hello"), chat("m2", "my invoice is wrong"), chat("m3", "thanks")]
+    >>> flow = Dataflow("memory_eg")
+    >>> keyed = op.key_on("key", op.input("in", flow, TestingSource(turns)), lambda e: e.key)
+    >>> out = []
+    >>> op.output("out", remember("memory", keyed, MemoryConfig(max_turns=1),
+    ...                          clock=lambda: 0.0), TestingSink(out))
+    >>> run_main(flow)
+    >>> [(r.event.event_id, [t["text"] for t in r.memory]) for _, r in out]
+    [('m1', []), ('m2', ['hello']), ('m3', ['my invoice is wrong'])]
+    """
 
     def builder(resume: tuple[tuple[Turn, ...], float] | None) -> _MemoryLogic:
         return _MemoryLogic(Memory(cfg, resume), clock)

@@ -11,7 +11,7 @@ import pytest
 from config.models import MemoryConfig
 from connectors.reference import parse_profile
 from core.records import Event, Kind, RawRecord
-from operators.memory import Memory
+from operators.memory import Memory, _MemoryLogic
 
 
 def chat(i: int, text: str | None = None, role: str = "user") -> Event:
@@ -125,6 +125,21 @@ def test_resume_with_smaller_max_turns_keeps_the_newest() -> None:
 
 def raw(value: bytes | None, origin: str = "reference.profiles", offset: int = 4) -> RawRecord:
     return RawRecord(origin, 1, offset, None, value, "profiles")
+
+
+def test_memory_expires_by_the_injected_clock_not_by_when_it_is_woken() -> None:
+    """Bytewax wakes the logic by system time; with a clock far behind it (a test's), the
+    memory must survive until its own clock says the idle TTL has passed."""
+    now = [0.0]
+    lg = _MemoryLogic(Memory(MemoryConfig(idle_ttl_s=60.0)), lambda: now[0])
+    lg.on_batch([chat(1)])
+    assert lg.on_notify() == ((), lg.RETAIN)
+    now[0] = 59.0
+    assert lg.on_notify() == ((), lg.RETAIN)
+    [rem] = lg.on_batch([chat(2)])[0]
+    assert [t["text"] for t in rem.memory] == ["turn 1"]
+    now[0] = 59.0 + 60.0
+    assert lg.on_notify() == ((), lg.DISCARD)
 
 
 def test_parse_profile_good() -> None:
