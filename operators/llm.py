@@ -294,7 +294,38 @@ def call_llm(
     """Answer work items with batched, concurrent LLM requests (see the module docstring).
 
     `executor` returns the process's shared `LLMExecutor`; it is called lazily on the worker,
-    so nothing connects at build time.
+    so nothing connects at build time. `clock` (epoch seconds) times the micro-batches and
+    stamps `Response.emitted_at`. Every item comes out once, as an answer or a dead letter,
+    plus one audit record per request (or cache hit).
+
+    Against the bundled LLM simulator on loopback (two items, one packed request):
+
+    >>> import bytewax.operators as op
+    >>> import shutil, tempfile
+    >>> from bytewax.dataflow import Dataflow
+    >>> from bytewax.testing import TestingSink, TestingSource, run_main
+    >>> from llmsim import LLMSimulator, SimConfig
+    >>> from state.stores import ResponseCache, close_all
+    >>> sim = LLMSimulator(SimConfig(latency_ms=1)).start()
+    >>> tmp = tempfile.mkdtemp()
+    >>> task = TaskConfig(name="chat_reply", schema_name="chat_reply", model="sim-1")
+    >>> cfg = LLMConfig(tasks=(task,), routes=())
+    >>> pool = LLMExecutor(cfg, sim.base_url, ResponseCache(f"{tmp}/cache"))
+    >>> items = [WorkItem(f"m{i}", (f"m{i}",), "acme", "s1", "u1", "chat_reply", "x",
+    ...                   {"text": "How do I reset my password?"}, {}, 0.0) for i in (1, 2)]
+    >>> flow = Dataflow("llm_eg")
+    >>> up = op.input("in", flow, TestingSource(items, batch_size=2))
+    >>> out = call_llm("llm", up, cfg, lambda: pool)
+    >>> answers, audit, errs = [], [], []
+    >>> op.output("answers", out.answers, TestingSink(answers))
+    >>> op.output("audit", out.audit, TestingSink(audit))
+    >>> op.output("errs", out.errs, TestingSink(errs))
+    >>> run_main(flow)
+    >>> sorted((r.item.item_id, r.answer["reply"][:11]) for r in answers)
+    [('m1', '[simulated]'), ('m2', '[simulated]')]
+    >>> [(a.record["batch_size"], a.record["outcome"]) for a in audit], errs
+    ([(2, 'ok')], [])
+    >>> pool.close(); close_all(); sim.stop(); shutil.rmtree(tmp)
     """
     tasks = {t.name: t for t in cfg.tasks}
     keyed = op.key_on("key", up, lambda i: shard_key(i, cfg.shards_per_task))

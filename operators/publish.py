@@ -72,12 +72,43 @@ def audit_kv(audit: Audit) -> KV:
 def publish_batches(
     step_id: str, up: Stream[X], to_kvs: Callable[[list[X]], list[KV]], sink: DynamicSink[KV]
 ) -> None:
-    """Serialize batches of records with `to_kvs` and write them to `sink`."""
+    """Serialize batches of records with `to_kvs` and write them to `sink`.
+
+    For serializers that work on a whole batch (counting, say), like `ledger_batch_kv`:
+
+    >>> import bytewax.operators as op
+    >>> from bytewax.dataflow import Dataflow
+    >>> import json
+    >>> from bytewax.testing import TestingSink, TestingSource, run_main
+    >>> entries = [LedgerEntry("m1", "acme", "chat", "s1", "chat_reply", "chat[0]@0"),
+    ...            LedgerEntry("m1", "acme", "chat", "s1", "duplicate", "chat[0]@1")]
+    >>> flow = Dataflow("ledger_eg")
+    >>> out = []
+    >>> up = op.input("in", flow, TestingSource(entries, batch_size=2))
+    >>> publish_batches("out_ledger", up, ledger_batch_kv, TestingSink(out))
+    >>> run_main(flow)
+    >>> [(key, json.loads(value)["route"]) for key, value in out]
+    [(b'acme/s1', 'chat_reply'), (b'acme/s1', 'duplicate')]
+    """
     op.output("write", op.flat_map_batch("serialize", up, to_kvs), sink)
 
 
 @operator
 def publish(step_id: str, up: Stream[X], to_kv: Callable[[X], KV], sink: DynamicSink[KV]) -> None:
-    """Serialize each record with `to_kv` and write it to `sink`."""
+    """Serialize each record with `to_kv` and write it to `sink`.
+
+    >>> import bytewax.operators as op
+    >>> from bytewax.dataflow import Dataflow
+    >>> import json
+    >>> from bytewax.testing import TestingSink, TestingSource, run_main
+    >>> dead = DeadLetter("decode", "not valid JSON", "chat[0]@7", raw=b"{oops", tenant="acme")
+    >>> flow = Dataflow("publish_eg")
+    >>> out = []
+    >>> publish("out_dead_letters", op.input("in", flow, TestingSource([dead])), dead_letter_kv,
+    ...         TestingSink(out))
+    >>> run_main(flow)
+    >>> [(key, json.loads(value)["raw"]) for key, value in out]
+    [(b'acme', '{oops')]
+    """
     serialized = op.flat_map_batch("serialize", up, lambda batch: [to_kv(x) for x in batch])
     op.output("write", serialized, sink)
