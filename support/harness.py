@@ -343,6 +343,49 @@ def write_inputs(dep: Deployment, sent: Sent) -> None:
         )
 
 
+# -- helpers of the end-to-end tests ----------------------------------------------------------
+
+RUN_TIMEOUT_S = 240
+"""How long one end-to-end flow run may take before the test fails (a generous bound)."""
+
+
+def wait_exit(
+    proc: subprocess.Popen[bytes],
+    dep: Deployment,
+    *,
+    log_name: str = "flow",
+    timeout: float = RUN_TIMEOUT_S,
+) -> int:
+    """The exit code of a flow run; kills it and fails with its log tail after `timeout`."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        proc.wait()
+        msg = f"flow did not finish in {timeout} s; log:\n{dep.log(log_name)[-3000:]}"
+        raise AssertionError(msg) from exc
+
+
+def prompt_items(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """The item payloads of one simulator request (`id`, `data`, `context`...), as the
+    model saw them in the `<events>` array of the last message."""
+    body = (request.get("messages") or [{}])[-1].get("content") or ""
+    if "<events>\n" not in body:
+        return []
+    doc = body.split("<events>\n", 1)[1].rsplit("\n</events>", 1)[0]
+    items = json.loads(doc)
+    return [i for i in items if isinstance(i, dict)]
+
+
+def requested_ids(requests: Iterable[dict[str, Any]], prefix: str = "") -> Counter[str]:
+    """How many successful (HTTP 200) requests carried each item id starting with `prefix`."""
+    seen: Counter[str] = Counter()
+    for req in requests:
+        if req["status"] == 200:
+            seen.update(i for i in chat_items(req) if i.startswith(prefix))
+    return seen
+
+
 # -- the checker -----------------------------------------------------------------------------
 
 

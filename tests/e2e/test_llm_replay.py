@@ -12,8 +12,7 @@ import pytest
 
 from support import workload
 from support.broker import consume_all, produce
-from support.harness import Deployment
-from tests.e2e.test_pipeline_kafka import RUN_TIMEOUT_S, _chat_items, _wait
+from support.harness import Deployment, requested_ids, wait_exit
 
 
 def test_answers_cached_before_a_crash_are_never_requested_again(
@@ -45,9 +44,9 @@ def test_answers_cached_before_a_crash_are_never_requested_again(
 
     dep.write_config(tail=False)
     proc2 = dep.start_flow(snapshot_s=1, log_name="run2")
-    assert _wait(proc2, RUN_TIMEOUT_S, dep) == 0, dep.log("run2")[-3000:]
+    assert wait_exit(proc2, dep, log_name="run2") == 0, dep.log("run2")[-3000:]
 
-    requested = _chat_items(sim)
+    requested = requested_ids(sim.requests(), prefix="c-")
     assert all(requested[i] == 1 for i in answered_before)
     responses = dep.drain("responses")
     replayed = Counter(i for r in responses if r["cached"] for i in r["event_ids"])

@@ -8,46 +8,50 @@ import signal
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from llmsim import LLMSimulator
+from state.stores import ProfileStore, close_all
 from support import workload
 from support.broker import consume_all, produce
-from support.harness import Deployment, account
+from support.harness import Deployment, account, prompt_items, requested_ids, wait_exit
 
-RUN_TIMEOUT_S = 240
-
-
-def _wait(proc, timeout: float, dep: Deployment) -> int:
-    try:
-        return proc.wait(timeout=timeout)
-    except Exception as exc:
-        proc.kill()
-        raise AssertionError(
-            f"flow did not finish in {timeout} s; log:\n{dep.log()[-3000:]}"
-        ) from exc
+USERS = 40
+WITH_PROFILE = 30
+"""Chat users u-0000 .. u-0039; acme has a profile for the first 30 only."""
 
 
-def _chat_items(sim: LLMSimulator) -> Counter[str]:
-    """How many times each chat item id was sent to the simulator (successful requests)."""
-    seen: Counter[str] = Counter()
-    for req in sim.requests():
-        if req["status"] != 200:
-            continue
-        body = req["messages"][-1]["content"]
-        items = json.loads(body.split("<events>\n", 1)[1].rsplit("\n</events>", 1)[0])
-        seen.update(i["id"] for i in items if i["id"].startswith("c-"))
-    return seen
+def acme_profile(user: int) -> dict[str, Any]:
+    return {"plan": "gold", "name": f"acme customer {user}"}
+
+
+def globex_profile(user: int) -> dict[str, Any]:
+    return {"plan": "globex-internal", "name": f"globex customer {user}"}
+
+
+def seed_profiles(dep: Deployment) -> None:
+    """Acme profiles for users 0-29 and globex profiles for the same user ids 0-39, in the
+    deployment's profile store before the flow starts (so no chat can race its profile)."""
+    store = ProfileStore(dep.workdir / "stores" / "profiles")
+    store.upsert_many(
+        [("acme", f"u-{u:04d}", acme_profile(u), "seed", u) for u in range(WITH_PROFILE)]
+        + [("globex", f"u-{u:04d}", globex_profile(u), "seed", u) for u in range(USERS)]
+    )
+    close_all()  # release the store for the flow process
 
 
 def test_every_event_is_accounted_for_and_requests_are_batched(
     kafka_bootstrap: str, llm_sim: LLMSimulator, tmp_path: Path
 ) -> None:
     """A mixed workload with malformed records: in = ok + dead letters, answers per chat
-    event, about one LLM request per batch, no PII in any prompt, profiles enrich prompts."""
+    event, about one LLM request per batch, no PII in any prompt, profiles enrich prompts:
+    every chat of a user with an acme profile is prompted with exactly that profile, the
+    others with none, and globex's profiles of the same user ids never reach a prompt."""
     dep = Deployment(kafka_bootstrap, tmp_path, llm_sim.base_url, partitions=2)
-    chats = workload.chats(400, sessions=40)
+    seed_profiles(dep)
+    chats = workload.chats(400, sessions=USERS)
     metrics = workload.metrics(3000, series=20)
     business = workload.business(600, accounts=30)
     bad = workload.malformed(40)
@@ -56,14 +60,15 @@ def test_every_event_is_accounted_for_and_requests_are_batched(
         kafka_bootstrap, dep.topics["metrics"], [v for _, v in metrics] + [v for _, v in bad[20:]]
     )
     produce(kafka_bootstrap, dep.topics["business"], [v for _, v in business])
+    # The same acme profiles again through the profile topic (the streamed path).
     profiles = [
-        json.dumps({"tenant": "acme", "entity": f"u-{i:04d}", "attributes": {"plan": "gold"}})
-        for i in range(40)
+        json.dumps({"tenant": "acme", "entity": f"u-{u:04d}", "attributes": acme_profile(u)})
+        for u in range(WITH_PROFILE)
     ]
     produce(kafka_bootstrap, dep.topics["profiles"], [*profiles, "not json", '{"tenant": 1}'])
 
     proc = dep.start_flow()
-    assert _wait(proc, RUN_TIMEOUT_S, dep) == 0, dep.log()[-3000:]
+    assert wait_exit(proc, dep) == 0, dep.log()[-3000:]
 
     ledger, dead = dep.drain("ledger"), dep.drain("dead_letters")
     responses, audit = dep.drain("responses"), dep.drain("audit")
@@ -92,6 +97,20 @@ def test_every_event_is_accounted_for_and_requests_are_batched(
     assert not any("a.b@example.com" in p for p in prompts)
     assert any("[EMAIL]" in p for p in prompts)
     assert all(p.startswith("<events>") for p in prompts)
+    # profiles: the chat's user's own acme profile, or none; never another tenant's
+    chat_items = [
+        i
+        for r in llm_sim.requests()
+        if r["status"] == 200
+        for i in prompt_items(r)
+        if i["id"].startswith("c-")
+    ]
+    assert {i["id"] for i in chat_items} == chat_ids
+    for item in chat_items:
+        user = int(item["id"].removeprefix("c-")) % USERS
+        expected = acme_profile(user) if user < WITH_PROFILE else None
+        assert item["context"].get("profile") == expected, item
+    assert not any("globex-internal" in p for p in prompts)
 
 
 def test_sigkill_and_resume_loses_nothing(
@@ -123,10 +142,12 @@ def test_sigkill_and_resume_loses_nothing(
     requests_before = len(sim.requests())
     assert requests_before > 0
     answered_before = {i for r in dep.drain("responses", idle_s=0.5) for i in r["event_ids"]}
+    chats_answered_before = {i for i in answered_before if i.startswith("c-")}
+    assert chats_answered_before  # the kill landed after answers, so the check below bites
 
     dep.write_config(tail=False)
     proc2 = dep.start_flow(snapshot_s=1, log_name="run2")
-    assert _wait(proc2, RUN_TIMEOUT_S, dep) == 0, dep.log("run2")[-3000:]
+    assert wait_exit(proc2, dep, log_name="run2") == 0, dep.log("run2")[-3000:]
 
     ledger, dead, responses = dep.drain("ledger"), dep.drain("dead_letters"), dep.drain("responses")
     sent = {i for i, _ in chats + metrics if i}
@@ -137,8 +158,8 @@ def test_sigkill_and_resume_loses_nothing(
     # Events answered before the kill are never requested again (after the restart they are
     # either past the snapshot or re-emitted from the cache); only requests in flight at the
     # kill (at most concurrency x batch items) may be sent twice.
-    requested = _chat_items(sim)
-    assert all(requested[i] == 1 for i in answered_before if i.startswith("c-"))
+    requested = requested_ids(sim.requests(), prefix="c-")
+    assert all(requested[i] == 1 for i in chats_answered_before)
     sent_twice = [i for i, n in requested.items() if n > 1]
     assert len(sent_twice) <= 8 * 16, len(sent_twice)
     cached = [r for r in responses if r["cached"]]
