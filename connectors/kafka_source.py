@@ -11,7 +11,19 @@ Unlike Bytewax 0.21.1's own `KafkaSource`, the source here:
 - bounds librdkafka's read-ahead (`queued.max.messages.kbytes`), which otherwise dominates RSS;
 - checks a resumed offset against the partition's watermarks from the first fetch: brokers
   that answer a fetch beyond the end with an empty result instead of OFFSET_OUT_OF_RANGE
-  (Tansu does) would otherwise leave the flow waiting silently for offsets that are gone.
+  (Tansu does) would otherwise leave the flow waiting silently for offsets that are gone;
+- sets `contextstream_input_lag_messages{topic,partition}` (`runtime.metrics.INPUT_LAG`)
+  after every poll: the high watermark librdkafka cached from its last fetch response minus
+  the next offset to read (no broker round trip);
+- lists partitions without creating topics: an admin client's metadata request for a named
+  topic makes brokers that allow auto-creation (Tansu always does) create it, with broker
+  defaults and no configs, and the flow then waits silently on an empty topic. `list_parts`
+  lists all topics instead and raises `MissingTopics` naming the absent ones.
+
+`check_topics` is the start-up check the entry points run before the dataflow (see
+`connectors.kafkatool.preflight`): it answers within a few seconds with `BrokerUnreachable`
+or `MissingTopics`, whose messages name the problem and the fix, and keeps librdkafka's
+connection-error log lines out of the output.
 
 Every partition ends at its current offset once a graceful stop was requested
 (`runtime.signals`).
@@ -20,16 +32,25 @@ Every partition ends at its current offset once a graceful stop was requested
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, ClusterMetadata
 
 from core.records import RawRecord
+from runtime.metrics import INPUT_LAG
 from runtime.signals import stop_requested
 
 log = logging.getLogger("contextstream.sources")
+
+CHECK_TIMEOUT_S = 5.0
+"""How long `check_topics` (and `list_parts`) wait for the cluster's metadata."""
+
+CREATE_TOPICS_HINT = "python -m connectors.kafkatool create-topics CONFIG"
+"""The command that creates every topic a config names (`connectors.kafkatool`)."""
+
 
 class ResumeOffsetLost(RuntimeError):
     """The offset to resume from no longer exists on the broker (retention deleted it).
@@ -42,6 +63,108 @@ class ResumeOffsetLost(RuntimeError):
 
 class SourceError(RuntimeError):
     """The broker reported an error on an input partition; the flow stops so nothing is skipped."""
+
+
+class KafkaUnavailable(SourceError):
+    """The flow cannot start against this cluster; the message names the problem and the fix.
+
+    The entry points print it as one line and exit with code 1 (nothing was read or written).
+    """
+
+
+class BrokerUnreachable(KafkaUnavailable):
+    """No broker of `kafka.brokers` answered a metadata request within the check's timeout."""
+
+
+class MissingTopics(KafkaUnavailable):
+    """Topics the config names do not exist on the cluster (`topics`, sorted)."""
+
+    def __init__(self, message: str, topics: Iterable[str]) -> None:
+        super().__init__(message)
+        self.topics = sorted(topics)
+
+
+def cluster_metadata(
+    settings: Mapping[str, str], *, timeout_s: float = CHECK_TIMEOUT_S
+) -> ClusterMetadata:
+    """Metadata of every topic (no topic is created), or `BrokerUnreachable` within `timeout_s`.
+
+    librdkafka's connection errors are collected (not printed) and the distinct ones end up
+    in the exception's message; so does `bootstrap.servers`. Nothing else from `settings`
+    (credentials) is ever put in a message.
+    """
+    errors: dict[str, None] = {}  # insertion-ordered set of distinct reasons
+    all_down = False
+
+    def on_error(err: KafkaError) -> None:
+        nonlocal all_down
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            all_down = True
+        elif len(errors) < 4:
+            errors[err.str()] = None
+
+    # log_level 0: librdkafka's own log lines (a "Connection refused" every ~100 ms) are not
+    # printed; the same errors reach `on_error`. A `debug` setting in kafka.extra overrides it.
+    conf: dict[str, object] = {**settings, "log_level": 0, "error_cb": on_error}
+    admin = AdminClient(conf)  # type: ignore[arg-type]
+    started = time.monotonic()
+    deadline = started + timeout_s
+    attempts = 0
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            return admin.list_topics(timeout=max(0.05, min(0.5, remaining)))
+        except KafkaException:
+            attempts += 1
+        admin.poll(0)  # serves error_cb
+        # Every bootstrap broker refused the connection twice: waiting longer will not help.
+        if remaining <= 0 or (all_down and attempts >= 2):
+            break
+    servers = settings.get("bootstrap.servers", "")
+    waited = time.monotonic() - started
+    reasons = "; ".join(errors) or (
+        f"no Kafka answer within {waited:.0f} s (is it a Kafka broker, and does "
+        "kafka.security_protocol match its listener?)"
+    )
+    msg = (
+        f"Kafka broker {servers} (kafka.brokers) is unreachable: {reasons}. Start the broker "
+        "(for development: `python -m support.broker --port PORT`) or fix kafka.brokers"
+    )
+    raise BrokerUnreachable(msg)
+
+
+def check_topics(
+    settings: Mapping[str, str],
+    topics: Iterable[str],
+    *,
+    timeout_s: float = CHECK_TIMEOUT_S,
+    create_hint: str = CREATE_TOPICS_HINT,
+) -> dict[str, list[int]]:
+    """The partitions of each of `topics`; raises `BrokerUnreachable` or `MissingTopics`.
+
+    Answers within about `timeout_s`. Never creates a topic (see the module doc). The
+    `MissingTopics` message names every absent topic and `create_hint`, the command that
+    creates them.
+    """
+    wanted = list(dict.fromkeys(topics))
+    meta = cluster_metadata(settings, timeout_s=timeout_s)
+    parts: dict[str, list[int]] = {}
+    missing: list[str] = []
+    for topic in wanted:
+        tmeta = meta.topics.get(topic)
+        if tmeta is None or tmeta.error is not None or not tmeta.partitions:
+            missing.append(topic)
+        else:
+            parts[topic] = sorted(tmeta.partitions)
+    if missing:
+        names = ", ".join(missing)
+        servers = settings.get("bootstrap.servers", "")
+        msg = (
+            f"topic(s) {names} do not exist on {servers}; create them with `{create_hint}` "
+            "(it creates every topic the config names and leaves existing ones alone)"
+        )
+        raise MissingTopics(msg, missing)
+    return parts
 
 
 class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
@@ -65,6 +188,16 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
         self._name = name
         self._batch = batch
         self._eof = False
+        self._lag = INPUT_LAG.labels(topic, str(part))
+
+    def _record_lag(self) -> None:
+        """Lag = the high watermark of librdkafka's last fetch response - the next offset."""
+        lo, hi = self._consumer.get_watermark_offsets(self._tp, cached=True)
+        if hi < 0:
+            return  # no fetch answered yet
+        nxt = self._offset if self._offset >= 0 else lo
+        if nxt >= 0:
+            self._lag.set(max(0, hi - nxt))
 
     def _resume_offset_lost(self) -> None:
         lo, hi = self._consumer.get_watermark_offsets(self._tp, cached=True)
@@ -114,6 +247,7 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
             out.append(RawRecord(topic, part, last, msg.key(), msg.value(), name))
         if last is not None:
             self._offset = last + 1
+        self._record_lag()
         return out
 
     def snapshot(self) -> int:
@@ -128,6 +262,8 @@ class RawKafkaSource(FixedPartitionedSource[RawRecord, int]):
 
     `topics` maps each topic to the name of its source config. `settings` are librdkafka
     client settings (security included); `tail=False` stops at the end of each partition.
+    `list_parts` raises `BrokerUnreachable` or `MissingTopics` (within `CHECK_TIMEOUT_S`);
+    `create_hint` is the command its message names for creating missing topics.
     """
 
     def __init__(
@@ -138,25 +274,18 @@ class RawKafkaSource(FixedPartitionedSource[RawRecord, int]):
         tail: bool = True,
         batch_size: int = 1000,
         queued_max_kbytes: int = 16384,
+        create_hint: str = CREATE_TOPICS_HINT,
     ) -> None:
         self.topics = dict(topics)
         self.settings = dict(settings)
         self.tail = tail
         self.batch_size = batch_size
         self.queued_max_kbytes = queued_max_kbytes
+        self.create_hint = create_hint
 
     def list_parts(self) -> list[str]:
-        admin = AdminClient(dict(self.settings))
-        parts: list[str] = []
-        for topic in self.topics:
-            meta = admin.list_topics(topic, timeout=30)
-            tmeta = meta.topics.get(topic)
-            if tmeta is None or tmeta.error is not None or not tmeta.partitions:
-                err = tmeta.error.str() if tmeta is not None and tmeta.error else "no partitions"
-                msg = f"input topic {topic!r} is not available: {err}"
-                raise SourceError(msg)
-            parts.extend(f"{i}-{topic}" for i in sorted(tmeta.partitions))
-        return parts
+        found = check_topics(self.settings, self.topics, create_hint=self.create_hint)
+        return [f"{i}-{topic}" for topic, parts in found.items() for i in parts]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _KafkaPartition:
         idx, topic = for_part.split("-", 1)
@@ -178,5 +307,3 @@ class RawKafkaSource(FixedPartitionedSource[RawRecord, int]):
         return _KafkaPartition(
             config, topic, int(idx), self.topics[topic], resume_state, self.batch_size
         )
-
-
