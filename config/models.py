@@ -12,11 +12,20 @@ when it is called.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Adapter = Literal["auto", "chat_message", "metric_reading", "business_event"]
 """How raw records of a source are mapped into the canonical event."""
@@ -31,6 +40,46 @@ MetricDetector = Literal["ensemble", "ewma"]
 """Metric-series detector of `AnomalyConfig` (see `operators.anomaly`)."""
 
 PLACEHOLDER_MARKERS = ("changeme", "change-me", "placeholder", "xxx", "<", "todo")
+
+_BROKER = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]+)$")
+"""`host:port` or `[ipv6]:port`."""
+
+SECRET_KAFKA_KEYS = ("password", "secret", "sasl.username", "ssl.key.pem", "oauthbearer.config")
+"""Substrings of librdkafka settings that hold credentials: never accepted in `kafka.extra`."""
+
+MANAGED_KAFKA_KEYS = frozenset({"bootstrap.servers", "metadata.broker.list", "security.protocol"})
+"""librdkafka settings `KafkaConfig` sets from its own fields (`brokers`, `security_protocol`)."""
+
+
+def check_broker_address(address: str) -> str | None:
+    """Why `address` is not a usable `host:port` (None when it is)."""
+    m = _BROKER.match(address.strip())
+    if m is None:
+        if ":" not in address:
+            return f"{address!r} has no port: write host:port, e.g. {address.strip()}:9092"
+        return f"{address!r} is not host:port (e.g. 127.0.0.1:9092, [::1]:9092)"
+    port = int(m["port"])
+    if not 0 < port < 65536:
+        return f"{address!r}: port {port} is outside 1..65535"
+    return None
+
+
+def librdkafka_setting_problem(key: str, value: str) -> str | None:
+    """Why librdkafka refuses `key = value` (None when a client accepts it).
+
+    Constructs (and drops) a producer with just this setting: no connection is made, nothing
+    is logged. Settings of either client type are accepted, as `kafka.extra` goes to
+    consumers, producers and admin clients alike. The reason never repeats the value.
+    """
+    from confluent_kafka import KafkaException, Producer
+
+    try:
+        Producer({key: value, "log_level": 0})
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else exc
+        reason = err.str() if hasattr(err, "str") else str(err)
+        return reason.replace(value, "<value>") if value else reason
+    return None
 
 
 class Frozen(BaseModel):
@@ -62,7 +111,14 @@ class TlsConfig(Frozen):
 
 
 class KafkaConfig(Frozen):
-    """Connection to the Kafka cluster; maps onto librdkafka settings."""
+    """Connection to the Kafka cluster; maps onto librdkafka settings.
+
+    Validated at load: every broker is `host:port` (numeric port), and every `extra` key is
+    a setting librdkafka accepts with that value (not a credential, not one set from the
+    fields here). Error messages never repeat the values of this table.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     brokers: tuple[str, ...] = ("127.0.0.1:9092",)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -79,9 +135,37 @@ class KafkaConfig(Frozen):
 
     @field_validator("brokers")
     @classmethod
-    def _brokers_non_empty(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+    def _brokers_host_port(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if not v:
             msg = "kafka.brokers must name at least one host:port"
+            raise ValueError(msg)
+        problems = [p for p in map(check_broker_address, v) if p]
+        if problems:
+            msg = "; ".join(problems)
+            raise ValueError(msg)
+        return tuple(b.strip() for b in v)
+
+    @field_validator("extra")
+    @classmethod
+    def _extra_known_to_librdkafka(cls, v: dict[str, str]) -> dict[str, str]:
+        problems: list[str] = []
+        for key, value in v.items():
+            if any(marker in key.lower() for marker in SECRET_KAFKA_KEYS):
+                problems.append(
+                    f"{key!r} holds a credential, and secrets never live in TOML: use "
+                    "kafka.sasl (username_env, password_env) or kafka.tls file locations"
+                )
+            elif key in MANAGED_KAFKA_KEYS:
+                problems.append(
+                    f"{key!r} is set from kafka.brokers / kafka.security_protocol; set those"
+                )
+            elif (reason := librdkafka_setting_problem(key, value)) is not None:
+                problems.append(
+                    f"{key!r}: {reason} (fix the name or value, or remove it; the settings "
+                    "are listed in librdkafka's CONFIGURATION.md)"
+                )
+        if problems:
+            msg = "; ".join(problems)
             raise ValueError(msg)
         return v
 
@@ -353,7 +437,10 @@ class LLMConfig(Frozen):
 
 
 class Settings(Frozen):
-    """The whole deployment."""
+    """The whole deployment. Validation errors never repeat input values (a credential
+    pasted into `kafka.extra` must not end up in a log)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     app: AppConfig = AppConfig()
     kafka: KafkaConfig = KafkaConfig()
@@ -402,6 +489,16 @@ def check_production(settings: Settings) -> None:
         raise ConfigError(msg)
 
 
+def _problems(exc: ValidationError) -> str:
+    """`key.path: reason` for each error, on one line (no input values, no pydantic links)."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "<file>"
+        reason = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {reason}")
+    return "; ".join(parts)
+
+
 def load_config(path: str | Path) -> Settings:
     """Parse a TOML deployment file into `Settings`; relative paths resolve against the file.
 
@@ -419,8 +516,11 @@ def load_config(path: str | Path) -> Settings:
         raise ConfigError(msg) from exc
     try:
         settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        msg = f"config file {path} is invalid: {_problems(exc)}"
+        raise ConfigError(msg) from None
     except ValueError as exc:
-        msg = f"config file {path} is invalid:\n{exc}"
+        msg = f"config file {path} is invalid: {exc}"
         raise ConfigError(msg) from exc
     if settings.app.profile == "production":
         check_production(settings)
