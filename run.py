@@ -19,7 +19,7 @@ offsets, work in flight finished, final snapshot written); 2 bad configuration; 
 mismatched recovery directory (nothing deleted; the message names the fix); 130 / 143 a
 SIGINT / SIGTERM whose graceful stop ran past its deadline or was repeated (no final
 snapshot: the restart replays from the last one); 1 any other failure (e.g. `DeliveryFailed`,
-`ResumeOffsetLost`).
+`ResumeOffsetLost`, an unreachable broker or missing topics at start).
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from bytewax.recovery import (
 from bytewax.run import cli_main
 
 from config.models import ConfigError, Settings, load_config
+from connectors.kafka_source import KafkaUnavailable
+from connectors.kafkatool import preflight
 from connectors.reference import load_profile_seed
 from flows.pipeline import build_flow, profiles_path
 from runtime import metrics
@@ -95,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        preflight(settings, args.config)
+    except KafkaUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     setup_process(settings.app)
     recovery_dir = args.recovery_directory or Path(
         f"{settings.output.dir}/recovery" if settings.output.kind == "file" else "recovery"

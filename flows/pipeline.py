@@ -32,7 +32,8 @@ from bytewax.outputs import DynamicSink
 from config.models import ConfigError, Settings, load_config
 from connectors.files import JsonlFileSink, JsonlFileSource, file_map
 from connectors.kafka_sink import ReliableKafkaSink
-from connectors.kafka_source import RawKafkaSource
+from connectors.kafka_source import KafkaUnavailable, RawKafkaSource
+from connectors.kafkatool import preflight
 from connectors.reference import ProfileSink, load_profile_seed, parse_profile
 from core.clock import Clock
 from core.records import KV, DeadLetter, Event, Kind, LedgerEntry, RawRecord, coords
@@ -285,6 +286,12 @@ def build(config_path: str) -> Dataflow:
         # Bad configuration is exit code 2 under both entry points, with one short message.
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    try:
+        preflight(settings, config_path)
+    except KafkaUnavailable as exc:
+        # Unreachable broker or missing topics: exit 1 with one line naming the fix.
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     setup_process(settings.app)
     recovery = recovery_directory_argument()
     if recovery is not None:
