@@ -1,14 +1,18 @@
 """The batched LLM stage against a misbehaving endpoint (the simulator over real HTTP).
 
 Each test runs `call_llm` in a real Bytewax flow (TestingSource -> call_llm -> TestingSink)
-and checks that every item comes out exactly once, as an answer or a dead letter.
+and checks that every item comes out exactly once, as an answer or a dead letter. Nothing is
+timed: an outage ends when the stage has reached the state the test is about (polled, with a
+generous timeout), and the checks are on outcomes (the simulator's request log, the audit).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +23,14 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 
 from config.models import LLMConfig, TaskConfig
 from core.records import WorkItem
-from inference.client import LLMExecutor
+from inference.client import CallOutcome, LLMExecutor
 from llmsim import LLMSimulator
 from operators.llm import call_llm
 from state.stores import ResponseCache, close_all
+from support.harness import chat_items
+
+WAIT_S = 120.0
+"""Generous bound on any condition a test waits for (a slow machine only makes it slower)."""
 
 
 def items(n: int, prefix: str = "w") -> list[WorkItem]:
@@ -43,15 +51,47 @@ def items(n: int, prefix: str = "w") -> list[WorkItem]:
     ]
 
 
+class WatchedExecutor(LLMExecutor):
+    """The real executor, keeping the futures it handed out (to see what the stage cancels)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.futures: list[Future[CallOutcome]] = []
+
+    def submit(self, task: TaskConfig, items: list[WorkItem]) -> Future[CallOutcome]:
+        fut = super().submit(task, items)
+        self.futures.append(fut)
+        return fut
+
+
 @dataclass
 class Run:
     answers: list[Any] = field(default_factory=list)
     audit: list[dict[str, Any]] = field(default_factory=list)
     errs: list[Any] = field(default_factory=list)
-    executor: LLMExecutor | None = None
+    executor: WatchedExecutor | None = None
+    restored_on_condition: bool | None = None
+    """With `restore_when`: True if the endpoint came back because the condition held."""
 
 
-def run_llm(sim: LLMSimulator, tmp: Path, work: list[WorkItem], **cfg: Any) -> Run:
+def wait_for(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def run_llm(
+    sim: LLMSimulator,
+    tmp: Path,
+    work: list[WorkItem],
+    restore_when: Callable[[Run], bool] | None = None,
+    **cfg: Any,
+) -> Run:
+    """Run `work` through `call_llm`. With `restore_when`, the (down) simulator is brought
+    back as soon as the condition holds on the running stage (or after `WAIT_S`)."""
     task = TaskConfig(
         name="chat",
         schema_name="chat_reply",
@@ -62,8 +102,18 @@ def run_llm(sim: LLMSimulator, tmp: Path, work: list[WorkItem], **cfg: Any) -> R
     )
     cfg = {"backoff_base_s": 0.02, "backoff_max_s": 0.5, "timeout_s": 5, **cfg}
     settings = LLMConfig(tasks=(task,), routes=(), **cfg)
-    executor = LLMExecutor(settings, sim.base_url, ResponseCache(tmp / "cache"))
+    executor = WatchedExecutor(settings, sim.base_url, ResponseCache(tmp / "cache"))
     run = Run(executor=executor)
+    watcher = None
+    if restore_when is not None:
+        cond = restore_when
+
+        def restore() -> None:
+            run.restored_on_condition = wait_for(lambda: cond(run))
+            sim.configure(down=False)
+
+        watcher = threading.Thread(target=restore, daemon=True)
+        watcher.start()
     audit: list[Any] = []
     flow = Dataflow("llm_faults")
     out = call_llm("llm", op.input("in", flow, TestingSource(work)), settings, lambda: executor)
@@ -73,10 +123,23 @@ def run_llm(sim: LLMSimulator, tmp: Path, work: list[WorkItem], **cfg: Any) -> R
     try:
         run_main(flow)
     finally:
+        if watcher is not None:
+            sim.configure(down=False)
+            watcher.join(WAIT_S)
         executor.close()
         close_all()
     run.audit = [a.record for a in audit]
     return run
+
+
+def requests_by_item(sim: LLMSimulator) -> dict[str, list[dict[str, Any]]]:
+    """Every answered (HTTP 200) request that carried each item, in arrival order."""
+    by_item: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for req in sorted(sim.requests(), key=lambda r: r["ts"]):
+        if req["status"] == 200:
+            for item_id in chat_items(req):
+                by_item[item_id].append(req)
+    return by_item
 
 
 def assert_each_once(run: Run, work: list[WorkItem]) -> None:
@@ -105,16 +168,24 @@ def test_server_errors_are_retried(llm_sim_factory, tmp_path):
 
 
 def test_attempts_longer_than_the_timeout_are_retried(llm_sim_factory, tmp_path):
+    """Hung attempts are abandoned at the client's timeout and sent again: every extra
+    attempt in the audit is one request the simulator hung (none was waited out, or its
+    request would have counted as answered at the first attempt)."""
     sim = llm_sim_factory(latency_ms=5, timeout_rate=0.3, hang_s=3, seed=5)
     work = items(40)
-    started = time.monotonic()
     run = run_llm(
         sim, tmp_path, work, timeout_s=0.3, max_attempts=8, breaker_failures=50, concurrency=8
     )
     assert_each_once(run, work)
     assert not run.errs
-    assert any(a["attempts"] > 1 for a in run.audit)
-    assert time.monotonic() - started < 20  # hung attempts were abandoned, not waited out
+    retries = sum(a["attempts"] - 1 for a in run.audit)
+    assert retries > 0
+
+    def hung() -> int:  # the simulator logs a hung request when its hang ends
+        return sum(1 for r in sim.requests() if r["fault"] == "timeout")
+
+    assert wait_for(lambda: hung() >= retries)
+    assert hung() == retries
 
 
 def test_malformed_answers_are_reasked_once(llm_sim_factory, tmp_path):
@@ -124,7 +195,12 @@ def test_malformed_answers_are_reasked_once(llm_sim_factory, tmp_path):
     assert_each_once(run, work)
     # items whose batch answer was malformed were asked again alone
     assert any(a["batch_size"] == 1 for a in run.audit)
-    for e in run.errs:  # only if the re-ask was malformed too
+    # an item is a dead letter exactly when its last request (the re-ask) was malformed too
+    by_item = requests_by_item(sim)
+    assert set(by_item) == {i.item_id for i in work}
+    expected = {i for i, reqs in by_item.items() if reqs[-1]["fault"] == "malformed"}
+    assert {e.event_id for e in run.errs} == expected
+    for e in run.errs:
         assert "not valid JSON" in e.reason and e.detail["raw_answer"]
 
 
@@ -147,58 +223,69 @@ def test_packed_answer_missing_items_are_asked_again_alone(llm_sim_factory, tmp_
     assert_each_once(run, work)
     assert any(a["outcome"] == "partial" for a in run.audit)
     assert any(a["batch_size"] == 1 for a in run.audit)
-    answered = {a.item.item_id for a in run.answers}
-    for e in run.errs:  # an item alone can be dropped again; then it is a dead letter
-        assert e.event_id not in answered and "no entry for this item" in e.reason
+    # an item alone can be dropped again; then (and only then) it is a dead letter
+    by_item = requests_by_item(sim)
+    assert set(by_item) == {i.item_id for i in work}
+    expected = {
+        i for i, reqs in by_item.items() if len(reqs) > 1 and reqs[-1]["fault"] == "dropped_items"
+    }
+    assert {e.event_id for e in run.errs} == expected
+    for e in run.errs:
+        assert "no entry for this item" in e.reason
 
 
 def test_outage_opens_the_breaker_holds_requests_and_loses_nothing(llm_sim_factory, tmp_path):
-    """The endpoint is down for 30 s: the breaker opens, held requests are not charged
-    attempts, only probes reach the endpoint, and when it returns everything is answered."""
+    """The endpoint stays down until the breaker has opened 5 times (4 failed probes, more
+    than `max_attempts` = 3): held requests are not charged attempts, only probes reach the
+    endpoint, and when it returns everything is answered."""
     sim = llm_sim_factory(latency_ms=10, down=True)
     work = items(120)
-    outage_s = 30.0
-    timer = threading.Timer(outage_s, lambda: sim.configure(down=False))
-    timer.start()
-    try:
-        run = run_llm(
-            sim,
-            tmp_path,
-            work,
-            max_attempts=3,
-            breaker_failures=3,
-            breaker_open_s=1.0,
-            breaker_max_open_s=4.0,
-            concurrency=4,
-        )
-    finally:
-        timer.cancel()
+
+    def long_outage(run: Run) -> bool:
+        return run.executor is not None and run.executor.limiter.breaker.opened_count >= 5
+
+    run = run_llm(
+        sim,
+        tmp_path,
+        work,
+        restore_when=long_outage,
+        max_attempts=3,
+        breaker_failures=3,
+        breaker_open_s=1.0,
+        breaker_max_open_s=4.0,
+        concurrency=4,
+    )
+    assert run.restored_on_condition
     assert_each_once(run, work)
     assert not run.errs
-    assert run.executor is not None and run.executor.limiter.breaker.opened_count >= 2
+    assert run.executor is not None and run.executor.limiter.breaker.opened_count >= 5
     during = [r for r in sim.requests() if r["status"] == 503]
     assert 3 <= len(during) <= 20  # a few failures, then one probe per open period
     assert run.executor.limiter.breaker.state == "closed"
 
 
 def test_outage_beyond_the_hold_bound_dead_letters_the_excess(llm_sim_factory, tmp_path):
+    """The endpoint stays down until the stage has shed what exceeds `max_held_items` (a
+    dead letter emitted, or a request it had queued cancelled); the rest is answered."""
     sim = llm_sim_factory(latency_ms=10, down=True)
-    timer = threading.Timer(4.0, lambda: sim.configure(down=False))
-    timer.start()
     first = items(8, "a")
-    try:
-        run = run_llm(
-            sim,
-            tmp_path,
-            first + items(40, "b"),
-            breaker_failures=1,
-            breaker_open_s=0.5,
-            concurrency=1,
-            max_batch=4,
-            max_held_items=12,
-        )
-    finally:
-        timer.cancel()
+
+    def shed(run: Run) -> bool:
+        ex = run.executor
+        return bool(run.errs) or (ex is not None and any(f.cancelled() for f in ex.futures))
+
+    run = run_llm(
+        sim,
+        tmp_path,
+        first + items(40, "b"),
+        restore_when=shed,
+        breaker_failures=1,
+        breaker_open_s=0.5,
+        concurrency=1,
+        max_batch=4,
+        max_held_items=12,
+    )
+    assert run.restored_on_condition
     assert_each_once(run, first + items(40, "b"))
     assert run.errs and all("llm.max_held_items" in e.reason for e in run.errs)
     assert len(run.answers) >= 12
