@@ -235,7 +235,9 @@ def test_burst_below_min_count_is_not_an_alert() -> None:
         fill(rw, T0 + 60 * k, 1, now=0.0)
     fill(rw, T0 + 180, 15, now=0.0)  # 15x the baseline, but under rate_min_count
     rw.add(T0 + 271, "push", now=0.0)
-    assert not any(w.alert for w in rw.close_due(0.0))
+    closed = rw.close_due(0.0)
+    assert [w.count for w in closed] == [1, 1, 1, 15]
+    assert not any(w.alert for w in closed)
 
 
 def test_gaps_count_as_zero_windows() -> None:
@@ -426,7 +428,7 @@ def test_process_tags_late_events() -> None:
 def test_process_emits_metric_alert_with_evidence() -> None:
     det = EntityDetector(cfg(warmup=5, z_threshold=4.0))
     events = [metric(T0 + i, 10.0 + (0.5 if i % 2 else -0.5)) for i in range(10)]
-    assert all(tag(f) == EVENT for f in det.process(events, now=1.0))
+    assert [tag(f) for f in det.process(events, now=1.0)] == [EVENT] * 10
     out = det.process([metric(T0 + 10, 50.0, eid="spike")], now=2.0)
     assert [tag(f) for f in out] == [EVENT, ALERT]
     alert = out[1]
@@ -507,7 +509,7 @@ def test_detector_state_round_trip_continues_statistics() -> None:
     # rebuilt from zero would still be warming up.
     assert any(tag(f) == ALERT for f in out_resumed)
     fresh = EntityDetector(c)
-    assert not any(tag(f) == ALERT for f in fresh.process(more, now=60.0))
+    assert [tag(f) for f in fresh.process(more, now=60.0)] == [EVENT] * len(more)
     assert resumed.state() == live.state()
 
 

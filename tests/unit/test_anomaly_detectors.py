@@ -253,6 +253,7 @@ def test_ensemble_state_is_bounded() -> None:
     season, shift, contexts, *_ = det.state()
     assert len(season[0]) <= 24 and len(season[1]) == 100
     assert len(shift[0]) == cfg.shift_span and len(shift[3]) == 100
+    assert len(contexts) == len(cfg.context_levels)
     assert all(len(c[2]) <= 50 for c in contexts)
     assert len(det.recent()) == 4
 
@@ -285,7 +286,7 @@ def test_entity_detector_metric_alert_carries_evidence() -> None:
     det = EntityDetector(ens_cfg(allowed_lateness_s=1e9, min_points=2 * 288))
     spike = 288 * 3 + 5
     out = det.process([metric(i, daily(i)) for i in range(spike)], now=1.0)
-    assert not any(isinstance(f, Alert) for f in out)
+    assert len(out) == spike and not any(isinstance(f, Alert) for f in out)
     out = det.process([metric(spike, 140.0)], now=2.0)
     [alert] = [f for f in out if isinstance(f, Alert)]
     assert alert.detector.startswith("ensemble/")
@@ -307,7 +308,7 @@ def test_entity_detector_resumes_after_restart() -> None:
     tail = [metric(spike, 140.0), metric(spike + 1, daily(spike + 1))]
     assert resumed.process(tail, now=2.0) == live.process(tail, now=2.0)
     fresh = EntityDetector(cfg).process(tail, now=2.0)
-    assert not any(isinstance(f, Alert) for f in fresh)
+    assert len(fresh) == len(tail) and not any(isinstance(f, Alert) for f in fresh)
 
 
 def test_snapshot_under_another_detector_starts_afresh() -> None:
