@@ -7,9 +7,15 @@ ledger, but no LLM call is made. Kinds without a rule also get `none`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+from bytewax.operators import KeyedStream
+
 from config.models import RouteRule
+from core.clock import Clock
 from core.records import Alert, Event, Kind, LedgerEntry, WorkItem
 from operators.memory import Remembered
 
@@ -100,3 +106,41 @@ class Router:
                 ingest_ts=now,
             )
         ]
+
+
+@operator
+def route(
+    step_id: str,
+    events: KeyedStream[Remembered],
+    alerts: Stream[Alert],
+    router: Router,
+    clock: Clock = time.time,
+) -> Stream[WorkItem]:
+    """The LLM work for events (with their memory) and alerts, by `router`'s rules.
+
+    Stateless; an event or alert whose task is `none` yields nothing. `clock` (epoch
+    seconds) stamps an alert's work item with its `ingest_ts`.
+
+    >>> import bytewax.operators as op
+    >>> from bytewax.dataflow import Dataflow
+    >>> from bytewax.testing import TestingSink, TestingSource, run_main
+    >>> from config.models import RouteRule
+    >>> from core.records import Event, Kind
+    >>> def chat(event_id):
+    ...     return Event(event_id, "chat[0]@0", "acme", Kind.CHAT, "s1", 0.0,
+    ...                  {"text": "hi", "role": "user", "user_id": "u1"}, 0.0)
+    >>> remembered = [("acme/s1", Remembered(chat("m1"), ())),
+    ...               ("acme/s1", Remembered(chat("m2"), ({"role": "user", "text": "hi"},)))]
+    >>> flow = Dataflow("route_eg")
+    >>> events = op.input("events", flow, TestingSource(remembered))
+    >>> alerts = op.input("alerts", flow, TestingSource([]))
+    >>> router = Router([RouteRule(kind="chat", task="chat_reply")])
+    >>> out = []
+    >>> op.output("out", route("route", events, alerts, router), TestingSink(out))
+    >>> run_main(flow)
+    >>> [(w.item_id, w.task, w.profile_id, len(w.context["memory"])) for w in out]
+    [('m1', 'chat_reply', 'u1', 0), ('m2', 'chat_reply', 'u1', 1)]
+    """
+    from_events = op.flat_map("event_work", events, lambda kv: router.work_for_event(kv[1]))
+    from_alerts = op.flat_map("alert_work", alerts, lambda a: router.work_for_alert(a, clock()))
+    return op.merge("work", from_events, from_alerts)

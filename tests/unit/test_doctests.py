@@ -24,6 +24,7 @@ WITH_EXAMPLES = {
     "operators.anomaly": ("detect_anomalies",),
     "operators.memory": ("remember",),
     "operators.enrich": ("attach_profiles",),
+    "operators.route": ("route",),
     "operators.llm": ("call_llm",),
     "operators.publish": ("publish", "publish_batches"),
     "runtime.process": ("progress_line",),
