@@ -1,22 +1,51 @@
 """The batched LLM stage against the simulator: naive calls, fanout, pack, adaptive, light load.
 
-    python -m bench.llm_stage [--latency-ms 200] [--server-concurrency 8] [--batch 16]
-                              [--events N] [--quick]
+    python -m bench.llm_stage [--latency-ms 150] [--ms-per-prompt-token 0.2]
+                              [--ms-per-completion-token 15] [--server-concurrency 8]
+                              [--batch 16] [--events N] [--quick]
 
-Every case gets a fresh simulator (`llmsim`, in this process) with a fixed latency L and a
-server concurrency limit C (a request arriving while C are in flight gets 429), a fresh
-response cache (so the cache never answers) and unique item ids. The workload is chat work
-items of one tenant spread over many sessions, each with a small conversation memory.
+Every case gets a fresh simulator (`llmsim`, in this process) with the latency model of a real
+inference server and a server concurrency limit C (a request arriving while C are in flight
+gets 429), a fresh response cache (so the cache never answers) and unique item ids. The
+workload is chat work items of one tenant spread over many sessions, each with a small
+conversation memory.
+
+Latency model: a request's service time is `fixed + p x prompt tokens + d x completion
+tokens`, with the token counts the simulator reports in `usage` (see `llmsim.SimConfig`).
+The defaults describe a small model (7-8B) served on one mid-range GPU:
+
+- fixed 150 ms: HTTP, queueing and scheduling in the server, and the first forward pass;
+- p = 0.2 ms per prompt token (prefill, about 5,000 tokens/s per sequence: compute-bound,
+  fast);
+- d = 15 ms per completion token (decode, about 65 tokens/s per sequence: memory-bound, so
+  an answer's length dominates the request's time);
+- C = 8 sequences served at once, each at that speed (the model leaves out the slowdown per
+  sequence as a real server's batch grows).
+
+So a pack of B items is not as cheap as one item: it saves the fixed part and the repeated
+system prompt (prefill) of B - 1 requests, but the answer of B items is decoded B times as
+long. The simulator's answers are short (about 25 completion tokens per chat item); real
+replies are longer, which shrinks packing's gain further.
 
 - naive: one blocking `openai` request per event inside `op.map` (the same one-item prompt
-  the stage would send); limit 1/L.
-- fanout: `call_llm` with `mode="fanout"`, client concurrency C, not adaptive; limit C/L.
+  the stage would send); limit 1 / S(1 item).
+- fanout: `call_llm` with `mode="fanout"`, client concurrency C, not adaptive; limit
+  C / S(1 item).
 - pack: `call_llm` with `mode="pack"`, `max_batch=B`, client concurrency C, not adaptive;
-  limit C*B/L.
+  limit C x B / S(B items).
 - adaptive: pack (or `--adaptive-mode fanout`) with a client cap of 8*C and adaptive
   concurrency; the 429 share and the throughput are taken from the simulator's request log
-  for requests arriving at least `--warmup-s` (10 s) after the first one.
+  for requests arriving at least `--warmup-s` after the first one (default: the longer of
+  10 s and 4 round trips of a full request, since the client's slow start doubles its limit
+  once per round trip).
 - light: a Poisson source of a few events per second, pack with `max_wait_ms=100`; latency.
+
+S(k items) is the modelled service time of a request of k items with the mean prompt and
+completion tokens of the case's answered requests of that size (as the simulator counted
+them); the model is linear, so that is also their mean service time. Before the cases run, a
+probe (one request of 1 and of B items, to a simulator without latency) predicts S, which
+sizes the cases: the throughput cases run whole rounds (C requests each) of at least
+`--seconds`.
 
 The throughput cases keep a bounded number of items outstanding (ingested, not yet answered):
 `--window-rounds` (4) times what the client may have in flight (cap x items per request), so
@@ -24,9 +53,14 @@ the stage is saturated without an ever-growing backlog, and the latency figures 
 queueing behind that window. `--window-rounds 0` ingests everything at once.
 
 Per case it prints events/s (first ingestion to last answer emission), LLM requests per event
-(every request the server saw, 429s included), prompt tokens per event (answered requests, as
-the simulator counts them), p50/p99 latency from ingestion to answer emission (nearest rank),
-the 429 count and events/s over the theoretical limit. The last line is one JSON object.
+(every request the server saw, 429s included), prompt and completion tokens per event
+(answered requests, as the simulator counts them), the modelled service time S of a full
+request, the limit from the model and events/s over it, p50/p99 latency from ingestion to
+answer emission (nearest rank), the 429 count and dead letters. The latency model is printed
+first. The last line is one JSON object: `latency_model`, and per case `<case>_...` figures,
+among them `_ratio`, `_limit_per_s`, `_requests_per_event`, `_prompt_tokens_per_event`,
+`_completion_tokens_per_event`, `_prompt_tokens_per_request`, `_completion_tokens_per_request`
+and `_service_ms`.
 """
 
 from __future__ import annotations
@@ -226,10 +260,14 @@ class CaseResult:
     limit_per_s: float
     requests: int
     requests_429: int
+    answered_requests: int
     prompt_tokens: int
+    completion_tokens: int
     latencies_ms: list[float]
     log: list[dict[str, Any]]
     audits: list[dict[str, Any]]
+    service_ms: float = math.nan
+    """Modelled service time of a full request of this case (the one its limit assumes)."""
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -243,6 +281,18 @@ class CaseResult:
     @property
     def prompt_tokens_per_event(self) -> float:
         return self.prompt_tokens / max(1, self.answered)
+
+    @property
+    def completion_tokens_per_event(self) -> float:
+        return self.completion_tokens / max(1, self.answered)
+
+    @property
+    def prompt_tokens_per_request(self) -> float:
+        return self.prompt_tokens / max(1, self.answered_requests)
+
+    @property
+    def completion_tokens_per_request(self) -> float:
+        return self.completion_tokens / max(1, self.answered_requests)
 
     @property
     def p50_ms(self) -> float:
@@ -263,8 +313,13 @@ class CaseResult:
             f"{n}_limit_per_s": round(self.limit_per_s, 2),
             f"{n}_ratio": round(self.ratio, 4),
             f"{n}_requests": self.requests,
+            f"{n}_answered_requests": self.answered_requests,
             f"{n}_requests_per_event": round(self.requests_per_event, 4),
             f"{n}_prompt_tokens_per_event": round(self.prompt_tokens_per_event, 1),
+            f"{n}_completion_tokens_per_event": round(self.completion_tokens_per_event, 1),
+            f"{n}_prompt_tokens_per_request": round(self.prompt_tokens_per_request, 1),
+            f"{n}_completion_tokens_per_request": round(self.completion_tokens_per_request, 1),
+            f"{n}_service_ms": round(self.service_ms, 1),
             f"{n}_p50_ms": round(self.p50_ms, 1),
             f"{n}_p99_ms": round(self.p99_ms, 1),
             f"{n}_429": self.requests_429,
@@ -280,7 +335,6 @@ def _summarise(
     dead: int,
     log: list[dict[str, Any]],
     audits: list[dict[str, Any]],
-    limit_per_s: float,
 ) -> CaseResult:
     lat = [(at - ingested[i]) * 1000 for i, at in done]
     first = min(ingested.values()) if ingested else 0.0
@@ -294,14 +348,33 @@ def _summarise(
         dead_letters=dead,
         seconds=seconds,
         events_per_s=len(done) / seconds,
-        limit_per_s=limit_per_s,
+        limit_per_s=math.nan,
         requests=len(log),
         requests_429=sum(1 for e in log if e["status"] == 429),
+        answered_requests=len(ok),
         prompt_tokens=sum(int(e["prompt_tokens"]) for e in ok),
+        completion_tokens=sum(int(e["completion_tokens"]) for e in ok),
         latencies_ms=lat,
         log=log,
         audits=audits,
     )
+
+
+def model_limit(
+    res: CaseResult, model: SimConfig, slots: int, per_request: int
+) -> tuple[float, float]:
+    """(events/s limit, service ms of a full request) of `slots` requests of `per_request`
+    items always in service, from the mean tokens of the case's answered requests of that
+    size (of all its answered requests, with their mean size, if none had it)."""
+    ok = [e for e in res.log if e["status"] == 200]
+    full = [e for e in ok if items_in_request(e) == per_request] or ok
+    if not full:
+        return math.nan, math.nan
+    items = sum(items_in_request(e) for e in full) / len(full)
+    prompt = sum(int(e["prompt_tokens"]) for e in full) / len(full)
+    completion = sum(int(e["completion_tokens"]) for e in full) / len(full)
+    service_ms = model.service_ms(prompt, completion)
+    return slots * items * 1000 / service_ms, service_ms
 
 
 # --------------------------------------------------------------------------- cases
@@ -310,19 +383,64 @@ def _summarise(
 @dataclass(frozen=True)
 class Bench:
     latency_ms: float
+    ms_per_prompt_token: float
+    ms_per_completion_token: float
     server_concurrency: int
     batch: int
     sessions: int
     window_rounds: float
     verbose: bool = True
 
+    @property
+    def model(self) -> SimConfig:
+        """The simulator's configuration (its latency model and concurrency limit)."""
+        return SimConfig(
+            latency_ms=self.latency_ms,
+            ms_per_prompt_token=self.ms_per_prompt_token,
+            ms_per_completion_token=self.ms_per_completion_token,
+            max_concurrency=self.server_concurrency,
+        )
+
     def simulator(self) -> LLMSimulator:
-        cfg = SimConfig(latency_ms=self.latency_ms, max_concurrency=self.server_concurrency)
-        return LLMSimulator(cfg).start()
+        return LLMSimulator(self.model).start()
+
+    def describe(self) -> str:
+        return (
+            f"service time = {self.latency_ms:g} ms + {self.ms_per_prompt_token:g} ms x prompt "
+            f"tokens + {self.ms_per_completion_token:g} ms x completion tokens, "
+            f"{self.server_concurrency} requests served at once"
+        )
 
     def say(self, msg: str) -> None:
         if self.verbose:
             print(msg, file=sys.stderr, flush=True)
+
+
+def _request(client: openai.OpenAI, items: list[WorkItem]) -> Any:
+    ids = [i.item_id for i in items]
+    return client.chat.completions.create(  # type: ignore[call-overload]
+        model=MODEL,
+        messages=prompts.build_messages(SCHEMA, items),
+        temperature=0.0,
+        max_tokens=1024 * len(items),
+        response_format=prompts.response_format(SCHEMA, ids),
+    )
+
+
+def probe(b: Bench, sizes: Iterable[int]) -> dict[int, tuple[int, int]]:
+    """`{k: (prompt tokens, completion tokens)}` of one request of k items, as the
+    simulator counts them (asked without latency); sizes the cases before they run."""
+    out: dict[int, tuple[int, int]] = {}
+    with LLMSimulator(SimConfig(latency_ms=0)) as sim:
+        client = openai.OpenAI(base_url=sim.base_url, api_key="sim", max_retries=0)
+        try:
+            for k in sizes:
+                items = make_items(k, f"probe{k}", b.sessions)
+                usage = _request(client, items).usage
+                out[k] = (usage.prompt_tokens, usage.completion_tokens)
+        finally:
+            client.close()
+    return out
 
 
 def run_naive(b: Bench, n: int) -> CaseResult:
@@ -332,15 +450,8 @@ def run_naive(b: Bench, n: int) -> CaseResult:
     client = openai.OpenAI(base_url=sim.base_url, api_key="sim", max_retries=0, timeout=30.0)
 
     def ask(item: WorkItem) -> tuple[WorkItem, bool, float]:
-        ids = [item.item_id]
-        resp = client.chat.completions.create(  # type: ignore[call-overload]
-            model=MODEL,
-            messages=prompts.build_messages(SCHEMA, [item]),
-            temperature=0.0,
-            max_tokens=1024,
-            response_format=prompts.response_format(SCHEMA, ids),
-        )
-        ok, _bad = prompts.parse_answers(SCHEMA, resp.choices[0].message.content, ids)
+        resp = _request(client, [item])
+        ok, _bad = prompts.parse_answers(SCHEMA, resp.choices[0].message.content, [item.item_id])
         return item, item.item_id in ok, time.time()
 
     out: list[tuple[WorkItem, bool, float]] = []
@@ -354,16 +465,9 @@ def run_naive(b: Bench, n: int) -> CaseResult:
         sim.stop()
     ingested = {it.item_id: it.ingest_ts for it, _, _ in out}
     done = [(it.item_id, at) for it, good, at in out if good]
-    return _summarise(
-        "naive",
-        items,
-        ingested,
-        done,
-        len(out) - len(done),
-        sim.requests(),
-        [],
-        1000 / b.latency_ms,
-    )
+    res = _summarise("naive", items, ingested, done, len(out) - len(done), sim.requests(), [])
+    res.limit_per_s, res.service_ms = model_limit(res, b.model, 1, 1)
+    return res
 
 
 def run_stage(
@@ -375,14 +479,18 @@ def run_stage(
     client_cap: int,
     adaptive: bool,
     max_batch: int,
+    expected_per_s: float,
     max_wait_ms: float = 200.0,
     offsets: list[float] | None = None,
     sample_limit: bool = False,
 ) -> CaseResult:
-    """Items through `call_llm` (TestingSink outputs) against a fresh simulator and cache."""
+    """Items through `call_llm` (TestingSink outputs) against a fresh simulator and cache.
+
+    `expected_per_s` (the predicted limit) only bounds how long the source waits; the
+    case's limit is computed afterwards from the tokens its requests had.
+    """
     items = make_items(n, name, b.sessions)
     per_request = max_batch if mode == "pack" else 1
-    limit_per_s = b.server_concurrency * per_request * 1000 / b.latency_ms
     task = TaskConfig(
         name=TASK,
         schema_name=SCHEMA,
@@ -408,7 +516,7 @@ def run_stage(
         return sent - len(answers) - len(errs)
 
     window = 0 if offsets is not None else int(b.window_rounds * client_cap * per_request)
-    expected_s = n / limit_per_s + (offsets[-1] if offsets else 0.0)
+    expected_s = n / expected_per_s + (offsets[-1] if offsets else 0.0)
     source = FeedSource(
         items,
         offsets=offsets,
@@ -453,12 +561,14 @@ def run_stage(
         len(errs),
         sim.requests(),
         [a.record for a in audit],
-        limit_per_s,
     )
+    res.limit_per_s, res.service_ms = model_limit(res, b.model, b.server_concurrency, per_request)
     sent = [a for a in res.audits if not a["cache_hit"]]
     res.extra["mean_batch_size"] = round(sum(a["batch_size"] for a in sent) / max(1, len(sent)), 2)
-    # Client-side time per request (all attempts, backoff included) next to the simulator's L.
+    # Client-side time per request (all attempts, backoff included) next to the model's S.
     res.extra["request_ms_mean"] = round(sum(a["latency_ms"] for a in sent) / max(1, len(sent)), 1)
+    served = [e["service_ms"] for e in res.log if e["status"] == 200]
+    res.extra["service_ms_max"] = round(max(served, default=math.nan), 1)
     res.extra["client_rate_limited"] = executor.limiter.rate_limited
     if samples:
         res.extra["limit_samples"] = samples
@@ -511,7 +621,9 @@ _COLUMNS = (
     ("limit/s", 8, "{:>8.1f}"),
     ("ratio", 6, "{:>6.3f}"),
     ("req/event", 9, "{:>9.4f}"),
-    ("tok/event", 9, "{:>9.1f}"),
+    ("ptok/ev", 8, "{:>8.1f}"),
+    ("ctok/ev", 8, "{:>8.1f}"),
+    ("S ms", 7, "{:>7.0f}"),
     ("p50 ms", 8, "{:>8.0f}"),
     ("p99 ms", 8, "{:>8.0f}"),
     ("429s", 5, "{:>5d}"),
@@ -530,6 +642,8 @@ def _table(results: Iterable[CaseResult]) -> list[str]:
             r.ratio,
             r.requests_per_event,
             r.prompt_tokens_per_event,
+            r.completion_tokens_per_event,
+            r.service_ms,
             r.p50_ms,
             r.p99_ms,
             r.requests_429,
@@ -543,7 +657,9 @@ def _table(results: Iterable[CaseResult]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--latency-ms", type=float, default=200.0, help="simulator latency L")
+    p.add_argument("--latency-ms", type=float, default=150.0, help="fixed part of S")
+    p.add_argument("--ms-per-prompt-token", type=float, default=0.2, help="prefill cost")
+    p.add_argument("--ms-per-completion-token", type=float, default=15.0, help="decode cost")
     p.add_argument("--server-concurrency", type=int, default=8, help="simulator limit C")
     p.add_argument("--batch", type=int, default=16, help="pack batch size B")
     p.add_argument(
@@ -551,13 +667,23 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="events per throughput case (fanout, pack, "
-        "adaptive); default: the case's theoretical rate times --seconds",
+        "adaptive); default: whole rounds of C requests lasting at least --seconds",
     )
-    p.add_argument("--seconds", type=float, default=15.0, help="target length of fanout/pack")
-    p.add_argument("--adaptive-seconds", type=float, default=40.0)
+    p.add_argument("--seconds", type=float, default=15.0, help="least length of fanout/pack")
+    p.add_argument(
+        "--adaptive-seconds",
+        type=float,
+        default=None,
+        help="default: the longer of 40 s and --warmup-s plus 8 round trips",
+    )
     p.add_argument("--adaptive-mode", choices=("pack", "fanout"), default="pack")
     p.add_argument("--adaptive-factor", type=int, default=8, help="client cap = factor x C")
-    p.add_argument("--warmup-s", type=float, default=10.0, help="adaptive: figures after this")
+    p.add_argument(
+        "--warmup-s",
+        type=float,
+        default=None,
+        help="adaptive: figures after this; default: the longer of 10 s and 4 round trips",
+    )
     p.add_argument("--naive-events", type=int, default=25)
     p.add_argument("--light-rate", type=float, default=5.0, help="light load, events/s")
     p.add_argument("--light-seconds", type=float, default=12.0)
@@ -568,52 +694,77 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     # 429 retries are expected in the adaptive case; they are counted, not logged.
     logging.getLogger("contextstream.llm").setLevel(logging.ERROR)
+    min_rounds, warmup_trips, adaptive_trips = 3, 4, 8
     if args.quick:
-        args.seconds, args.adaptive_seconds, args.warmup_s = 1.5, 4.0, 2.0
-        args.naive_events, args.light_seconds = 5, 2.0
+        args.seconds, args.naive_events, args.light_seconds = 1.5, 5, 2.0
+        min_rounds, warmup_trips, adaptive_trips = 1, 1, 0
 
     b = Bench(
         latency_ms=args.latency_ms,
+        ms_per_prompt_token=args.ms_per_prompt_token,
+        ms_per_completion_token=args.ms_per_completion_token,
         server_concurrency=args.server_concurrency,
         batch=args.batch,
         sessions=args.sessions,
         window_rounds=args.window_rounds,
     )
-    C, B, L = args.server_concurrency, args.batch, args.latency_ms / 1000
-
-    def count(rate: float, seconds: float) -> int:
-        return args.events if args.events is not None else max(1, math.ceil(rate * seconds))
-
+    C, B = args.server_concurrency, args.batch
     started = time.time()
-    b.say(f"L={args.latency_ms:g} ms, C={C}, B={B}")
+    tokens = probe(b, sorted({1, B}))
+    s1, sb = (b.model.service_ms(*tokens[k]) / 1000 for k in (1, B))
+    print(f"latency model: {b.describe()}", flush=True)
+    print(
+        f"probe: 1 item {tokens[1][0]} prompt + {tokens[1][1]} completion tokens -> "
+        f"S(1) = {s1 * 1000:.0f} ms; {B} items {tokens[B][0]} + {tokens[B][1]} -> "
+        f"S({B}) = {sb * 1000:.0f} ms",
+        flush=True,
+    )
+    s_adaptive = sb if args.adaptive_mode == "pack" else s1
+    if args.warmup_s is None:
+        args.warmup_s = max(2.0 if args.quick else 10.0, warmup_trips * s_adaptive)
+    if args.adaptive_seconds is None:
+        floor = 4.0 if args.quick else 40.0
+        args.adaptive_seconds = max(floor, args.warmup_s + adaptive_trips * s_adaptive)
+
+    def count(per_request: int, service_s: float, seconds: float) -> int:
+        """Events for whole rounds of C requests lasting at least `seconds`."""
+        if args.events is not None:
+            return int(args.events)
+        rounds = max(min_rounds, math.ceil(seconds / service_s))
+        return rounds * C * per_request
+
+    b.say(f"{b.describe()}, B={B}")
     naive = run_naive(b, args.naive_events)
     fanout = run_stage(
         b,
         "fanout",
-        count(C / L, args.seconds),
+        count(1, s1, args.seconds),
         mode="fanout",
         client_cap=C,
         adaptive=False,
         max_batch=B,
+        expected_per_s=C / s1,
     )
     pack = run_stage(
         b,
         "pack",
-        count(C * B / L, args.seconds),
+        count(B, sb, args.seconds),
         mode="pack",
         client_cap=C,
         adaptive=False,
         max_batch=B,
+        expected_per_s=C * B / sb,
     )
     per_req = B if args.adaptive_mode == "pack" else 1
     adaptive = run_stage(
         b,
         "adaptive",
-        count(C * per_req / L, args.adaptive_seconds),
+        count(per_req, s_adaptive, args.adaptive_seconds),
         mode=args.adaptive_mode,
         client_cap=args.adaptive_factor * C,
         adaptive=True,
         max_batch=B,
+        expected_per_s=C * per_req / s_adaptive,
         sample_limit=True,
     )
     window = adaptive_window(adaptive, args.warmup_s, adaptive.limit_per_s)
@@ -629,27 +780,34 @@ def main(argv: list[str] | None = None) -> int:
         max_batch=B,
         max_wait_ms=args.light_max_wait_ms,
         offsets=arrivals,
+        expected_per_s=args.light_rate,
     )
     # The limit of the light case is the load offered (Poisson arrivals as drawn): its ratio
     # shows that the stage kept up.
     light.limit_per_s = (n_light - 1) / arrivals[-1]
 
-    print(
-        f"LLM stage: simulator latency L={args.latency_ms:g} ms, server concurrency C={C}, "
-        f"pack batch B={B}, {args.sessions} sessions"
-    )
+    print(f"LLM stage: latency model {b.describe()}; pack batch B={B}, {args.sessions} sessions")
     for line in _table((naive, fanout, pack, adaptive, light)):
         print(line)
     print(
-        "limits: naive 1/L, fanout C/L, pack C*B/L, "
-        f"adaptive ({args.adaptive_mode}, client cap {args.adaptive_factor * C}) "
-        f"{'C*B/L' if per_req > 1 else 'C/L'}; light: the offered (Poisson) rate"
+        "limits from the model, with each case's observed tokens per request: naive 1/S(1), "
+        f"fanout C/S(1), pack C*B/S(B), adaptive ({args.adaptive_mode}, client cap "
+        f"{args.adaptive_factor * C}) {'C*B/S(B)' if per_req > 1 else 'C/S(1)'}; light: the "
+        "offered (Poisson) rate. S: modelled service time of a full request; ptok/ctok: "
+        "prompt/completion tokens per event"
+    )
+    print(
+        f"tokens per request: fanout {fanout.prompt_tokens_per_request:.0f} prompt + "
+        f"{fanout.completion_tokens_per_request:.0f} completion, pack "
+        f"{pack.prompt_tokens_per_request:.0f} + {pack.completion_tokens_per_request:.0f}; "
+        f"pack/fanout limit {pack.limit_per_s / fanout.limit_per_s:.2f}x"
     )
     print(
         f"pack: mean batch {pack.extra['mean_batch_size']} (B={B}), "
         f"{pack.requests_per_event:.4f} requests/event (target <= {1.1 / B:.4f}); "
-        f"mean request {pack.extra['request_ms_mean']} ms client-side "
-        f"(fanout {fanout.extra['request_ms_mean']} ms) for L={args.latency_ms:g} ms"
+        f"mean request {pack.extra['request_ms_mean']} ms client-side for S({B}) = "
+        f"{pack.service_ms:.0f} ms (fanout {fanout.extra['request_ms_mean']} ms for S(1) = "
+        f"{fanout.service_ms:.0f} ms)"
     )
     print(
         f"adaptive after {args.warmup_s:g} s: {window['window_requests']} requests, "
@@ -658,11 +816,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{window['throughput_ratio']:.1%} of the server's limit; client limit mean "
         f"{window['limit_mean_after_warmup']}, final {window['limit_final']}"
     )
-    light_target = args.light_max_wait_ms + args.latency_ms + 50
+    # An item waits at most max_wait for its batch, then its request's service time.
+    light_target = args.light_max_wait_ms + light.extra["service_ms_max"] + 50
     print(
         f"light: {light.answered} events at ~{args.light_rate:g}/s, max_wait "
         f"{args.light_max_wait_ms:g} ms: p50 {light.p50_ms:.0f} ms, p99 {light.p99_ms:.0f} ms "
-        f"(target <= {light_target:.0f} ms)"
+        f"(target <= max_wait + longest service {light.extra['service_ms_max']:.0f} ms + 50 = "
+        f"{light_target:.0f} ms)"
     )
     targets = {
         "fanout_ratio>=0.9": fanout.ratio >= 0.9,
@@ -670,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
         "pack_requests_per_event<=1.1/B": pack.requests_per_event <= 1.1 / B,
         "adaptive_429_share<0.05": window["429_share"] < 0.05,
         "adaptive_throughput_ratio>=0.85": window["throughput_ratio"] >= 0.85,
-        "light_p99<=max_wait+L+50": light.p99_ms <= light_target,
+        "light_p99<=max_wait+S_max+50": light.p99_ms <= light_target,
     }
     missed = [k for k, ok in targets.items() if not ok]
     print("targets: " + ("all met" if not missed else "missed " + ", ".join(missed)))
@@ -679,6 +839,12 @@ def main(argv: list[str] | None = None) -> int:
     adaptive.extra["mode"] = args.adaptive_mode
     result: dict[str, Any] = {
         "latency_ms": args.latency_ms,
+        "latency_model": {
+            "fixed_ms": args.latency_ms,
+            "ms_per_prompt_token": args.ms_per_prompt_token,
+            "ms_per_completion_token": args.ms_per_completion_token,
+        },
+        "probe_tokens": {str(k): list(v) for k, v in tokens.items()},
         "server_concurrency": C,
         "sessions": args.sessions,
         "window_rounds": args.window_rounds,
@@ -687,7 +853,9 @@ def main(argv: list[str] | None = None) -> int:
         "light_rate": args.light_rate,
         "light_p99_target_ms": light_target,
         "warmup_s": args.warmup_s,
+        "adaptive_seconds": args.adaptive_seconds,
         "naive_ratio_to_fanout_limit": round(naive.events_per_s / fanout.limit_per_s, 4),
+        "pack_limit_over_fanout_limit": round(pack.limit_per_s / fanout.limit_per_s, 4),
     }
     for r in (naive, fanout, pack, adaptive, light):
         result.update(r.figures())

@@ -16,7 +16,8 @@ configured threshold), ready for NAB's scorer:
     python /work/shared/tools/nabscore.py OUT --threshold 0.9       # the configured threshold
 
 (the scorer needs numpy, which is not a project dependency: run it with an interpreter that
-has it).
+has it). The last stdout line is one JSON object: `files`, `readings`, `seconds`, `detector`,
+`alert_threshold`.
 
 `--cost` times each detector alone on a synthetic series (µs per reading). `--throughput`
 runs `bench.throughput`'s workload once through a Bytewax passthrough and then through the
@@ -218,11 +219,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--data and --out are required (or use --cost / --throughput)")
     cfg = load_anomaly_config(args.config, args.detector)
     files, rows, seconds = run_dir(args.data, args.out, cfg)
+    threshold = cfg.alert_threshold if cfg.detector == "ensemble" else 0.5
     print(
         f"{files} files, {rows} readings in {seconds:.1f} s "
         f"({seconds / max(rows, 1) * 1e6:.1f} µs/reading), detector {cfg.detector}, "
-        f"alert threshold {cfg.alert_threshold if cfg.detector == 'ensemble' else 0.5}"
+        f"alert threshold {threshold}"
     )
+    summary = {"files": files, "readings": rows, "seconds": round(seconds, 3)}
+    print(json.dumps({**summary, "detector": cfg.detector, "alert_threshold": threshold}))
     return 0
 
 

@@ -23,12 +23,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="TCP port, 0 = pick a free one")
-    p.add_argument("--latency-ms", type=float, default=d.latency_ms, help="base latency")
     p.add_argument(
-        "--latency-per-token-ms",
+        "--latency-ms", type=float, default=d.latency_ms, help="fixed part of the service time"
+    )
+    p.add_argument(
+        "--ms-per-prompt-token",
         type=float,
-        default=d.latency_per_token_ms,
-        help="extra latency per completion token",
+        default=d.ms_per_prompt_token,
+        help="prefill cost: service time per prompt token",
+    )
+    p.add_argument(
+        "--ms-per-completion-token",
+        "--latency-per-token-ms",
+        dest="ms_per_completion_token",
+        type=float,
+        default=d.ms_per_completion_token,
+        help="decode cost: service time per completion token",
     )
     p.add_argument("--jitter-ms", type=float, default=d.jitter_ms, help="uniform random extra")
     p.add_argument(
@@ -58,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = SimConfig(
             latency_ms=args.latency_ms,
-            latency_per_token_ms=args.latency_per_token_ms,
+            ms_per_prompt_token=args.ms_per_prompt_token,
+            ms_per_completion_token=args.ms_per_completion_token,
             jitter_ms=args.jitter_ms,
             max_concurrency=args.max_concurrency,
             rpm_limit=args.rpm_limit,

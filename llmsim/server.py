@@ -23,6 +23,13 @@ Endpoints
 ``POST /_sim/config`` (JSON body of :class:`SimConfig` field changes), ``POST /_sim/reset``
     Admin endpoints so a simulator running in another process can be observed and driven.
 
+Latency model (see :class:`SimConfig`): an admitted request is answered after its service time
+``latency_ms + jitter + ms_per_prompt_token * prompt_tokens + ms_per_completion_token *
+completion_tokens``, with the token counts the response reports in ``usage``: a fixed part,
+a prefill part that grows with the prompt and a decode part that grows with the answer, as
+on a real inference server. The per-token parts default to 0 (a fixed latency). Each
+request's service time is in the request log (``service_ms``).
+
 Fault injection (see :class:`SimConfig`) is applied in this order: outage (503),
 concurrency limit (429), requests-per-minute limit (429), ``fail_next``/``error_rate``
 (500), then ``timeout_rate`` (hang), ``malformed_rate`` and ``drop_item_rate``. Only the
@@ -88,7 +95,13 @@ class _BadRequest(Exception):
 
 
 _RATE_FIELDS = ("error_rate", "timeout_rate", "malformed_rate", "drop_item_rate")
-_DURATION_FIELDS = ("latency_ms", "latency_per_token_ms", "jitter_ms", "hang_s")
+_DURATION_FIELDS = (
+    "latency_ms",
+    "ms_per_prompt_token",
+    "ms_per_completion_token",
+    "jitter_ms",
+    "hang_s",
+)
 
 
 @dataclass
@@ -101,9 +114,12 @@ class SimConfig:
     """
 
     latency_ms: float = 20.0
-    """Base latency of every admitted request (also of injected 500s)."""
-    latency_per_token_ms: float = 0.0
-    """Extra latency per completion token of the answer."""
+    """Fixed part of the service time of every admitted request (also of injected 500s)."""
+    ms_per_prompt_token: float = 0.0
+    """Prefill cost: service time per prompt token (``usage.prompt_tokens``); injected 500s
+    pay it too (the prompt was read before the failure)."""
+    ms_per_completion_token: float = 0.0
+    """Decode cost: service time per completion token (``usage.completion_tokens``)."""
     jitter_ms: float = 0.0
     """Uniform random extra latency in ``[0, jitter_ms)``, drawn from the seeded RNG."""
     max_concurrency: int = 64
@@ -136,6 +152,14 @@ class SimConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON view of the configuration."""
         return dataclasses.asdict(self)
+
+    def service_ms(self, prompt_tokens: float, completion_tokens: float) -> float:
+        """Service time of an answered request with these token counts, without jitter."""
+        return (
+            self.latency_ms
+            + self.ms_per_prompt_token * prompt_tokens
+            + self.ms_per_completion_token * completion_tokens
+        )
 
 
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(SimConfig))
@@ -604,8 +628,9 @@ class _Plan:
     hang: bool
     malformed: bool
     dropped: list[str]
-    base_ms: float
-    per_token_ms: float
+    base_ms: float  # the fixed part plus this request's jitter
+    ms_per_prompt_token: float
+    ms_per_completion_token: float
     hang_s: float
 
 
@@ -845,10 +870,13 @@ class LLMSimulator:
         One dict per ``/v1/chat/completions`` request, appended when it finished:
         ``ts`` (arrival, epoch seconds), ``model``, ``messages``, ``response_format_name``
         (the json_schema name or None), ``status`` (HTTP status; 0 if the simulator was
-        stopped before answering), ``prompt_tokens``, ``completion_tokens``, ``latency_s``
-        (arrival to answer), ``fault`` (None, "429", "500", "503", "timeout", "malformed"
-        or "dropped_items"). A hung request is logged with status 200 and fault "timeout"
-        even if the client had already given up.
+        stopped before answering), ``prompt_tokens``, ``completion_tokens`` (as in
+        ``usage``), ``service_ms`` (the service time the latency model gave the request:
+        fixed part, jitter, prefill and decode; 0 for requests rejected at once, such as
+        429s; a hang's ``hang_s`` is not included), ``latency_s`` (arrival to answer),
+        ``fault`` (None, "429", "500", "503", "timeout", "malformed" or "dropped_items").
+        A hung request is logged with status 200 and fault "timeout" even if the client had
+        already given up.
         """
         with self._lock:
             return copy.deepcopy(self._log)
@@ -934,6 +962,7 @@ class LLMSimulator:
             "status": 0,
             "prompt_tokens": 0,
             "completion_tokens": 0,
+            "service_ms": 0.0,
             "latency_s": 0.0,
             "fault": None,
         }
@@ -1027,7 +1056,8 @@ class LLMSimulator:
                 malformed=malformed,
                 dropped=dropped,
                 base_ms=cfg.latency_ms + jitter_ms,
-                per_token_ms=cfg.latency_per_token_ms,
+                ms_per_prompt_token=cfg.ms_per_prompt_token,
+                ms_per_completion_token=cfg.ms_per_completion_token,
                 hang_s=cfg.hang_s,
             )
 
@@ -1035,9 +1065,11 @@ class LLMSimulator:
         self, req: _ChatRequest, content_obj: Any, plan: _Plan, entry: dict[str, Any]
     ) -> _Response | None:
         """Sleep as planned and build the answer of an admitted request."""
+        prefill_ms = plan.ms_per_prompt_token * int(entry["prompt_tokens"])
         if plan.fail:
             entry["fault"] = "500"
-            if not self._sleep(plan.base_ms / 1000.0):
+            entry["service_ms"] = plan.base_ms + prefill_ms
+            if not self._sleep(entry["service_ms"] / 1000.0):
                 return None
             msg = "The simulated server had an error while processing your request."
             return _error(500, msg, "server_error", "internal_error")
@@ -1060,9 +1092,12 @@ class LLMSimulator:
         elif plan.dropped:
             entry["fault"] = "dropped_items"
 
+        entry["service_ms"] = (
+            plan.base_ms + prefill_ms + plan.ms_per_completion_token * completion_tokens
+        )
         if plan.hang and not self._sleep(plan.hang_s):
             return None
-        if not self._sleep((plan.base_ms + plan.per_token_ms * completion_tokens) / 1000.0):
+        if not self._sleep(entry["service_ms"] / 1000.0):
             return None
 
         prompt_tokens = int(entry["prompt_tokens"])

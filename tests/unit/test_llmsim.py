@@ -357,6 +357,62 @@ def test_latency_is_applied(sim: LLMSimulator, client: OpenAI) -> None:
     assert time.monotonic() - started >= 0.15
 
 
+def test_latency_model_charges_usage_tokens(sim: LLMSimulator, client: OpenAI) -> None:
+    """Service time = fixed + prefill x prompt tokens + decode x completion tokens, with the
+    token counts the response reports in `usage`."""
+    sim.configure(latency_ms=5, ms_per_prompt_token=0.5, ms_per_completion_token=0.25)
+    short = ask(client, [{"role": "user", "content": "Hi."}])
+    long = ask(client, [{"role": "user", "content": "My invoice is wrong. " * 100}])
+    packed = ask(client, [{"role": "user", "content": "Hi."}], response_format=pack_format())
+    entries = sim.requests()
+    assert len(entries) == 3
+    for resp, entry in zip((short, long, packed), entries, strict=True):
+        usage = resp.usage
+        assert usage is not None
+        assert (entry["prompt_tokens"], entry["completion_tokens"]) == (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+        )
+        expected = 5 + 0.5 * usage.prompt_tokens + 0.25 * usage.completion_tokens
+        assert entry["service_ms"] == pytest.approx(expected)
+        assert entry["service_ms"] == pytest.approx(
+            sim.config.service_ms(usage.prompt_tokens, usage.completion_tokens)
+        )
+        assert entry["latency_s"] >= entry["service_ms"] / 1000  # the delay was served
+    assert long.usage is not None and short.usage is not None and packed.usage is not None
+    assert long.usage.prompt_tokens >= short.usage.prompt_tokens + 400
+    # More prompt tokens: longer service (prefill), by 0.5 ms per extra token.
+    extra_prompt = long.usage.prompt_tokens - short.usage.prompt_tokens
+    extra_completion = long.usage.completion_tokens - short.usage.completion_tokens
+    assert entries[1]["service_ms"] - entries[0]["service_ms"] == pytest.approx(
+        0.5 * extra_prompt + 0.25 * extra_completion
+    )
+    assert entries[1]["service_ms"] >= entries[0]["service_ms"] + 200
+    # A longer answer (same prompt, a two-item JSON answer): longer service (decode).
+    assert packed.usage.completion_tokens > short.usage.completion_tokens
+    assert entries[2]["service_ms"] > entries[0]["service_ms"]
+
+
+def test_latency_model_defaults_and_faults(sim: LLMSimulator, client: OpenAI) -> None:
+    assert SimConfig().service_ms(1000, 1000) == SimConfig().latency_ms  # no per-token cost
+    sim.configure(latency_ms=2, ms_per_prompt_token=1.0, ms_per_completion_token=100.0)
+    sim.configure(fail_next=1)
+    with pytest.raises(openai.InternalServerError):
+        ask(client)
+    failed = sim.requests()[-1]
+    # An injected 500 pays the fixed part and the prefill, not a decode.
+    assert failed["fault"] == "500"
+    assert failed["service_ms"] == pytest.approx(2 + failed["prompt_tokens"])
+    sim.configure(max_concurrency=0)
+    with pytest.raises(openai.RateLimitError):
+        ask(client)
+    assert sim.requests()[-1]["service_ms"] == 0.0  # rejected at once
+    with pytest.raises(ValueError):
+        sim.configure(ms_per_prompt_token=-1)
+    with pytest.raises(TypeError):
+        sim.configure(ms_per_completion_token="fast")
+
+
 def test_many_concurrent_requests(sim: LLMSimulator, client: OpenAI) -> None:
     sim.configure(latency_ms=20)
     errors: list[Exception] = []
@@ -404,6 +460,7 @@ def test_request_log(sim: LLMSimulator, client: OpenAI) -> None:
         "status",
         "prompt_tokens",
         "completion_tokens",
+        "service_ms",
         "latency_s",
         "fault",
     }
@@ -414,6 +471,7 @@ def test_request_log(sim: LLMSimulator, client: OpenAI) -> None:
     assert entry["fault"] is None
     assert entry["prompt_tokens"] > 0
     assert entry["completion_tokens"] > 0
+    assert entry["service_ms"] == 1.0  # the fixture's latency_ms; no per-token cost by default
     assert entry["latency_s"] >= 0
     assert abs(entry["ts"] - time.time()) < 10
     log[0]["status"] = 999  # a copy
@@ -429,8 +487,10 @@ def test_admin_endpoints(sim: LLMSimulator, client: OpenAI) -> None:
     assert remote_log == sim.requests()
     assert remote_log[0]["status"] == 200
 
-    new_config = http_json(f"{sim.url}/_sim/config", {"down": True})
+    new_config = http_json(f"{sim.url}/_sim/config", {"down": True, "ms_per_prompt_token": 0.5})
     assert new_config["down"] is True
+    assert new_config["ms_per_prompt_token"] == 0.5
+    assert sim.config.ms_per_prompt_token == 0.5
     with pytest.raises(openai.InternalServerError):
         ask(client)
     http_json(f"{sim.url}/_sim/config", {"down": False})
@@ -451,6 +511,7 @@ def test_admin_endpoints(sim: LLMSimulator, client: OpenAI) -> None:
 
 def test_cli_ready_line_serves_and_stops_on_sigterm() -> None:
     cmd = [sys.executable, "-m", "llmsim", "--port", "0", "--latency-ms", "1", "--seed", "3"]
+    cmd += ["--ms-per-prompt-token", "0.01", "--ms-per-completion-token", "0.02"]
     with subprocess.Popen(
         cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as proc:
@@ -463,6 +524,11 @@ def test_cli_ready_line_serves_and_stops_on_sigterm() -> None:
             assert line.startswith("LLMSIM_READY http://127.0.0.1:")
             base_url = line.split()[1]
             assert base_url.endswith("/v1")
+            config = http_json(base_url.removesuffix("/v1") + "/_sim/config")
+            assert (config["ms_per_prompt_token"], config["ms_per_completion_token"]) == (
+                0.01,
+                0.02,
+            )
             with OpenAI(base_url=base_url, api_key="sim", max_retries=0, timeout=5) as client:
                 assert ask(client).choices[0].message.content.startswith("[simulated] ")
             proc.send_signal(signal.SIGTERM)
