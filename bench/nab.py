@@ -12,11 +12,12 @@ file and the same configuration for every file. It writes `OUT/<category>/<file>
 `timestamp,value,anomaly_score,alert` (`alert` is 1 where the detector itself alerted at its
 configured threshold), ready for NAB's scorer:
 
-    python /work/shared/tools/nabscore.py OUT                       # NAB's threshold sweep
-    python /work/shared/tools/nabscore.py OUT --threshold 0.9       # the configured threshold
+    python NABSCORE OUT                       # NAB's threshold sweep
+    python NABSCORE OUT --threshold 0.9       # the configured threshold
 
-(the scorer needs numpy, which is not a project dependency: run it with an interpreter that
-has it). The last stdout line is one JSON object: `files`, `readings`, `seconds`, `detector`,
+where NABSCORE is a scorer implementing NAB's rules (such as the NAB repository's; it is not
+part of this project, and scorers usually need numpy, which is not a project dependency).
+The last stdout line is one JSON object: `files`, `readings`, `seconds`, `detector`,
 `alert_threshold`.
 
 `--cost` times each detector alone on a synthetic series (µs per reading). `--throughput`
