@@ -11,7 +11,8 @@
   explicitly). Existing topics are left as they are (idempotent).
 - `produce` sends a JSON-lines file of events to the input topics: each line goes to the
   source whose adapter matches its shape (chat message, metric reading, business event; a
-  source with adapter `auto` takes any), keyed `tenant/entity`; lines that match no shape or
+  source with adapter `auto` takes any), keyed `tenant/entity` (the entity alone when the
+  record names no tenant and the source has no default); lines that match no shape or
   are not JSON go, unchanged, to the first source, where the flow dead-letters them. Blank
   lines are skipped (as the file source does). `--profiles FILE` sends profile updates to the
   profiles topic.
