@@ -273,7 +273,9 @@ class LLMExecutor:
             retry = counted < self.cfg.max_attempts and limited < self.cfg.max_rate_limited
             if hold:
                 if retry:
-                    self.sleep(self._backoff(max(counted, 1), last))
+                    # Repeated 429s back off further (counted attempts exclude them), so a
+                    # request refused while the endpoint is full does not hammer it.
+                    self.sleep(self._backoff(max(counted, limited, 1), last))
                 limiter.free_slot()
                 if retry:
                     continue

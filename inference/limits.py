@@ -75,6 +75,7 @@ class AdaptiveConcurrency:
         self.decrease_factor = decrease_factor
         self.increase_every = increase_every
         self.slow_start = True
+        self.settle_until = -math.inf  # the round trip after slow start ended
         self.last_decrease = -math.inf
         self.rtt = 0.0  # EWMA of request latency, the cooldown between decreases
 
@@ -89,16 +90,27 @@ class AdaptiveConcurrency:
         else:
             self.limit = min(self.cap, self.limit + 1 / (self.increase_every * self.limit))
 
-    def on_rate_limited(self, now: float, inflight: int) -> None:
+    def on_rate_limited(self, now: float, accepted: int) -> None:
+        """A 429 while `accepted` other requests were in flight and not themselves refused.
+
+        Slow start ends at the first 429; for one round trip after it, every 429 caps the
+        limit at what the endpoint was seen to accept. Slow start sends its doubled window as
+        a burst, so the first 429 arrives while the rest of the overshoot is still on its
+        way: only the later 429s of the burst show how far over the limit it went (an
+        endpoint of 8 answering a burst of 16 refuses 8). After that round trip, a burst of
+        429s is one signal: one decrease by `decrease_factor` per round trip.
+        """
+        if self.slow_start or now < self.settle_until:
+            if self.slow_start:
+                self.slow_start = False
+                self.settle_until = now + max(self.rtt, 0.05)
+            self.last_decrease = now
+            self.limit = max(1.0, min(self.limit, float(accepted)))
+            return
         if now - self.last_decrease < max(self.rtt, 0.05):
-            return  # one decrease per round trip: a burst of 429s is one signal
+            return
         self.last_decrease = now
-        if self.slow_start:
-            # The endpoint accepted the others in flight when it refused this one.
-            self.slow_start = False
-            self.limit = max(1.0, min(self.limit, inflight - 1))
-        else:
-            self.limit = max(1.0, self.limit * self.decrease_factor)
+        self.limit = max(1.0, self.limit * self.decrease_factor)
 
 
 class BreakerState(StrEnum):
@@ -210,6 +222,7 @@ class Limiter:
         self.adaptive = AdaptiveConcurrency(cap) if adaptive else None
         self.breaker = CircuitBreaker(failure_threshold, open_s, max_open_s)
         self.inflight = 0
+        self.held = 0  # slots kept by refused requests through their retry wait
         self.paused_until = 0.0
         self.cond = threading.Condition()
         self.rate_limited = 0
@@ -270,8 +283,11 @@ class Limiter:
         holds it through a retry wait and calls `free_slot` after)."""
         with self.cond:
             now = self.clock()
-            inflight = self.inflight
-            if not keep_slot:
+            # The others in flight that the endpoint had not refused when it answered this.
+            accepted = self.inflight - self.held - 1
+            if keep_slot:
+                self.held += 1
+            else:
                 self.inflight -= 1
             if outcome.kind == "ok":
                 self.breaker.on_success()
@@ -284,7 +300,7 @@ class Limiter:
                 # A 429 proves the endpoint is up: it closes the breaker (and frees a probe).
                 self.breaker.on_success()
                 if self.adaptive:
-                    self.adaptive.on_rate_limited(now, inflight)
+                    self.adaptive.on_rate_limited(now, accepted)
             elif outcome.kind == "failure":
                 self.breaker.on_failure(now)
             else:
@@ -295,7 +311,9 @@ class Limiter:
             self.cond.notify_all()
 
     def free_slot(self) -> None:
+        """Free the slot a refused request kept through its wait (`release(keep_slot=True)`)."""
         with self.cond:
+            self.held -= 1
             self.inflight -= 1
             self.cond.notify_all()
 

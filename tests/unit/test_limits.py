@@ -176,24 +176,24 @@ def test_adaptive_slow_start_doubles_per_round_trip_up_to_cap() -> None:
     assert a.limit <= a.cap
 
 
-def test_adaptive_first_429_leaves_slow_start_at_inflight_minus_one() -> None:
+def test_adaptive_first_429_leaves_slow_start_at_what_was_accepted() -> None:
     a = AdaptiveConcurrency(cap=100, initial=16)
-    a.on_rate_limited(now=10.0, inflight=12)
+    a.on_rate_limited(now=10.0, accepted=11)
     assert a.slow_start is False
     assert a.current == 11
 
 
 def test_adaptive_first_429_is_capped_by_the_current_limit() -> None:
     a = AdaptiveConcurrency(cap=100, initial=8)
-    a.on_rate_limited(now=10.0, inflight=40)
+    a.on_rate_limited(now=10.0, accepted=40)
     assert a.slow_start is False
     assert a.current == 8
 
 
-@pytest.mark.parametrize("inflight", [0, 1, 2])
-def test_adaptive_first_429_keeps_at_least_one(inflight: int) -> None:
+@pytest.mark.parametrize("accepted", [0, 1])
+def test_adaptive_first_429_keeps_at_least_one(accepted: int) -> None:
     a = AdaptiveConcurrency(cap=100, initial=8)
-    a.on_rate_limited(now=10.0, inflight=inflight)
+    a.on_rate_limited(now=10.0, accepted=accepted)
     assert a.limit == 1.0
     assert a.current == 1
 
@@ -226,18 +226,18 @@ def test_adaptive_additive_increase_never_exceeds_cap() -> None:
 
 def test_adaptive_multiplicative_decrease_on_429() -> None:
     a = after_slow_start(20.0)
-    a.on_rate_limited(now=100.0, inflight=20)
+    a.on_rate_limited(now=100.0, accepted=20)
     assert a.limit == pytest.approx(18.0)
     b = after_slow_start(20.0)
     b.decrease_factor = 0.5
-    b.on_rate_limited(now=100.0, inflight=20)
+    b.on_rate_limited(now=100.0, accepted=20)
     assert b.limit == pytest.approx(10.0)
 
 
 def test_adaptive_decrease_never_below_one() -> None:
     a = after_slow_start(1.5)
     for k in range(20):
-        a.on_rate_limited(now=100.0 + k, inflight=1)
+        a.on_rate_limited(now=100.0 + k, accepted=1)
     assert a.limit == 1.0
     assert a.current == 1
 
@@ -247,33 +247,37 @@ def test_adaptive_burst_of_429s_within_one_round_trip_decreases_once() -> None:
     a.rtt = 0.0
     a.on_success(0.25)  # the cooldown is the latency EWMA: 0.25 s
     assert a.rtt == 0.25
-    a.on_rate_limited(now=100.0, inflight=20)
+    a.on_rate_limited(now=100.0, accepted=20)
     for now in (100.0, 100.0625, 100.125, 100.24):
-        a.on_rate_limited(now=now, inflight=20)
+        a.on_rate_limited(now=now, accepted=20)
     assert a.limit == pytest.approx((20.0 + 1 / (K * 20)) * 0.9)
-    a.on_rate_limited(now=100.25, inflight=20)  # one round trip later: a new signal
+    a.on_rate_limited(now=100.25, accepted=20)  # one round trip later: a new signal
     assert a.limit == pytest.approx((20.0 + 1 / (K * 20)) * 0.81)
 
 
-def test_adaptive_slow_start_exit_and_first_decrease_share_the_cooldown() -> None:
+def test_adaptive_slow_start_exit_settles_on_the_burst_then_shares_the_cooldown() -> None:
+    """Slow start's last window went out as a burst: its later 429s (fewer accepted each
+    time) cap the limit during the round trip after the exit; then one decrease per trip."""
     a = AdaptiveConcurrency(cap=100, initial=16)
     a.on_success(0.25)
-    a.on_rate_limited(now=10.0, inflight=12)
-    assert a.current == 11
-    a.on_rate_limited(now=10.125, inflight=11)  # same round trip
-    assert a.current == 11
-    a.on_rate_limited(now=10.25, inflight=11)
-    assert a.limit == pytest.approx(11 * 0.9)
+    a.on_rate_limited(now=10.0, accepted=12)
+    assert a.current == 12
+    a.on_rate_limited(now=10.125, accepted=9)  # same round trip: the burst overshot further
+    assert a.current == 9
+    a.on_rate_limited(now=10.3, accepted=9)  # past the settling trip, within the cooldown
+    assert a.current == 9
+    a.on_rate_limited(now=10.4, accepted=9)  # a round trip after the last cut: a new signal
+    assert a.limit == pytest.approx(9 * 0.9)
 
 
 def test_adaptive_cooldown_is_at_least_50_ms() -> None:
     a = after_slow_start(20.0)
     a.rtt = 0.0
     a.on_success(0.001)
-    a.on_rate_limited(now=1.0, inflight=20)
-    a.on_rate_limited(now=1.03125, inflight=20)  # 31 ms later: the same burst
+    a.on_rate_limited(now=1.0, accepted=20)
+    a.on_rate_limited(now=1.03125, accepted=20)  # 31 ms later: the same burst
     assert a.limit == pytest.approx((20.0 + 1 / (K * 20)) * 0.9)
-    a.on_rate_limited(now=1.0625, inflight=20)  # 62.5 ms later: a new signal
+    a.on_rate_limited(now=1.0625, accepted=20)  # 62.5 ms later: a new signal
     assert a.limit == pytest.approx((20.0 + 1 / (K * 20)) * 0.81)
 
 
@@ -344,7 +348,7 @@ def simulate(capacity: int, *, rounds: int = 400, warmup: int = 50) -> SimResult
             out.rate_limited += refused
         inflight = n
         for _ in range(refused):
-            a.on_rate_limited(now, inflight)
+            a.on_rate_limited(now, inflight - 1)  # the others, not refused (yet)
             inflight -= 1
         for _ in range(accepted):
             a.on_success(latency)
@@ -628,6 +632,27 @@ def test_limiter_release_rate_limited_feeds_adaptive_with_inflight(clock: FakeCl
     assert lim.inflight == 9
     assert lim.adaptive.slow_start is False
     assert lim.limit() == 9  # 10 in flight when it was refused, the others accepted
+    assert lim.breaker.failures == 0  # a 429 is not a failure
+    assert lim.breaker.state is BreakerState.CLOSED
+
+
+def test_limiter_slow_start_burst_settles_at_what_the_endpoint_accepts(clock: FakeClock) -> None:
+    """Slow start sends 16 at once to an endpoint of 8: the 8 refused keep their slots
+    through their wait, so each later refusal sees fewer accepted; the limit ends at 8."""
+    lim = make_limiter(clock, adaptive=True, cap=50)
+    assert lim.adaptive is not None
+    lim.adaptive.limit = 16
+    lim.adaptive.rtt = 0.5
+    for _ in range(16):
+        lim.acquire(1)
+    for _ in range(8):
+        lim.release(Outcome("rate_limited"), 1, keep_slot=True)
+        clock.now += 0.001
+    assert lim.limit() == 8
+    assert lim.inflight == 16 and lim.held == 8
+    for _ in range(8):
+        lim.free_slot()
+    assert lim.inflight == 8 and lim.held == 0
     assert lim.breaker.failures == 0  # a 429 is not a failure
     assert lim.breaker.state is BreakerState.CLOSED
 
