@@ -53,7 +53,7 @@ from operators.publish import (
     response_kv,
 )
 from operators.redact import RegexRedactor, redact
-from operators.route import Router
+from operators.route import Router, route
 from operators.validate import decode_validate
 from runtime import metrics
 from runtime.process import setup_process, start_progress, tune_gc
@@ -229,11 +229,7 @@ def build_flow(
     )
     remembered = remember("memory", with_memory, settings.memory, clock)
 
-    work = op.merge(
-        "work",
-        op.flat_map("event_work", remembered, lambda kv: router.work_for_event(kv[1])),
-        op.flat_map("alert_work", detected.alerts, lambda a: router.work_for_alert(a, clock())),
-    )
+    work = route("route", remembered, detected.alerts, router, clock)
     work = attach_profiles("profiles", work, profile_store)
     llm = call_llm("llm", work, settings.llm, executor, clock)
     dead.append(llm.errs)
