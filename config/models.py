@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -29,6 +30,21 @@ from pydantic import (
 
 Adapter = Literal["auto", "chat_message", "metric_reading", "business_event"]
 """How raw records of a source are mapped into the canonical event."""
+
+
+def detect_adapter(obj: Mapping[str, Any]) -> Adapter | None:
+    """Pick an adapter from the keys of a raw record; None if no shape matches.
+
+    The rule of `adapter = "auto"`, shared by the decoder and `connectors.kafkatool produce`.
+    """
+    if "message_id" in obj or "session_id" in obj:
+        return "chat_message"
+    if "series" in obj:
+        return "metric_reading"
+    if "event_type" in obj or "account_id" in obj:
+        return "business_event"
+    return None
+
 
 BatchMode = Literal["pack", "fanout"]
 """`pack`: several events in one prompt; `fanout`: one request per event."""

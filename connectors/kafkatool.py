@@ -54,7 +54,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from config.models import Adapter, ConfigError, Settings, SourceConfig, load_config
+from config.models import ConfigError, Settings, SourceConfig, detect_adapter, load_config
 from connectors.kafka_source import (
     CHECK_TIMEOUT_S,
     CREATE_TOPICS_HINT,
@@ -243,25 +243,12 @@ class Line:
     value: bytes
 
 
-def record_shape(obj: dict[str, Any]) -> Adapter | None:
-    """The adapter a record's keys suggest: the rule of `operators.validate.detect_adapter`
-    (connectors may not import operators; `tests/unit/test_kafka_config.py` checks that
-    both agree)."""
-    if "message_id" in obj or "session_id" in obj:
-        return "chat_message"
-    if "series" in obj:
-        return "metric_reading"
-    if "event_type" in obj or "account_id" in obj:
-        return "business_event"
-    return None
-
-
 def _route(value: bytes, sources: Sequence[SourceConfig]) -> tuple[str, bytes | None]:
     try:
         obj = json.loads(value)
     except (ValueError, RecursionError):
         obj = None
-    adapter = record_shape(obj) if isinstance(obj, dict) else None
+    adapter = detect_adapter(obj) if isinstance(obj, dict) else None
     first = sources[0]
     target = first
     if adapter is not None:

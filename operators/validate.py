@@ -30,7 +30,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from config.models import Adapter, SourceConfig, ValidationConfig
+from config.models import Adapter, SourceConfig, ValidationConfig, detect_adapter
 from core.clock import Clock
 from core.records import DeadLetter, Event, Kind, RawRecord, coords
 from runtime import metrics
@@ -73,17 +73,6 @@ class BusinessEventIn(_RawModel):
     amount: float | None = None
     currency: str | None = Field(default=None, min_length=3, max_length=3)
     attributes: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
-
-
-def detect_adapter(obj: Mapping[str, Any]) -> Adapter | None:
-    """Pick an adapter from the keys of a raw record; None if no shape matches."""
-    if "message_id" in obj or "session_id" in obj:
-        return "chat_message"
-    if "series" in obj:
-        return "metric_reading"
-    if "event_type" in obj or "account_id" in obj:
-        return "business_event"
-    return None
 
 
 _MODELS: dict[str, type[_RawModel]] = {

@@ -9,16 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from config.models import ConfigError, Settings, check_broker_address, load_config
+from config.models import (
+    ConfigError,
+    Settings,
+    check_broker_address,
+    detect_adapter,
+    load_config,
+)
 from connectors.kafkatool import (
     TOPIC_CONFIG,
-    record_shape,
     resolve_topic,
     route_events,
     route_profiles,
     topic_plan,
 )
-from operators.validate import detect_adapter
 
 REPO = Path(__file__).resolve().parents[2]
 DEV = REPO / "config" / "kafka-dev.toml"
@@ -148,14 +152,6 @@ def test_a_file_config_plans_no_topics() -> None:
 # --- routing a JSON-lines file -------------------------------------------------------------
 
 
-def test_record_shape_follows_the_decoders_rule() -> None:
-    """`record_shape` copies `operators.validate.detect_adapter` (layering); they must agree."""
-    objects = [json.loads(line) for line in SAMPLE.read_bytes().splitlines() if _is_object(line)]
-    objects += [{}, {"session_id": 1}, {"series": "x", "event_type": "y"}, {"account_id": "a"}]
-    assert len(objects) > 2800
-    assert all(record_shape(o) == detect_adapter(o) for o in objects)
-
-
 def _is_object(line: bytes) -> bool:
     try:
         return isinstance(json.loads(line), dict)
@@ -174,7 +170,7 @@ def test_the_sample_is_split_by_shape_and_keyed_by_entity() -> None:
             obj = json.loads(ln.value)
         except ValueError:
             obj = None
-        shape = record_shape(obj) if isinstance(obj, dict) else None
+        shape = detect_adapter(obj) if isinstance(obj, dict) else None
         if shape is None:
             assert ln.topic == "events.chat" and ln.key is None  # dead-lettered by the flow
             continue

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from config.models import SourceConfig, ValidationConfig
+from config.models import SourceConfig, ValidationConfig, detect_adapter
 from core.records import DeadLetter, Event, Kind, RawRecord
-from operators.validate import Decoder, detect_adapter
+from operators.validate import Decoder
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()
 ISO_NOW = "2025-03-01T12:00:00Z"
