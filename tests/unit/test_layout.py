@@ -202,7 +202,7 @@ def _text_files() -> Iterator[Path]:
 def test_nothing_refers_outside_the_repository() -> None:
     """A user's clone has only the repository: no docs, defaults or tests may name paths of
     the machine it was developed on."""
-    outside = ("../" + "shared", str(REPO.parent) + "/", "/" + "work/")
+    outside = ("../" + "shared", str(REPO.parent / "shared"), "/" + "work/")
     found = [
         f"{path.relative_to(REPO)}: {marker}"
         for path in _text_files()
