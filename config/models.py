@@ -392,6 +392,8 @@ class LLMConfig(Frozen):
     profile only) the bundled simulator started by run.py."""
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = Field(default=8, ge=1, le=1024)
+    """Requests in flight for the whole deployment; each process takes its share
+    (`process_share`)."""
     timeout_s: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=4, ge=1, le=20)
     backoff_base_s: float = Field(default=0.25, gt=0)
@@ -399,9 +401,9 @@ class LLMConfig(Frozen):
     max_rate_limited: int = Field(default=20, ge=1)
     """Attempts answered with 429 a request may spend (separate from `max_attempts`)."""
     rpm_limit: int | None = Field(default=None, ge=1)
-    """Requests per minute this process may send (token bucket); None: no client budget."""
+    """Requests per minute the deployment may send (token bucket); None: no client budget."""
     tpm_limit: int | None = Field(default=None, ge=1)
-    """Estimated tokens per minute this process may send (token bucket)."""
+    """Estimated tokens per minute the deployment may send (token bucket)."""
     adaptive_concurrency: bool = True
     """Find the endpoint's concurrency limit (AIMD on 429s), up to `concurrency`."""
     breaker_failures: int = Field(default=5, ge=1)
@@ -451,6 +453,36 @@ class LLMConfig(Frozen):
     def resolved_base_url(self) -> str | None:
         return self.base_url or os.environ.get("OPENAI_BASE_URL") or None
 
+
+    def process_share(self, index: int, count: int) -> LLMConfig:
+        """The limits of process `index` of `count`: `concurrency`, `rpm_limit` and
+        `tpm_limit` are the deployment's, split so the shares add up to them (the first
+        processes take the remainder).
+
+        >>> cfg = LLMConfig(concurrency=8, rpm_limit=601)
+        >>> [(s.concurrency, s.rpm_limit) for s in (cfg.process_share(i, 3) for i in range(3))]
+        [(3, 201), (3, 200), (2, 200)]
+        """
+        if count == 1:
+            return self
+
+        def share(total: int, name: str) -> int:
+            part = total // count + (1 if index < total % count else 0)
+            if part < 1:
+                msg = (
+                    f"llm.{name} = {total} cannot be shared by {count} processes (each needs "
+                    f"at least 1): raise llm.{name} to {count} or more, or run fewer processes"
+                )
+                raise ConfigError(msg)
+            return part
+
+        return self.model_copy(
+            update={
+                "concurrency": share(self.concurrency, "concurrency"),
+                "rpm_limit": None if self.rpm_limit is None else share(self.rpm_limit, "rpm_limit"),
+                "tpm_limit": None if self.tpm_limit is None else share(self.tpm_limit, "tpm_limit"),
+            }
+        )
 
 class Settings(Frozen):
     """The whole deployment. Validation errors never repeat input values (a credential

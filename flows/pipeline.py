@@ -56,7 +56,7 @@ from operators.redact import RegexRedactor, redact
 from operators.route import Router, route
 from operators.validate import decode_validate
 from runtime import metrics
-from runtime.process import setup_process, start_progress, tune_gc
+from runtime.process import process_position, setup_process, start_progress, tune_gc
 from state.recovery import check_recovery_directory, recovery_directory_argument
 
 log = logging.getLogger("contextstream.pipeline")
@@ -181,14 +181,19 @@ def build_flow(
     *,
     clock: Clock = time.time,
     executor: Callable[[], LLMExecutor] | None = None,
+    process: tuple[int, int] = (0, 1),
 ) -> Dataflow:
-    """Build the dataflow for `settings` (no connections are opened here)."""
+    """Build the dataflow for `settings` (no connections are opened here).
+
+    `process` is this process's `(index, count)`: the LLM limits in `settings.llm` are the
+    deployment's, and this process takes its share (`LLMConfig.process_share`).
+    """
     stores = settings.stores
     profile_store = profiles_path(settings)
     if executor is None:
         base_url = llm_base_url(settings)
         cache_path = f"{stores.dir}/llm-cache"
-        llm_cfg = settings.llm
+        llm_cfg = settings.llm.process_share(*process)
 
         def executor() -> LLMExecutor:
             return shared_executor(llm_cfg, base_url, cache_path)
@@ -294,7 +299,11 @@ def build(config_path: str) -> Dataflow:
         check_recovery_directory(recovery)
     if settings.stores.profiles_seed:
         load_profile_seed(settings.stores.profiles_seed, profiles_path(settings))
-    flow = build_flow(settings)
+    try:
+        flow = build_flow(settings, process=process_position())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     tune_gc()
     start_progress(settings.app.progress_every_s)
     log.info(

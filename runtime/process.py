@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 
 from config.models import AppConfig
 from runtime import metrics
@@ -30,6 +33,44 @@ def setup_process(app: AppConfig) -> None:
     """Configure logging and make SIGTERM/SIGINT stop the flow gracefully (idempotent)."""
     setup_logging(app)
     install_graceful_stop()
+
+
+def _flag(argv: Sequence[str], short: str, long: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg in (short, long) and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(long + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def process_position(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> tuple[int, int]:
+    """`(index, count)` of this process in a `python -m bytewax.run` cluster.
+
+    Read the way Bytewax 0.21.1's launcher reads them (it passes them to the runtime only):
+    `-i/--process-id` or `BYTEWAX_PROCESS_ID` (or the Helm chart's `BYTEWAX_POD_NAME` minus
+    `BYTEWAX_STATEFULSET_NAME-`), and `-a/--addresses` or `BYTEWAX_ADDRESSES` (or the file
+    `BYTEWAX_HOSTFILE_PATH`), one address per process. A single process is `(0, 1)`.
+
+    >>> process_position(["-i", "1", "-a", "h:2101;h:2102"], {})
+    (1, 2)
+    >>> process_position(["flows.pipeline:build('c.toml')"], {})
+    (0, 1)
+    """
+    argv = sys.argv if argv is None else argv
+    env = os.environ if env is None else env
+    index_text = _flag(argv, "-i", "--process-id") or env.get("BYTEWAX_PROCESS_ID")
+    if index_text is None and "BYTEWAX_POD_NAME" in env and "BYTEWAX_STATEFULSET_NAME" in env:
+        index_text = env["BYTEWAX_POD_NAME"].replace(env["BYTEWAX_STATEFULSET_NAME"] + "-", "")
+    addresses = _flag(argv, "-a", "--addresses") or env.get("BYTEWAX_ADDRESSES")
+    if addresses is None and index_text is not None and "BYTEWAX_HOSTFILE_PATH" in env:
+        with open(env["BYTEWAX_HOSTFILE_PATH"]) as hostfile:
+            addresses = ";".join(line.strip() for line in hostfile if line.strip())
+    count = len([a for a in (addresses or "").split(";") if a.strip()]) or 1
+    index = int(index_text) if index_text is not None else 0
+    return index, count
 
 
 def tune_gc() -> None:

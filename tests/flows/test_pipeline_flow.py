@@ -128,3 +128,23 @@ def test_llm_failures_after_retry_budget_go_to_dead_letters(tmp_path: Path, llm_
     assert all("after 2 attempt(s)" in d["reason"] for d in dead)
     audit = _read(tmp_path, "audit")
     assert {a["outcome"] for a in audit} == {"error"}
+
+
+@pytest.mark.parametrize(("process", "refused"), [((0, 1), True), ((1, 2), False)])
+def test_llm_concurrency_is_the_deployments(
+    tmp_path: Path, llm_sim_factory, process: tuple[int, int], refused: bool
+):
+    """`llm.concurrency = 8` is for the whole deployment: against a server that takes 4 at
+    once, one process running alone gets 429s, while process 1 of 2 keeps to its share of 4
+    and is never refused."""
+    sim = llm_sim_factory(latency_ms=150, max_concurrency=4)
+    chats = workload.chats(400, sessions=40)
+    a = _write(tmp_path / "a.jsonl", chats)
+    settings = _settings(
+        tmp_path, [a], sim.base_url, llm={"concurrency": 8, "adaptive_concurrency": False}
+    )
+    run_main(build_flow(settings, process=process))
+    faults = Counter(r.get("fault") for r in sim.requests())
+    assert (faults["429"] > 0) is refused, faults
+    answered = {r["item_id"] for r in _read(tmp_path, "responses")}
+    assert answered == {i for i, _ in chats}
