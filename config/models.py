@@ -414,6 +414,9 @@ class LLMConfig(Frozen):
     replay without paying again; bounds the response cache's size."""
     max_held_items: int = Field(default=10_000, ge=1)
     """Items a task's queue holds while the circuit breaker is open; beyond, dead letters."""
+    max_pending_items: int = Field(default=20_000, ge=1)
+    """Items the LLM stage of one process may hold (buffered or in flight): at this bound
+    the process's inputs stop reading, so the backlog waits in Kafka (`runtime.backpressure`)."""
     shards_per_task: int = Field(default=1, ge=1, le=256)
     """Each task's queue is split over this many keys (spread over workers)."""
     poll_ms: float = Field(default=5.0, gt=0)

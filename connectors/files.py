@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from core.records import KV, RawRecord
+from runtime import backpressure
 from runtime.signals import stop_requested
 
 
@@ -27,10 +29,15 @@ class _FileSourcePartition(StatefulSourcePartition[RawRecord, tuple[int, int]]):
         pos, line = resume or (0, 0)
         self._f.seek(pos)
         self._line = line
+        self._paused = False
 
     def next_batch(self) -> list[RawRecord]:
         if stop_requested():
             raise StopIteration
+        if backpressure.saturated():
+            self._paused = True
+            return []  # the LLM stage is full: the rest waits in the file
+        self._paused = False
         out: list[RawRecord] = []
         for _ in range(self._batch):
             raw = self._f.readline()
@@ -44,6 +51,9 @@ class _FileSourcePartition(StatefulSourcePartition[RawRecord, tuple[int, int]]):
                 continue  # blank lines carry no record
             out.append(RawRecord(self._origin, 0, self._line, None, value, self._name))
         return out
+
+    def next_awake(self) -> datetime | None:
+        return backpressure.pause_until() if self._paused else None
 
     def snapshot(self) -> tuple[int, int]:
         return (self._f.tell(), self._line)

@@ -34,12 +34,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ClusterMetadata
 
 from core.records import RawRecord
+from runtime import backpressure
 from runtime.metrics import INPUT_LAG
 from runtime.signals import stop_requested
 
@@ -188,6 +190,7 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
         self._name = name
         self._batch = batch
         self._eof = False
+        self._paused = False
         self._lag = INPUT_LAG.labels(topic, str(part))
 
     def _record_lag(self) -> None:
@@ -217,6 +220,10 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
     def next_batch(self) -> list[RawRecord]:
         if self._eof or stop_requested():
             raise StopIteration
+        if backpressure.saturated():
+            self._paused = True
+            return []  # the LLM stage is full: the backlog waits in Kafka
+        self._paused = False
         msgs = self._consumer.consume(self._batch, 0.001)
         if self._check_resume:
             if msgs and msgs[0].error() is None:
@@ -249,6 +256,9 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, int]):
             self._offset = last + 1
         self._record_lag()
         return out
+
+    def next_awake(self) -> datetime | None:
+        return backpressure.pause_until() if self._paused else None
 
     def snapshot(self) -> int:
         return self._offset

@@ -55,7 +55,7 @@ from operators.publish import (
 from operators.redact import RegexRedactor, redact
 from operators.route import Router, route
 from operators.validate import decode_validate
-from runtime import metrics
+from runtime import backpressure, metrics
 from runtime.process import process_position, setup_process, start_progress, tune_gc
 from state.recovery import check_recovery_directory, recovery_directory_argument
 
@@ -198,6 +198,7 @@ def build_flow(
         def executor() -> LLMExecutor:
             return shared_executor(llm_cfg, base_url, cache_path)
 
+    backpressure.configure(settings.llm.max_pending_items)
     router = Router(settings.llm.routes)
     out = settings.output
     sources = {s.name: s for s in settings.input.sources}

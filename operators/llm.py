@@ -36,7 +36,7 @@ from core.clock import Clock
 from core.records import Audit, DeadLetter, Response, WorkItem
 from inference import prompts
 from inference.client import CallOutcome, LLMExecutor
-from runtime import metrics
+from runtime import backpressure, metrics
 
 LLMEmit = Response | Audit | DeadLetter
 
@@ -119,6 +119,8 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
         self.clock = clock
         self.batcher = MicroBatcher(task, _token_cache)
         self.inflight: list[tuple[list[WorkItem], Future[CallOutcome]]] = []
+        self.held = 0  # items buffered or in flight: the process's inputs pause on the sum
+        backpressure.register(self)
         if resume:
             # Re-send what was pending at the snapshot, without waiting for a batch to fill.
             self._add(resume, clock() - task.max_wait_ms / 1000)
@@ -126,6 +128,7 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
     def _add(self, items: list[WorkItem] | tuple[WorkItem, ...], now: float) -> None:
         self.batcher.add(items, now)
         metrics.LLM_PENDING.inc(len(items))
+        self.held += len(items)
 
     def _submit_due(self, now: float, force: bool = False) -> None:
         executor = self.executor()
@@ -161,6 +164,7 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
                 dropped.extend(batch)
                 held -= len(batch)
         metrics.LLM_PENDING.dec(len(dropped))
+        self.held -= len(dropped)
         reason = (
             f"LLM endpoint unavailable (circuit breaker open) and {limit} items already held "
             "for this task (llm.max_held_items)"
@@ -175,6 +179,7 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
                 still.append((batch, fut))
                 continue
             metrics.LLM_PENDING.dec(len(batch))
+            self.held -= len(batch)
             try:
                 outcome = fut.result()
             except Exception as exc:

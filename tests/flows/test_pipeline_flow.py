@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -148,3 +149,41 @@ def test_llm_concurrency_is_the_deployments(
     assert (faults["429"] > 0) is refused, faults
     answered = {r["item_id"] for r in _read(tmp_path, "responses")}
     assert answered == {i for i, _ in chats}
+
+
+def test_inputs_pause_while_the_llm_stage_is_full(tmp_path: Path, llm_sim_factory):
+    """A slow endpoint (one request at a time, 300 ms each) and 480 chats in the input: the
+    LLM stage never holds much more than `llm.max_pending_items` (64), because the input
+    stops reading at the bound, and every chat is still answered."""
+    from runtime import backpressure
+
+    sim = llm_sim_factory(latency_ms=300, max_concurrency=1)
+    chats = workload.chats(480, sessions=60)
+    a = _write(tmp_path / "a.jsonl", chats)
+    settings = _settings(
+        tmp_path,
+        [a],
+        sim.base_url,
+        kafka={"batch_size": 16},
+        llm={"concurrency": 1, "adaptive_concurrency": False, "max_pending_items": 64},
+    )
+    flow = build_flow(settings)
+    peak = 0
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.wait(0.005):
+            peak = max(peak, backpressure.pending())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        run_main(flow)
+    finally:
+        done.set()
+        watcher.join()
+    assert 64 <= peak <= 64 + 2 * 16, peak
+    answered = {r["item_id"] for r in _read(tmp_path, "responses")}
+    assert answered == {i for i, _ in chats}
+    assert backpressure.pending() == 0
