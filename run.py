@@ -48,6 +48,7 @@ from flows.pipeline import build_flow, profiles_path
 from runtime import metrics
 from runtime.process import setup_process, start_progress, stop_progress, tune_gc
 from state.recovery import RecoveryDirectoryError, prepare_recovery
+from state.stores import StoreError
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -114,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     sim = _start_simulator(settings)
 
     if settings.stores.profiles_seed:
-        load_profile_seed(settings.stores.profiles_seed, profiles_path(settings))
+        try:
+            load_profile_seed(settings.stores.profiles_seed, profiles_path(settings))
+        except StoreError as exc:  # locked by another process, or of another format
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     try:
         flow = build_flow(settings)
     except ConfigError as exc:

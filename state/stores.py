@@ -3,9 +3,10 @@
 These stores are NOT rewound when Bytewax resumes from a snapshot, so every write here is an
 idempotent upsert applied atomically (one `WriteBatch`):
 
-- profiles are keyed by `tenant/entity` and remember the source coordinates of the update that
-  wrote them; a replayed, older update (same source, lower offset) is skipped, so a replay
-  after a crash cannot roll a profile back;
+- profiles are a versioned table keyed by `tenant/entity` (see `ProfileStore` for the
+  ordering rule); the highest offset applied per source (its resume position) is written in
+  the same batch as the data, so a replay after a crash, a re-applied seed or a restart can
+  never roll a profile back. The store carries a format key, checked at open;
 - cached LLM answers are keyed by a fingerprint of the request item (task, model, prompt
   version and the item's prompt data); writing the same answer twice is a no-op in effect.
   They expire after a TTL (RocksDB's TTL mode drops them at compaction, which runs at least
@@ -13,7 +14,8 @@ idempotent upsert applied atomically (one `WriteBatch`):
   TTL; the TTL must be longer than any crash-to-resume gap that should replay for free.
 
 RocksDB allows one open handle per process and path; `open_store` shares it between the
-workers of a process. Stores are opened on first use, never at import time.
+workers of a process, and raises `StoreLocked` when another process holds the path. Stores
+are opened on first use, never at import time.
 """
 
 from __future__ import annotations
@@ -21,14 +23,42 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rocksdict import AccessType, Options, Rdict, WriteBatch
 
 _lock = threading.Lock()
 _open: dict[str, Rdict] = {}
+
+
+class StoreError(Exception):
+    """A state store cannot be used as it is; the message says what to do."""
+
+
+class StoreLocked(StoreError):
+    """Another process holds the store's directory (RocksDB allows one process per path).
+
+    Two processes started with one configuration share `stores.dir`. Give each process its
+    own `stores.dir`, or stop the other process first. Nothing was changed on disk.
+    """
+
+
+class StoreFormatMismatch(StoreError):
+    """The store on disk was written in another format than this code reads and writes.
+
+    Nothing is deleted or re-created: stop the process, move the directory aside (or point
+    `stores.dir` elsewhere) and rebuild it from its sources, or run the version of
+    ContextStream that wrote it.
+    """
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    # rocksdict raises a bare Exception: "IO error: While lock file: <path>/LOCK: Resource
+    # temporarily unavailable" when another process holds the directory.
+    msg = str(exc).lower()
+    return "lock file" in msg or "/lock:" in msg
 
 
 def open_store(path: str | Path, ttl_s: float | None = None) -> Rdict:
@@ -47,10 +77,20 @@ def open_store(path: str | Path, ttl_s: float | None = None) -> Rdict:
             # RocksDB's informational LOG files would otherwise grow without bound.
             opts.set_max_log_file_size(1 << 20)
             opts.set_keep_log_file_num(2)
-            if ttl_s is None:
-                db = Rdict(key, opts)
-            else:
-                db = Rdict(key, opts, access_type=AccessType.with_ttl(max(1, int(ttl_s))))
+            try:
+                if ttl_s is None:
+                    db = Rdict(key, opts)
+                else:
+                    access = AccessType.with_ttl(max(1, int(ttl_s)))
+                    db = Rdict(key, opts, access_type=access)
+            except Exception as exc:
+                if not _is_lock_error(exc):
+                    raise
+                raise StoreLocked(
+                    f"state store {key} is locked: another process holds it ({exc}). "
+                    "Two processes must not share one `stores.dir`: give each process its "
+                    "own `stores.dir`, or stop the other process first."
+                ) from None
             _open[key] = db
         return db
 
@@ -67,43 +107,173 @@ def _dump(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
 
+class ProfileUpdate(NamedTuple):
+    """One profile update: attributes for `tenant/entity`, from `origin` at `offset`.
+
+    `version` is the update's own version (an integer; `updated_at` timestamps arrive here as
+    microseconds since the epoch), or None when the update carries none.
+    """
+
+    tenant: str
+    entity: str
+    attributes: dict[str, Any]
+    origin: str
+    offset: int
+    version: int | None = None
+
+
+SEED_PREFIX = "seed:"
+"""Origins of seed files start with this; a seed is a baseline, below the profile stream."""
+
+META = "__meta__"
+"""Tenant name reserved for the store's own keys (`__meta__/...`)."""
+
+_FORMAT_KEY = b"__meta__/format"
+_POS_PREFIX = b"__meta__/pos/"
+
+
+def _newer(new: ProfileUpdate, old: ProfileUpdate) -> bool:
+    """Whether `new` replaces `old` for one key (the rule documented on `ProfileStore`)."""
+    if new.version != old.version:
+        if new.version is None:
+            return False
+        if old.version is None:
+            return True
+        return new.version > old.version
+    if new.origin == old.origin:
+        return new.offset > old.offset
+    # A seed never replaces a value of the profile stream; everything else: the later write.
+    return not (new.origin.startswith(SEED_PREFIX) and not old.origin.startswith(SEED_PREFIX))
+
+
 class ProfileStore:
-    """Entity profiles: `tenant/entity -> {"attributes": {...}, "origin", "offset"}`."""
+    """Entity profiles as a versioned table (format `profiles-v2`).
+
+    Keys: `tenant/entity -> {"attributes", "version", "origin", "offset"}`;
+    `__meta__/pos/<origin> -> highest offset applied` (the resume position of each source,
+    written in the same `WriteBatch` as the data it covers); `__meta__/format -> profiles-v2`
+    (written when the store is created, checked at every open).
+
+    Ordering rule: an update `U` for a key holding `S`
+
+    1. is a replay and skipped when `U.offset` is at or below the position already committed
+       for `U.origin` (whatever key it is for);
+    2. else the higher `version` wins; an update without a version ranks below any version,
+       so it never replaces a versioned value (and a versioned one always replaces an
+       unversioned value);
+    3. on equal versions (or none on either side): from the same origin the higher offset
+       wins; a seed (origin `seed:...`) never replaces a value from another source (the
+       profile stream), while a stream update replaces a seed value or a value of another
+       stream origin (offsets of different origins are not comparable: the later write
+       wins; give such updates versions when that is not what you want).
+
+    Within one batch the same rule picks the winner per key. Positions assume a source's
+    offsets only grow: a re-created topic (offsets from 0 again) needs a fresh store.
+    """
+
+    FORMAT = b"profiles-v2"
 
     def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
         self.db = open_store(path)
+        self._check_format()
+
+    def _check_format(self) -> None:
+        found = self.db.get(_FORMAT_KEY)
+        if found == self.FORMAT:
+            return
+        if found is None:
+            if next(iter(self.db.keys()), None) is None:
+                wb = WriteBatch(raw_mode=True)
+                wb.put(_FORMAT_KEY, self.FORMAT)
+                self.db.write(wb)
+                return
+            what = "an older format (profiles-v1, no format key)"
+        else:
+            what = f"format {found.decode(errors='replace')!r}"
+        raise StoreFormatMismatch(
+            f"profile store {self.path} holds {what}, this code needs "
+            f"{self.FORMAT.decode()}. Nothing was changed. Stop the process, move the "
+            "directory aside (or set another `stores.dir`) and start again: the profiles are "
+            "rebuilt from the seed and the profiles input read from its start (with a fresh "
+            "recovery directory)."
+        )
 
     def get(self, tenant: str, entity: str) -> dict[str, Any] | None:
+        if tenant == META:
+            return None
         raw = self.db.get(f"{tenant}/{entity}".encode())
         if raw is None:
             return None
         attrs: dict[str, Any] = json.loads(raw)["attributes"]
         return attrs
 
-    def upsert_many(self, updates: list[tuple[str, str, dict[str, Any], str, int]]) -> int:
-        """Apply `(tenant, entity, attributes, origin, offset)` updates in one write batch.
+    def positions(self) -> dict[str, int]:
+        """The highest offset applied per origin (committed with the data)."""
+        out: dict[str, int] = {}
+        for key, value in self.db.items(from_key=_POS_PREFIX):
+            assert isinstance(key, bytes) and isinstance(value, bytes)  # raw mode
+            if not key.startswith(_POS_PREFIX):
+                break
+            out[key[len(_POS_PREFIX) :].decode()] = int(value)
+        return out
 
-        An update is skipped when the stored profile came from the same origin at the same or
-        a later offset (a replay). Returns the number of profiles written.
+    def _stored(self, key: bytes) -> ProfileUpdate | None:
+        raw = self.db.get(key)
+        if raw is None:
+            return None
+        doc = json.loads(raw)
+        tenant, _, entity = key.decode().partition("/")
+        return ProfileUpdate(
+            tenant, entity, doc["attributes"], doc["origin"], doc["offset"], doc["version"]
+        )
+
+    def upsert_many(
+        self, updates: Iterable[ProfileUpdate | tuple[str, str, dict[str, Any], str, int]]
+    ) -> int:
+        """Apply updates (`ProfileUpdate`s, or 5-tuples without a version) in one write batch,
+        by the rule in the class docstring, together with the advanced source positions.
+
+        Returns the number of profiles written.
         """
+        committed: dict[str, int] = {}
+        advanced: dict[str, int] = {}
+        latest: dict[bytes, ProfileUpdate | None] = {}
+        changed: set[bytes] = set()
+        for item in updates:
+            u = ProfileUpdate(*item)
+            if u.tenant == META:
+                raise ValueError(f"tenant {META!r} is reserved for the store's own keys")
+            if u.origin not in committed:
+                raw_pos = self.db.get(_POS_PREFIX + u.origin.encode())
+                committed[u.origin] = -1 if raw_pos is None else int(raw_pos)
+            if u.offset <= committed[u.origin]:
+                continue  # a replay of what this store has already applied
+            advanced[u.origin] = max(advanced.get(u.origin, u.offset), u.offset)
+            key = f"{u.tenant}/{u.entity}".encode()
+            if key not in latest:
+                latest[key] = self._stored(key)
+            prior = latest[key]
+            if prior is None or _newer(u, prior):
+                latest[key] = u
+                changed.add(key)
+        if not advanced:
+            return 0
         wb = WriteBatch(raw_mode=True)
-        latest: dict[bytes, tuple[str, int, dict[str, Any]]] = {}
-        for tenant, entity, attributes, origin, offset in updates:
-            key = f"{tenant}/{entity}".encode()
-            prior = latest.get(key)
-            if prior is None:
-                raw = self.db.get(key)
-                if raw is not None:
-                    doc = json.loads(raw)
-                    prior = (doc["origin"], doc["offset"], doc["attributes"])
-            if prior is not None and prior[0] == origin and prior[1] >= offset:
-                continue
-            latest[key] = (origin, offset, attributes)
-        for key, (origin, offset, attributes) in latest.items():
-            wb.put(key, _dump({"attributes": attributes, "origin": origin, "offset": offset}))
-        if latest:
-            self.db.write(wb)
-        return len(latest)
+        for key in changed:
+            w = latest[key]
+            assert w is not None
+            doc = {
+                "attributes": w.attributes,
+                "version": w.version,
+                "origin": w.origin,
+                "offset": w.offset,
+            }
+            wb.put(key, _dump(doc))
+        for origin, offset in advanced.items():
+            wb.put(_POS_PREFIX + origin.encode(), str(offset).encode())
+        self.db.write(wb)
+        return len(changed)
 
 
 class ResponseCache:

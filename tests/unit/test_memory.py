@@ -1,16 +1,11 @@
-"""Unit tests of `operators.memory` (bounded memory) and `connectors.reference` (parsing)."""
+"""Unit tests of `operators.memory` (bounded memory); profile parsing is in test_reference."""
 
 from __future__ import annotations
 
-import json
 import pickle
-from typing import Any
-
-import pytest
 
 from config.models import MemoryConfig
-from connectors.reference import parse_profile
-from core.records import Event, Kind, RawRecord
+from core.records import Event, Kind
 from operators.memory import Memory, _MemoryLogic
 
 
@@ -120,13 +115,6 @@ def test_resume_with_smaller_max_turns_keeps_the_newest() -> None:
     assert [t["text"] for t in small.turns] == ["turn 4", "turn 5"]
 
 
-# --- parse_profile --------------------------------------------------------------------------
-
-
-def raw(value: bytes | None, origin: str = "reference.profiles", offset: int = 4) -> RawRecord:
-    return RawRecord(origin, 1, offset, None, value, "profiles")
-
-
 def test_memory_expires_by_the_injected_clock_not_by_when_it_is_woken() -> None:
     """Bytewax wakes the logic by system time; with a clock far behind it (a test's), the
     memory must survive until its own clock says the idle TTL has passed."""
@@ -140,50 +128,3 @@ def test_memory_expires_by_the_injected_clock_not_by_when_it_is_woken() -> None:
     assert [t["text"] for t in rem.memory] == ["turn 1"]
     now[0] = 59.0 + 60.0
     assert lg.on_notify() == ((), lg.DISCARD)
-
-
-def test_parse_profile_good() -> None:
-    value = json.dumps(
-        {"tenant": "acme", "entity": "user-1", "attributes": {"plan": "pro", "seats": 3}}
-    ).encode()
-    assert parse_profile(raw(value)) == (
-        "acme",
-        "user-1",
-        {"plan": "pro", "seats": 3},
-        "reference.profiles[1]",
-        4,
-    )
-
-
-def test_parse_profile_from_file_uses_line_as_offset() -> None:
-    value = b'{"tenant": "acme", "entity": "u", "attributes": {}}'
-    parsed = parse_profile(raw(value, origin="file:data/profiles.jsonl", offset=17))
-    assert parsed == ("acme", "u", {}, "file:data/profiles.jsonl[1]", 17)
-
-
-@pytest.mark.parametrize(
-    ("value", "reason"),
-    [
-        (None, "not valid JSON"),
-        (b"", "not valid JSON"),
-        (b"{nope", "not valid JSON"),
-        (b"\xff\xfe\x00", "not valid JSON"),
-        (b"[1, 2]", "must be a JSON object"),
-        (b'{"entity": "u", "attributes": {}}', "non-empty string `tenant` and `entity`"),
-        (b'{"tenant": "", "entity": "u", "attributes": {}}', "`tenant` and `entity`"),
-        (b'{"tenant": "t", "entity": 5, "attributes": {}}', "`tenant` and `entity`"),
-        (b'{"tenant": "t", "entity": "u"}', "needs an `attributes` object"),
-        (b'{"tenant": "t", "entity": "u", "attributes": [1]}', "needs an `attributes` object"),
-    ],
-)
-def test_parse_profile_bad(value: bytes | None, reason: str) -> None:
-    out: Any = parse_profile(raw(value))
-    assert isinstance(out, str)
-    assert reason in out
-
-
-def test_parse_profile_deeply_nested_json_is_a_reason_not_a_crash() -> None:
-    """A 4 KB record of nested arrays is untrusted input: it must come back as a reason."""
-    out: Any = parse_profile(raw(b"[" * 2000 + b"]" * 2000))
-    assert isinstance(out, str)
-    assert "JSON" in out

@@ -1,15 +1,28 @@
-"""Unit tests of `state.stores`: replay-safe profile upserts and the LLM response cache."""
+"""Unit tests of `state.stores`: the versioned profile table (ordering, positions, format key),
+the lock error of a second process, and the LLM response cache."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from state import stores
-from state.stores import ProfileStore, ResponseCache
+from state.stores import (
+    ProfileStore,
+    ProfileUpdate,
+    ResponseCache,
+    StoreFormatMismatch,
+    StoreLocked,
+    open_store,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -110,6 +123,142 @@ def test_open_store_shares_one_handle_per_path(store_dir: Path) -> None:
     assert a.db is b.db
     a.upsert_many([("acme", "u", {"k": "v"}, ORIGIN, 1)])
     assert b.get("acme", "u") == {"k": "v"}
+
+
+# --- versions, positions, format ------------------------------------------------------------
+
+
+def up(plan: str, origin: str, offset: int, version: int | None = None) -> ProfileUpdate:
+    return ProfileUpdate("acme", "u", {"plan": plan}, origin, offset, version)
+
+
+def test_higher_version_wins_whatever_the_origin_and_offset(profiles: ProfileStore) -> None:
+    other = "reference.profiles[1]"
+    assert profiles.upsert_many([up("v2", ORIGIN, 1, version=2)]) == 1
+    assert profiles.upsert_many([up("v1", other, 50, version=1)]) == 0
+    assert profiles.upsert_many([up("v1b", ORIGIN, 51, version=1)]) == 0
+    assert profiles.get("acme", "u") == {"plan": "v2"}
+    assert profiles.upsert_many([up("v3", other, 51, version=3)]) == 1
+    assert profiles.get("acme", "u") == {"plan": "v3"}
+
+
+def test_an_unversioned_update_never_replaces_a_versioned_value(profiles: ProfileStore) -> None:
+    profiles.upsert_many([up("unversioned", ORIGIN, 1)])
+    assert profiles.upsert_many([up("versioned", ORIGIN, 2, version=1)]) == 1
+    assert profiles.upsert_many([up("later", ORIGIN, 3)]) == 0
+    assert profiles.upsert_many([up("elsewhere", "reference.profiles[1]", 9)]) == 0
+    assert profiles.get("acme", "u") == {"plan": "versioned"}
+
+
+def test_equal_versions_of_one_origin_order_by_offset(profiles: ProfileStore) -> None:
+    n = profiles.upsert_many([up("b", ORIGIN, 11, version=5), up("a", ORIGIN, 10, version=5)])
+    assert n == 1
+    assert profiles.get("acme", "u") == {"plan": "b"}
+    assert profiles.upsert_many([up("c", ORIGIN, 12, version=5)]) == 1
+    assert profiles.get("acme", "u") == {"plan": "c"}
+
+
+def test_a_replay_is_skipped_even_after_another_origin_wrote_the_key(
+    profiles: ProfileStore,
+) -> None:
+    """Replay detection is by the origin's committed position, not by the key's last writer:
+    partition 0 then partition 1 write the key; a replay of partition 0 must not win."""
+    profiles.upsert_many([up("p0", ORIGIN, 5)])
+    profiles.upsert_many([up("p1", "reference.profiles[1]", 3)])
+    assert profiles.upsert_many([up("p0", ORIGIN, 5)]) == 0
+    assert profiles.get("acme", "u") == {"plan": "p1"}
+
+
+def test_a_seed_never_replaces_a_stream_value_of_equal_version(profiles: ProfileStore) -> None:
+    assert profiles.upsert_many([up("seed", "seed:s.jsonl@1", 1)]) == 1
+    assert profiles.upsert_many([up("stream", ORIGIN, 1)]) == 1
+    assert profiles.upsert_many([up("seed2", "seed:s.jsonl@2", 1)]) == 0
+    assert profiles.get("acme", "u") == {"plan": "stream"}
+
+
+class CountingDb:
+    """The store's handle, counting `write` calls."""
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+        self.writes = 0
+
+    def write(self, wb: Any) -> None:
+        self.writes += 1
+        self._db.write(wb)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+def test_positions_are_written_in_the_same_batch_as_the_data(store_dir: Path) -> None:
+    profiles = ProfileStore(store_dir / "p")
+    counting = CountingDb(profiles.db)
+    profiles.db = counting  # type: ignore[assignment]
+    assert profiles.positions() == {}
+    profiles.upsert_many(
+        [up("a", ORIGIN, 7), ProfileUpdate("acme", "w", {}, "reference.profiles[1]", 3)]
+    )
+    assert counting.writes == 1
+    assert profiles.positions() == {ORIGIN: 7, "reference.profiles[1]": 3}
+    # A skipped (older) update still advances its origin's position, in one write.
+    assert profiles.upsert_many([up("v2", ORIGIN, 8, 2), up("v1", "other[0]", 1, 1)]) == 1
+    assert counting.writes == 2
+    stores.close_all()
+    reopened = ProfileStore(store_dir / "p")
+    assert reopened.positions() == {ORIGIN: 8, "reference.profiles[1]": 3, "other[0]": 1}
+    assert reopened.get("acme", "u") == {"plan": "v2"}
+
+
+def test_a_new_store_gets_the_format_key(store_dir: Path) -> None:
+    ProfileStore(store_dir / "p")
+    assert open_store(store_dir / "p").get(b"__meta__/format") == b"profiles-v2"
+
+
+def test_a_store_of_another_format_raises_the_named_error(store_dir: Path) -> None:
+    open_store(store_dir / "p").put(b"__meta__/format", b"profiles-v9")
+    with pytest.raises(StoreFormatMismatch, match=r"profiles-v9.*move the directory aside"):
+        ProfileStore(store_dir / "p")
+    assert open_store(store_dir / "p").get(b"__meta__/format") == b"profiles-v9"  # untouched
+
+
+def test_an_older_store_with_data_but_no_format_key_raises(store_dir: Path) -> None:
+    v1 = b'{"attributes":{"plan":"pro"},"offset":1,"origin":"x"}'
+    open_store(store_dir / "p").put(b"acme/u", v1)
+    with pytest.raises(StoreFormatMismatch, match=r"older format \(profiles-v1"):
+        ProfileStore(store_dir / "p")
+    assert open_store(store_dir / "p").get(b"acme/u") == v1  # nothing deleted
+
+
+def test_a_store_held_by_another_process_raises_store_locked(store_dir: Path) -> None:
+    path = store_dir / "profiles"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from state.stores import open_store; open_store(sys.argv[1]); "
+            "print('ready', flush=True); sys.stdin.read()",
+            str(path),
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreLocked) as err:
+            ProfileStore(path)
+        msg = str(err.value)
+        assert str(path.resolve()) in msg
+        assert "another process" in msg
+        assert "stores.dir" in msg
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    ProfileStore(path)  # released: opens fine
 
 
 # --- ResponseCache --------------------------------------------------------------------------
