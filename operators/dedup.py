@@ -4,6 +4,11 @@ State per entity key: `{event_id: first_seen_wall_time}`, pruned to the TTL on e
 capped at `max_ids` (oldest dropped first), and discarded once empty. The snapshot is a copy
 of that dict. Because this state lives in Bytewax (rewound on recovery together with the input
 offsets), a replay after a crash is not mistaken for a duplicate.
+
+Downtime does not count towards the TTL: ids resumed from a snapshot are moved in wall time so
+that the newest of them was seen at the restart (the stop did not happen for them, as Bytewax
+replays every event after the snapshot). A repeat replayed after an outage longer than the TTL
+is still a duplicate; the TTL of real time after the restart still expires the ids.
 """
 
 from __future__ import annotations
@@ -23,12 +28,39 @@ from core.records import Event
 
 
 class SeenIds:
-    """Pure TTL set of event ids (insertion-ordered, so the oldest is first)."""
+    """Pure TTL set of event ids (insertion-ordered, so the oldest is first).
 
-    def __init__(self, ttl_s: float, max_ids: int, state: dict[str, float] | None = None) -> None:
+    `state` is a snapshot (a copy of `seen`) to resume. `now`, given with it, is the wall
+    time of the resume: every stamp moves by the time from the newest one (the last time an
+    id was added) to `now`, so the downtime does not age the ids. Without `now` the stamps
+    are kept as they are.
+
+    >>> ids = SeenIds(ttl_s=3600.0, max_ids=100)
+    >>> ids.check_and_add("e1", now=1000.0)
+    True
+    >>> restart = 1000.0 + 10 * 3600.0  # ten hours of downtime
+    >>> resumed = SeenIds(3600.0, 100, dict(ids.seen), now=restart)
+    >>> resumed.prune(restart + 60.0)
+    >>> resumed.check_and_add("e1", now=restart + 60.0)  # a repeat a minute later
+    False
+    """
+
+    def __init__(
+        self,
+        ttl_s: float,
+        max_ids: int,
+        state: dict[str, float] | None = None,
+        now: float | None = None,
+    ) -> None:
         self.ttl_s = ttl_s
         self.max_ids = max_ids
         self.seen: dict[str, float] = dict(state) if state else {}
+        if self.seen and now is not None:
+            # The snapshot is only the ids (its format is kept): the newest stamp is the last
+            # clock reading it holds. Prunes after it are not recorded, so across one restart
+            # ids may outlive the TTL by the idle time before the stop, never less.
+            dt = now - max(self.seen.values())
+            self.seen = {k: t + dt for k, t in self.seen.items()}
 
     def prune(self, now: float) -> None:
         cutoff = now - self.ttl_s
@@ -116,7 +148,8 @@ def dedup(
     """Split events into first sightings and duplicates of an `event_id` seen within `ttl_s`.
 
     Keyed: ids are remembered per entity key, at most `max_ids` of them (the oldest go
-    first), each for `ttl_s` of `clock` time (epoch seconds).
+    first), each for `ttl_s` of `clock` time (epoch seconds); the wall time between a
+    snapshot and the restart that resumes it does not count.
 
     >>> import bytewax.operators as op
     >>> from bytewax.dataflow import Dataflow
@@ -138,7 +171,9 @@ def dedup(
     """
 
     def builder(resume: dict[str, float] | None) -> _DedupLogic:
-        return _DedupLogic(SeenIds(ttl_s, max_ids, resume), clock)
+        # Resumed ids continue at this restart's wall time (see `SeenIds`).
+        now = None if resume is None else clock()
+        return _DedupLogic(SeenIds(ttl_s, max_ids, resume, now), clock)
 
     tagged = op.stateful_batch("seen", up, builder)
     split = op.branch("split", tagged, _is_first)

@@ -4,7 +4,13 @@
   entity (chat turns for sessions, business events for accounts), each truncated to
   `max_chars_per_turn`, already redacted. Each event comes out with the memory as it was
   *before* it (its own text travels separately). State: a tuple of small dicts (an immutable
-  copy in the snapshot); discarded after `idle_ttl_s` of wall time without events.
+  copy in the snapshot) and the wall time of the last event; discarded after `idle_ttl_s` of
+  wall time without events.
+
+Downtime does not count towards that idle time: a memory resumed from a snapshot takes the
+restart's wall time as its last event's (the stop did not happen for it, as Bytewax replays
+every event after the snapshot), so a restart after an outage longer than `idle_ttl_s` does
+not forget the context, and `idle_ttl_s` of real idle time after the restart still does.
 """
 
 from __future__ import annotations
@@ -28,13 +34,35 @@ Turn = dict[str, Any]
 
 
 class Memory:
-    """Bounded memory of one entity's recent context items. Pure; clock passed in."""
+    """Bounded memory of one entity's recent context items. Pure; clock passed in.
 
-    def __init__(self, cfg: MemoryConfig, state: tuple[tuple[Turn, ...], float] | None = None):
+    `state` is a snapshot (`state()`: the items and the wall time of the last event) to
+    resume. `now`, given with it, is the wall time of the resume: the idle time is counted
+    from there (the last event is the last time the memory read the clock, so this moves
+    every wall-clock stamp by the downtime). Without `now` the stamp is kept as it is.
+
+    >>> from config.models import MemoryConfig
+    >>> from core.records import Event, Kind
+    >>> hello = Event("m1", "chat[0]@0", "acme", Kind.CHAT, "s1", 0.0,
+    ...               {"text": "hello", "role": "user"}, 0.0)
+    >>> mem = Memory(MemoryConfig(idle_ttl_s=1800.0))
+    >>> mem.observe(hello, now=1000.0)
+    ()
+    >>> restart = 1000.0 + 10 * 3600.0  # ten hours of downtime
+    >>> Memory(mem.cfg, mem.state(), now=restart).last_wall == restart
+    True
+    """
+
+    def __init__(
+        self,
+        cfg: MemoryConfig,
+        state: tuple[tuple[Turn, ...], float] | None = None,
+        now: float | None = None,
+    ):
         self.cfg = cfg
         turns, last = state or ((), 0.0)
         self.turns: deque[Turn] = deque(turns, maxlen=cfg.max_turns)
-        self.last_wall = last
+        self.last_wall = last if state is None or now is None else now
 
     @staticmethod
     def item_of(event: Event, limit: int) -> Turn:
@@ -103,7 +131,8 @@ def remember(
     """Attach each entity's recent context (before the event) and remember the event.
 
     Keyed by entity; emits `(key, Remembered(event, memory))`, the memory as it was before
-    the event. `clock` (epoch seconds) times the idle expiry.
+    the event. `clock` (epoch seconds) times the idle expiry; the wall time between a
+    snapshot and the restart that resumes it does not count as idle.
 
     >>> import bytewax.operators as op
     >>> from bytewax.dataflow import Dataflow
@@ -125,6 +154,8 @@ def remember(
     """
 
     def builder(resume: tuple[tuple[Turn, ...], float] | None) -> _MemoryLogic:
-        return _MemoryLogic(Memory(cfg, resume), clock)
+        # A resumed memory continues at this restart's wall time (see `Memory`).
+        now = None if resume is None else clock()
+        return _MemoryLogic(Memory(cfg, resume, now), clock)
 
     return op.stateful_batch("memory", up, builder)

@@ -25,7 +25,16 @@ threshold and the detector that raised it.
 State per entity (snapshotted as plain tuples and small dicts, an immutable copy): the series
 detector's statistics (bounded by `rank_window`, `context_capacity`, `season_slots`), the open
 windows' counts (at most a few) and which of them were already reported at an end of input,
-the window baseline. It is discarded after `idle_ttl_s` of wall time without events.
+the window baseline, and the wall time the detector last read (`now`). It is discarded after
+`idle_ttl_s` of wall time without events.
+
+Downtime does not count. The watermark of an idle entity and its idle expiry run on wall
+time, so a state resumed after a long stop would see every replayed reading as late and
+might expire at once. A detector rebuilt from a snapshot is therefore given the wall time of
+the restart (`EntityDetector(cfg, state, now=...)`) and moves its wall-clock stamps by the
+time since its last reading: the stop did not happen for it, consistently with Bytewax
+replaying every event after that snapshot. Snapshots without `now` (older ones) use the
+wall time of their last event instead.
 """
 
 from __future__ import annotations
@@ -98,7 +107,11 @@ class ClosedWindow:
 
 
 class RateWindows:
-    """Event-time tumbling windows of event counts for one entity, with a rate baseline."""
+    """Event-time tumbling windows of event counts for one entity, with a rate baseline.
+
+    Its one wall-clock stamp is `wall_at_max`, when the newest event arrived: wall time since
+    then advances the watermark of an idle entity. `shift` moves it (on a resume).
+    """
 
     def __init__(self, cfg: AnomalyConfig, state: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
@@ -119,6 +132,10 @@ class RateWindows:
         # Starts of open windows whose alert already went out at an end of input (a frozenset:
         # the empty one is shared, so the many entities that never report one cost nothing).
         self.reported: frozenset[float] = frozenset(s.get("reported", ()))
+
+    def shift(self, dt: float) -> None:
+        """Move the wall-clock stamp by `dt` seconds (a resume after `dt` of downtime)."""
+        self.wall_at_max += dt
 
     def watermark(self, now: float) -> float:
         if self.max_ts == -math.inf:
@@ -234,9 +251,38 @@ Flagged = Event | Alert | Late
 
 
 class EntityDetector:
-    """Both detectors for one entity key; pure, clock injected."""
+    """Both detectors for one entity key; pure, clock injected.
 
-    def __init__(self, cfg: AnomalyConfig, state: dict[str, Any] | None = None) -> None:
+    `state` is a snapshot (`state()`) to resume. `now`, given with it, is the wall time of
+    the resume: the wall-clock stamps (`last_wall`, the rate windows' `wall_at_max`) move by
+    the time from the snapshot's last reading of the clock (`state["now"]`, or its last
+    event's `last_wall` in snapshots without it) to `now`, so the downtime neither makes the
+    replayed events late nor expires the state. Without `now` the stamps are kept as they
+    are.
+
+    A reading two minutes after the snapshot's, resumed after two minutes of downtime, is in
+    time; resumed without the restart's wall time it would be late (lateness 30 s):
+
+    >>> from config.models import AnomalyConfig
+    >>> from core.records import Event, Kind
+    >>> def reading(i):
+    ...     return Event(f"m{i}", "t[0]@0", "acme", Kind.METRIC, "cpu", 1000.0 + 10 * i,
+    ...                  {"value": 1.0, "unit": None, "tags": {}}, 0.0)
+    >>> cfg = AnomalyConfig(detector="ewma", allowed_lateness_s=30.0)
+    >>> det = EntityDetector(cfg)
+    >>> _ = det.process([reading(0)], now=5000.0)
+    >>> restart = 5000.0 + 120.0
+    >>> resumed = EntityDetector(cfg, det.state(), now=restart)
+    >>> [type(f).__name__ for f in resumed.process([reading(1)], now=restart)]
+    ['Event']
+    >>> unshifted = EntityDetector(cfg, det.state())
+    >>> [type(f).__name__ for f in unshifted.process([reading(1)], now=restart)]
+    ['Late']
+    """
+
+    def __init__(
+        self, cfg: AnomalyConfig, state: dict[str, Any] | None = None, now: float | None = None
+    ) -> None:
         s = state or {}
         self.cfg = cfg
         series = s.get("series")
@@ -246,6 +292,13 @@ class EntityDetector:
         self.series: SeriesDetector = make_series(cfg, series[1] if series else None)
         self.rate = RateWindows(cfg, s.get("rate"))
         self.last_wall: float = s.get("last_wall", 0.0)
+        # The last wall time read (events, wake-ups, end of input): where a resume continues.
+        self.now: float = s.get("now", self.last_wall)
+        if state is not None and now is not None:
+            dt = now - self.now
+            self.last_wall += dt
+            self.rate.shift(dt)
+            self.now = now
         self.tenant: str = s.get("tenant", "")
         self.entity: str = s.get("entity", "")
         self.source: str = s.get("source", "")
@@ -268,6 +321,7 @@ class EntityDetector:
         return out
 
     def tick(self, now: float) -> list[Alert]:
+        self.now = now
         alerts = []
         for w in self.rate.close_due(now):
             if w.alert:
@@ -346,6 +400,7 @@ class EntityDetector:
             "series": (self.cfg.detector, self.series.state()),
             "rate": self.rate.state(),
             "last_wall": self.last_wall,
+            "now": self.now,
             "tenant": self.tenant,
             "entity": self.entity,
             "source": self.source,
@@ -415,7 +470,8 @@ def detect_anomalies(
 
     Keyed by entity. `oks` are the events in time (late ones come out on `late`), `alerts`
     carry their evidence. `clock` (epoch seconds) is the wall time that advances an idle
-    entity's watermark and expires its state.
+    entity's watermark and expires its state; the wall time between a snapshot and the
+    restart that resumes it does not count (see the module docstring).
 
     Three quiet minutes, then a burst in the last window of a finite input (raised when the
     input ends, since no later event closes that window):
@@ -441,7 +497,9 @@ def detect_anomalies(
     """
 
     def builder(resume: dict[str, Any] | None) -> _DetectLogic:
-        return _DetectLogic(EntityDetector(cfg, resume), clock)
+        # A resumed state continues at this restart's wall time (see `EntityDetector`).
+        now = None if resume is None else clock()
+        return _DetectLogic(EntityDetector(cfg, resume, now), clock)
 
     flagged = op.stateful_batch("detect", up, builder)
     split = op.branch("in_time", flagged, _is_event)
