@@ -48,6 +48,15 @@ Targets: `lost == 0`, `repeated == 0`, `answered + dead letters == chats`,
 `baseline_peak_rss_mib`, `rss_ratio`, `seconds` (the slow run, process start to exit), and
 more (`repeated`, `dead_letters`, `overshoot_allowed`, `requests`, `requests_429`,
 `mean_batch`, `paused_reads`, `baseline_*`, `targets_met`).
+
+Measured (the defaults, on a busy 2-core machine): the slow run took 790 s for 391 requests of
+127.9 items on average (the endpoint alone needs 782 s), no 429; every one of the 50,000 chats
+answered once, none lost or dead-lettered; pending at most 1,024 (the bound, reached within
+seconds and held to the end; 37,886 reads skipped); peak RSS 110.2 MiB against 106.8 MiB for
+the fast run (10 s, pending at most 640, never paused): ratio 1.03. RSS grows with the events
+processed in both runs alike (76 to about 107 MiB over 50,000 chats), not with the backlog.
+For contrast, 10,000 chats at 0.2 s with the bound lifted (`--max-pending 100000`) put 9,616
+items in the stage and peaked at 146.6 MiB, against 95.5 MiB with the bound of 1,024.
 """
 
 from __future__ import annotations
