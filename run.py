@@ -43,8 +43,8 @@ from bytewax.run import cli_main
 from config.models import ConfigError, Settings, load_config
 from connectors.kafka_source import KafkaUnavailable
 from connectors.kafkatool import preflight
-from connectors.reference import load_profile_seed
-from flows.pipeline import build_flow, profiles_path
+from connectors.reference import ReferenceBootstrapError
+from flows.pipeline import build_flow, prepare_stores
 from runtime import metrics
 from runtime.process import setup_process, start_progress, stop_progress, tune_gc
 from state.recovery import RecoveryDirectoryError, prepare_recovery
@@ -114,17 +114,17 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     sim = _start_simulator(settings)
 
-    if settings.stores.profiles_seed:
-        try:
-            load_profile_seed(settings.stores.profiles_seed, profiles_path(settings))
-        except StoreError as exc:  # locked by another process, or of another format
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
     try:
         flow = build_flow(settings)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        prepare_stores(settings)
+    except (StoreError, ReferenceBootstrapError, KafkaUnavailable) as exc:
+        # A store locked by another process or of another format; reference data unread.
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     tune_gc()
 
     started = time.monotonic()

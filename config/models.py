@@ -361,6 +361,9 @@ class StoresConfig(Frozen):
     """Directory holding the rocksdict stores (profiles, LLM response cache)."""
     profiles_seed: str | None = None
     """JSON-lines file of profiles loaded (idempotently) at start."""
+    bootstrap_timeout_s: float = Field(default=120.0, gt=0)
+    """How long a process may take at start to read the reference inputs (profiles) to their
+    end offsets before the flow enriches any event; past it the run stops with the reason."""
 
 
 class TaskConfig(Frozen):
@@ -456,7 +459,6 @@ class LLMConfig(Frozen):
     def resolved_base_url(self) -> str | None:
         return self.base_url or os.environ.get("OPENAI_BASE_URL") or None
 
-
     def process_share(self, index: int, count: int) -> LLMConfig:
         """The limits of process `index` of `count`: `concurrency`, `rpm_limit` and
         `tpm_limit` are the deployment's, split so the shares add up to them (the first
@@ -486,6 +488,7 @@ class LLMConfig(Frozen):
                 "tpm_limit": None if self.tpm_limit is None else share(self.tpm_limit, "tpm_limit"),
             }
         )
+
 
 class Settings(Frozen):
     """The whole deployment. Validation errors never repeat input values (a credential

@@ -81,8 +81,6 @@ class JsonlFileSource(FixedPartitionedSource[RawRecord, tuple[int, int]]):
         return _FileSourcePartition(for_part, self.files[for_part], resume_state, self.batch_size)
 
 
-
-
 def file_map(entries: Iterable[tuple[str, str]]) -> dict[str, str]:
     """`{path: source name}`; paths stay as configured, since they name recovery partitions."""
     return {str(Path(p)): name for p, name in entries}

@@ -2,9 +2,10 @@
 
 `parse_profile` validates one update `{"tenant", "entity", "attributes": {...}}`, optionally
 with a `version` (integer) or an `updated_at` (ISO 8601 timestamp with a time zone), and
-returns the reason when it is invalid (the flow dead-letters those); `ProfileSink` writes valid
-updates into the versioned profile table (see `state.stores.ProfileStore` for the ordering
-rule); `load_profile_seed` applies a seed file once per content at start, never over newer
+returns the reason when it is invalid (the flow dead-letters those); `ReferenceTable` keeps a
+process's whole copy of the input in its versioned profile table (see
+`state.stores.ProfileStore` for the ordering rule), read to its end before any event is
+enriched; `load_profile_seed` applies a seed file once per content at start, never over newer
 values.
 """
 
@@ -13,12 +14,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from config.models import SourceConfig
+from connectors.kafka_source import check_topics
 from core.records import RawRecord
+from runtime.metrics import REFERENCE_BOOTSTRAP_SECONDS, REFERENCE_UPDATES
+from runtime.signals import stop_requested
 from state.stores import META, SEED_PREFIX, ProfileStore, ProfileUpdate
 
 log = logging.getLogger(__name__)
@@ -75,28 +84,219 @@ def parse_profile(raw: RawRecord) -> ProfileUpdate | str:
     )
 
 
-class _ProfilePartition(StatelessSinkPartition[RawRecord]):
-    def __init__(self, store: ProfileStore) -> None:
-        self.store = store
-
-    def write_batch(self, items: list[RawRecord]) -> None:
-        updates = []
-        for raw in items:
-            parsed = parse_profile(raw)
-            if isinstance(parsed, ProfileUpdate):
-                updates.append(parsed)
-        self.store.upsert_many(updates)
+def apply_records(store: ProfileStore, records: Iterable[RawRecord]) -> int:
+    """Apply the valid profile updates among `records` to `store` in one batch (invalid ones
+    are the flow's dead letters, through `parse_profile`); returns the profiles written."""
+    updates = [u for u in map(parse_profile, records) if isinstance(u, ProfileUpdate)]
+    return store.upsert_many(updates) if updates else 0
 
 
-class ProfileSink(DynamicSink[RawRecord]):
-    """Writes valid profile updates into the profile store; invalid ones are skipped here
-    (the flow sends them to the dead letters through `parse_profile`)."""
+class ReferenceBootstrapError(RuntimeError):
+    """A reference input could not be read to its end offsets before events were enriched.
 
-    def __init__(self, store_path: str) -> None:
-        self.store_path = store_path
+    The message names the input, what is still missing and the setting that bounds the wait
+    (`stores.bootstrap_timeout_s`). Nothing was enriched yet; the run can be started again.
+    """
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProfilePartition:
-        return _ProfilePartition(ProfileStore(self.store_path))
+
+class ReferenceTable:
+    """This process's whole copy of one reference input, in its profile store.
+
+    Like Kafka Streams' GlobalKTable: `bootstrap()` reads every partition from the position
+    the store committed up to the end offsets as of the call, before any event is enriched;
+    `follow()` then applies updates as they arrive, on a daemon thread. Every process does
+    this on its own store, so a lookup finds every profile whichever partitions the process's
+    workers read. The store's positions make both idempotent (`ProfileStore`): a re-read after
+    a crash applies nothing twice and never rolls a profile back.
+
+    A file input (local mode) is read to its end at bootstrap; it has nothing to follow.
+    """
+
+    POLL_RECORDS = 1000
+
+    def __init__(
+        self,
+        source: SourceConfig | None,
+        store_path: str | Path,
+        kafka_settings: Mapping[str, str] | None = None,
+        *,
+        seed: str | None = None,
+        timeout_s: float = 120.0,
+        tail: bool = True,
+    ) -> None:
+        self.source = source
+        self.store_path = str(store_path)
+        self.kafka_settings = dict(kafka_settings or {})
+        self.seed = seed
+        self.timeout_s = timeout_s
+        self.tail = tail
+        self.name = source.name if source is not None else "seed"
+        self._consumer: Consumer | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def bootstrap(self) -> int:
+        """Apply the seed (once per content), then read the input to its end offsets as of
+        now; returns the profiles written.
+
+        Raises `ReferenceBootstrapError` when that takes longer than `timeout_s`.
+        """
+        started = time.monotonic()
+        written = 0
+        if self.seed is not None:
+            written += load_profile_seed(self.seed, self.store_path)
+        store = ProfileStore(self.store_path)
+        if self.source is not None and self.source.path is not None:
+            written += self._bootstrap_file(store, self.source.path)
+        elif self.source is not None:
+            written += self._bootstrap_kafka(store, started + self.timeout_s)
+        seconds = time.monotonic() - started
+        REFERENCE_BOOTSTRAP_SECONDS.labels(self.name).set(seconds)
+        log.info(
+            "reference input %s read to its end in %.2f s: %d profiles written",
+            self.name,
+            seconds,
+            written,
+        )
+        return written
+
+    def _bootstrap_file(self, store: ProfileStore, path: str) -> int:
+        origin = f"file:{Path(path)}"
+        skip = store.positions().get(f"{origin}[0]", 0)
+        written = 0
+        batch: list[RawRecord] = []
+        with open(path, "rb") as f:
+            for line_no, line in enumerate(f, 1):
+                if line_no <= skip or not line.strip():
+                    continue
+                batch.append(RawRecord(origin, 0, line_no, None, line.rstrip(b"\r\n"), ""))
+                if len(batch) >= self.POLL_RECORDS:
+                    written += apply_records(store, batch)
+                    batch = []
+        return written + apply_records(store, batch)
+
+    def _bootstrap_kafka(self, store: ProfileStore, deadline: float) -> int:
+        assert self.source is not None and self.source.topic is not None
+        topic = self.source.topic
+        parts = check_topics(self.kafka_settings, [topic])[topic]
+        committed = store.positions()
+        starts = {p: committed.get(f"{topic}[{p}]", -1) + 1 for p in parts}
+        consumer = Consumer(
+            {
+                **self.kafka_settings,
+                "group.id": "contextstream-reference",  # assigned, never joined
+                "enable.auto.commit": "false",
+                "enable.partition.eof": "true",
+                # An offset lost to retention or compaction: what is left is the table.
+                "auto.offset.reset": "earliest",
+            }
+        )
+        consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
+        self._consumer = consumer
+        # The end of a partition is the high watermark of the first fetch answering for it
+        # (brokers such as Tansu under-report ListOffsets), or its end-of-partition event.
+        ends: dict[int, int] = {}
+        nxt = dict(starts)
+        pending = set(parts)
+        written = 0
+        while pending:
+            if time.monotonic() > deadline:
+                behind = ", ".join(
+                    f"[{p}] at {nxt[p]}" + (f" of {ends[p]}" if p in ends else "")
+                    for p in sorted(pending)
+                )
+                raise ReferenceBootstrapError(
+                    f"reference input {self.name} (topic {topic}) was not read to its "
+                    f"end within stores.bootstrap_timeout_s = {self.timeout_s:g} s (partitions "
+                    f"still behind: {behind}); no event was enriched. Check that the broker "
+                    "is reachable, or raise stores.bootstrap_timeout_s for a large topic."
+                )
+            batch: list[RawRecord] = []
+            for msg in consumer.consume(self.POLL_RECORDS, 0.2):
+                err = msg.error()
+                part = msg.partition() or 0
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(part)
+                    elif err.fatal():
+                        raise ReferenceBootstrapError(
+                            f"reference input {self.name}: broker error: {err.str()}"
+                        )
+                    continue
+                offset = msg.offset() or 0
+                nxt[part] = offset + 1
+                batch.append(RawRecord(topic, part, offset, msg.key(), msg.value(), ""))
+            written += apply_records(store, batch)
+            for p in list(pending):
+                if p not in ends:
+                    hi = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1]
+                    if hi >= 0:
+                        ends[p] = hi
+                if p in ends and nxt[p] >= ends[p]:
+                    pending.discard(p)
+        return written
+
+    def follow(self) -> None:
+        """Apply updates as they arrive, on a daemon thread (Kafka inputs with `tail`)."""
+        if self._consumer is None or not self.tail or self._thread is not None:
+            return
+        self._thread = threading.Thread(
+            target=self._follow, name=f"reference-{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    def _follow(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        store = ProfileStore(self.store_path)
+        assert self.source is not None
+        topic = self.source.topic
+        while not self._stop.is_set() and not stop_requested():
+            batch = []
+            for msg in consumer.consume(self.POLL_RECORDS, 0.5):
+                err = msg.error()
+                if err is None:
+                    part, offset = msg.partition() or 0, msg.offset() or 0
+                    batch.append(RawRecord(topic or "", part, offset, msg.key(), msg.value(), ""))
+                elif err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("reference input %s: %s", self.name, err.str())
+            if batch:
+                apply_records(store, batch)
+                REFERENCE_UPDATES.labels(self.name).inc(len(batch))
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+_tables: dict[tuple[str, str], ReferenceTable] = {}
+_tables_lock = threading.Lock()
+
+
+def ensure_reference(table: ReferenceTable) -> ReferenceTable:
+    """Bootstrap `table` once per process (and store) and start following it; later calls
+    for the same input and store return the first table. Thread-safe: workers call it
+    before their first lookup, the entry points before the flow starts."""
+    key = (table.name, str(Path(table.store_path).resolve()))
+    with _tables_lock:
+        found = _tables.get(key)
+        if found is None:
+            table.bootstrap()
+            table.follow()
+            _tables[key] = found = table
+        return found
+
+
+def close_references() -> None:
+    """Stop following every reference input (tests and orderly shutdown)."""
+    with _tables_lock:
+        for table in _tables.values():
+            table.close()
+        _tables.clear()
 
 
 def seed_origin(seed: str, content: bytes) -> str:

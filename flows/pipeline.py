@@ -5,7 +5,8 @@
                    redact ─▶ key ─▶ dedup ─▶ anomaly ─┬─▶ alerts ─▶ explain work
                                                       ▼
                                 ledger ◀── events ─▶ memory ─▶ work ─▶ profiles ─▶ llm
-    profiles_in ─▶ profiles_store (rocksdict)                        responses, audit, dead letters
+    profiles_in ─▶ profile_errors ─▶ dead letters          responses, audit, dead letters
+    (each process: seed + whole profiles input ─▶ its profile store, read to the end first)
 
 Run it with `python -m bytewax.run "flows.pipeline:build('config/kafka-dev.toml')" -r DIR -s
 10 -b 60`, or through `run.py`.
@@ -34,7 +35,12 @@ from connectors.files import JsonlFileSink, JsonlFileSource, file_map
 from connectors.kafka_sink import ReliableKafkaSink
 from connectors.kafka_source import KafkaUnavailable, RawKafkaSource
 from connectors.kafkatool import preflight
-from connectors.reference import ProfileSink, load_profile_seed, parse_profile
+from connectors.reference import (
+    ReferenceBootstrapError,
+    ReferenceTable,
+    ensure_reference,
+    parse_profile,
+)
 from core.clock import Clock
 from core.records import KV, DeadLetter, Event, Kind, LedgerEntry, RawRecord, coords
 from inference.client import LLMExecutor, shared_executor
@@ -58,6 +64,7 @@ from operators.validate import decode_validate
 from runtime import backpressure, metrics
 from runtime.process import process_position, setup_process, start_progress, tune_gc
 from state.recovery import check_recovery_directory, recovery_directory_argument
+from state.stores import StoreError, StoreLayout
 
 log = logging.getLogger("contextstream.pipeline")
 
@@ -186,17 +193,17 @@ def build_flow(
     """Build the dataflow for `settings` (no connections are opened here).
 
     `process` is this process's `(index, count)`: the LLM limits in `settings.llm` are the
-    deployment's, and this process takes its share (`LLMConfig.process_share`).
+    deployment's, and this process takes its share (`LLMConfig.process_share`); its stores
+    live in their own directory (`StoreLayout`), and it reads the other processes' LLM caches.
     """
-    stores = settings.stores
-    profile_store = profiles_path(settings)
+    layout = StoreLayout(settings.stores.dir, process[0])
     if executor is None:
         base_url = llm_base_url(settings)
-        cache_path = f"{stores.dir}/llm-cache"
         llm_cfg = settings.llm.process_share(*process)
 
         def executor() -> LLMExecutor:
-            return shared_executor(llm_cfg, base_url, cache_path)
+            peers = tuple(str(p) for p in layout.peer_caches())
+            return shared_executor(llm_cfg, base_url, str(layout.llm_cache), peers)
 
     backpressure.configure(settings.llm.max_pending_items)
     router = Router(settings.llm.routes)
@@ -236,7 +243,11 @@ def build_flow(
     remembered = remember("memory", with_memory, settings.memory, clock)
 
     work = route("route", remembered, detected.alerts, router, clock)
-    work = attach_profiles("profiles", work, profile_store)
+    table = reference_table(settings, process[0])
+    if table is None:
+        work = attach_profiles("profiles", work, None)
+    else:
+        work = attach_profiles("profiles", work, table.store_path, lambda: ensure_reference(table))
     llm = call_llm("llm", work, settings.llm, executor, clock)
     dead.append(llm.errs)
 
@@ -254,9 +265,10 @@ def build_flow(
                 settings.kafka.client_settings(),
                 tail=settings.input.tail,
             )
+        # The profile store is filled by each process's `ReferenceTable`; this input only
+        # dead-letters invalid updates, once for the deployment, with recovered offsets.
         updates = op.input("profiles_in", flow, psrc)
         dead.append(op.filter_map("profile_errors", updates, _profile_dead_letter))
-        op.output("profiles_store", updates, ProfileSink(profile_store))
 
     publish("out_alerts", detected.alerts, alert_kv, _sink(settings, "alerts", out.alerts))
     publish("out_responses", llm.answers, response_kv, _sink(settings, "responses", out.responses))
@@ -280,7 +292,8 @@ def build(config_path: str) -> Dataflow:
     """Entry point for `python -m bytewax.run "flows.pipeline:build('config/…toml')"`.
 
     Sets the process up (logging, graceful stop), refuses a damaged `-r` directory with the
-    fix, loads the profile seed, builds the flow, tunes the GC and starts the progress log.
+    fix, builds the flow, reads the reference data to its end (`prepare_stores`), tunes the GC
+    and starts the progress log.
     """
     try:
         settings = load_config(config_path)
@@ -298,13 +311,17 @@ def build(config_path: str) -> Dataflow:
     recovery = recovery_directory_argument()
     if recovery is not None:
         check_recovery_directory(recovery)
-    if settings.stores.profiles_seed:
-        load_profile_seed(settings.stores.profiles_seed, profiles_path(settings))
+    process = process_position()
     try:
-        flow = build_flow(settings, process=process_position())
+        flow = build_flow(settings, process=process)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    try:
+        prepare_stores(settings, process[0])
+    except (StoreError, ReferenceBootstrapError, KafkaUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     tune_gc()
     start_progress(settings.app.progress_every_s)
     log.info(
@@ -319,6 +336,29 @@ def build(config_path: str) -> Dataflow:
     return flow
 
 
-def profiles_path(settings: Settings) -> str:
-    """Where the profile store of this deployment lives."""
-    return f"{settings.stores.dir}/profiles"
+def reference_table(settings: Settings, process: int = 0) -> ReferenceTable | None:
+    """The profile table of process `process`: its seed and profiles input, into the profile
+    store of its `StoreLayout`; None when the config has neither."""
+    profiles, seed = settings.input.profiles, settings.stores.profiles_seed
+    if profiles is None and seed is None:
+        return None
+    return ReferenceTable(
+        profiles,
+        StoreLayout(settings.stores.dir, process).profiles,
+        settings.kafka.client_settings() if settings.input.kind == "kafka" else {},
+        seed=seed,
+        timeout_s=settings.stores.bootstrap_timeout_s,
+        tail=settings.input.tail,
+    )
+
+
+def prepare_stores(settings: Settings, process: int = 0) -> None:
+    """Before the flow starts: open this process's stores (a locked or foreign store raises
+    its `StoreError` now, with the fix) and read the reference data to its end.
+
+    The profiles lookup would do the same before its first item; the entry points call this
+    first so that a problem is one line and an exit code, not a failed worker.
+    """
+    table = reference_table(settings, process)
+    if table is not None:
+        ensure_reference(table)

@@ -351,12 +351,18 @@ _executors: dict[tuple[Any, ...], LLMExecutor] = {}
 _exec_lock = threading.Lock()
 
 
-def shared_executor(cfg: LLMConfig, base_url: str | None, cache_path: str) -> LLMExecutor:
-    """The process-wide executor for this config (one pool, so one concurrency cap)."""
-    key = (cfg, base_url, cache_path)
+def shared_executor(
+    cfg: LLMConfig, base_url: str | None, cache_path: str, peers: tuple[str, ...] = ()
+) -> LLMExecutor:
+    """The process-wide executor for this config (one pool, so one concurrency cap).
+
+    `peers` are other processes' caches, consulted read-only on a miss (`ResponseCache`).
+    """
+    key = (cfg, base_url, cache_path, peers)
     with _exec_lock:
         ex = _executors.get(key)
         if ex is None:
-            ex = LLMExecutor(cfg, base_url, ResponseCache(cache_path, cfg.cache_ttl_s))
+            cache = ResponseCache(cache_path, cfg.cache_ttl_s, peers=peers)
+            ex = LLMExecutor(cfg, base_url, cache)
             _executors[key] = ex
         return ex

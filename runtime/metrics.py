@@ -68,6 +68,16 @@ INPUT_LAG = Gauge(
     "Messages between an input partition's read position and its end offset (high watermark).",
     ["topic", "partition"],
 )
+REFERENCE_BOOTSTRAP_SECONDS = Gauge(
+    "contextstream_reference_bootstrap_seconds",
+    "Time a process took to read a reference input to its end offsets at start.",
+    ["input"],
+)
+REFERENCE_UPDATES = Counter(
+    "contextstream_reference_updates_total",
+    "Reference records applied after the bootstrap (followed as they arrive).",
+    ["input"],
+)
 LLM_PENDING = Gauge("contextstream_llm_pending_items", "Items buffered or in flight.")
 
 OUTPUT_STALLED = Gauge(

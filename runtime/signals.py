@@ -88,5 +88,3 @@ def install_graceful_stop(deadline_s: float = GRACEFUL_STOP_DEADLINE_S) -> None:
         return  # signal handlers can only be installed from the main thread
     signal.signal(signal.SIGTERM, _on_stop_signal)
     signal.signal(signal.SIGINT, _on_stop_signal)
-
-

@@ -16,6 +16,12 @@ idempotent upsert applied atomically (one `WriteBatch`):
 RocksDB allows one open handle per process and path; `open_store` shares it between the
 workers of a process, and raises `StoreLocked` when another process holds the path. Stores
 are opened on first use, never at import time.
+
+Layout (`StoreLayout`): each process of a deployment owns `stores.dir/process-<index>/`, so the
+processes of one configuration (`-i/-a`) never share a RocksDB directory. A process reads the
+LLM caches of the other process directories (and of the single-directory layout before it)
+read-only, which RocksDB allows while their owner holds them: after a restart with another
+process count, a replayed request finds the answer whichever process emitted it before.
 """
 
 from __future__ import annotations
@@ -93,6 +99,35 @@ def open_store(path: str | Path, ttl_s: float | None = None) -> Rdict:
                 ) from None
             _open[key] = db
         return db
+
+
+def open_read_only(path: str | Path) -> Rdict:
+    """A read-only handle of the store at `path`: it sees the store as of this call and does
+    not take RocksDB's lock, so the store's owner may hold it meanwhile."""
+    key = str(Path(path).resolve()) + "?read-only"
+    with _lock:
+        db = _open.get(key)
+        if db is None:
+            db = _open_read_only(Path(path).resolve())
+            _open[key] = db
+        return db
+
+
+def _open_read_only(path: Path, attempts: int = 5) -> Rdict:
+    # The owner may be recovering the store at this moment (replaying its log into new files
+    # and deleting the old ones), which a concurrent read-only open can trip over: retry.
+    for attempt in range(attempts):
+        try:
+            return Rdict(str(path), Options(raw_mode=True), access_type=AccessType.read_only())
+        except Exception as exc:
+            if attempt == attempts - 1:
+                raise StoreError(
+                    f"cannot read the state store {path} of another process ({exc}); "
+                    "check its files, or move it aside (answers it cached may be requested "
+                    "again)"
+                ) from None
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def close_all() -> None:
@@ -276,28 +311,70 @@ class ProfileStore:
         return len(changed)
 
 
+class StoreLayout:
+    """Where one process's stores live under `stores.dir` (see the module docstring).
+
+    >>> layout = StoreLayout("state-stores", process=1)
+    >>> str(layout.profiles), str(layout.llm_cache)
+    ('state-stores/process-1/profiles', 'state-stores/process-1/llm-cache')
+    """
+
+    def __init__(self, root: str | Path, process: int = 0) -> None:
+        self.root = Path(root)
+        self.process = process
+        self.own = self.root / f"process-{process}"
+        self.profiles = self.own / "profiles"
+        self.llm_cache = self.own / "llm-cache"
+
+    def peer_caches(self) -> list[Path]:
+        """The LLM caches other processes wrote (other `process-N` directories, and the
+        single-directory layout of earlier versions), as found now."""
+        found = [self.root / "llm-cache", *sorted(self.root.glob("process-*/llm-cache"))]
+        own = self.llm_cache.resolve()
+        return [p for p in found if (p / "CURRENT").exists() and p.resolve() != own]
+
+
+_TTL_SUFFIX = 4
+"""Bytes RocksDB's TTL mode appends to each value (its write time), visible to a read-only
+handle, which opens the store without TTL mode."""
+
+
 class ResponseCache:
     """LLM answers by item fingerprint, written before an answer is emitted, kept `ttl_s`.
 
-    Thread-safe (RocksDB is); shared by a process's request threads.
+    `peers` are the caches of other processes (`StoreLayout.peer_caches`): a miss here is looked
+    up there, read-only, as they were when this cache was opened. Thread-safe (RocksDB is);
+    shared by a process's request threads.
     """
 
     DEFAULT_TTL_S = 7 * 24 * 3600.0
 
     def __init__(
-        self, path: str | Path, ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.time
+        self,
+        path: str | Path,
+        ttl_s: float = DEFAULT_TTL_S,
+        clock: Callable[[], float] = time.time,
+        peers: Iterable[str | Path] = (),
     ) -> None:
         self.ttl_s = ttl_s
         self.clock = clock
         self.db = open_store(path, ttl_s)
+        self.peers = [open_read_only(p) for p in peers]
         self._compact_every = min(ttl_s / 2, 3600.0)
         self._last_compaction = clock()
         self._lock = threading.Lock()
 
     def get(self, fingerprint: str) -> dict[str, Any] | None:
-        raw = self.db.get(fingerprint.encode())
+        key = fingerprint.encode()
+        raw = self.db.get(key)
         if raw is None:
-            return None
+            for peer in self.peers:
+                found = peer.get(key)
+                if found is not None:
+                    raw = found[:-_TTL_SUFFIX]
+                    break
+            else:
+                return None
         doc = json.loads(raw)
         if self.clock() - doc["t"] > self.ttl_s:
             return None  # expired, not yet compacted away

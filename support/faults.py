@@ -154,20 +154,64 @@ def _peak_rate(dep: Deployment, window_s: float = 1.0) -> float:
 def storm(ctx: Ctx) -> Outcome:
     """SIGKILL at random moments (at least one with LLM requests in flight), restarting on the
     same recovery directory each time; then one run to the end of the input."""
-    n, kills = (20_000, 3) if ctx.quick else (100_000, 10)
+    kills = 3 if ctx.quick else 10
+    return _kill_storm(ctx, "storm", [1] * kills, final=1)
+
+
+def storm_2p(ctx: Ctx) -> Outcome:
+    """The kill storm on a cluster of two processes of one config (`-i/-a`): both are killed
+    together; the stores are per process, the caches read across processes."""
+    kills = 3 if ctx.quick else 8
+    return _kill_storm(ctx, "storm_2p", [2] * kills, final=2)
+
+
+def rescale(ctx: Ctx) -> Outcome:
+    """Rescaling across kill -9: 2 processes killed, 1 process killed, then 2 processes to the
+    end. Keys move between processes at each restart; no answer emitted before a kill is
+    requested again (each process reads the other processes' response caches)."""
+    # Snapshots every 4 s and kills once answers flow: many answers are emitted after the
+    # last snapshot, so their requests replay on the process that now owns their keys.
+    return _kill_storm(
+        ctx, "rescale", [2, 1], final=2, snapshot_s=4, after_answers=True, shards=8
+    )
+
+
+def _kill_storm(
+    ctx: Ctx,
+    name: str,
+    generations: list[int],
+    *,
+    final: int,
+    snapshot_s: int = 1,
+    after_answers: bool = False,
+    shards: int = 1,
+) -> Outcome:
+    """One generation per entry of `generations` (its process count), each SIGKILLed at a
+    random moment (at least one with LLM requests in flight; with `after_answers`, only once
+    the generation has had answers); then `final` processes run to the end of the input.
+    `shards` LLM queues per task spread the LLM stage's keys over the processes."""
+    n = 20_000 if ctx.quick else 100_000
+    kills = len(generations)
     rng = random.Random(ctx.seed)
     latency = 300 if ctx.quick else 500  # the LLM backlog keeps the run going across kills
     with _sim(latency_ms=latency, jitter_ms=100, max_concurrency=64) as sim:
-        dep = _new_dep(ctx, "storm", sim, partitions=2)
+        dep = _new_dep(ctx, name, sim, partitions=2, extra_toml=f"shards_per_task = {shards}")
         sent = mixed(n)
         write_inputs(dep, sent)
-        runner = FlowRunner(dep)
+        runner = FlowRunner(dep, snapshot_s=snapshot_s)
         in_flight_kills = 0
         try:
-            for k in range(kills):
-                runner.start()
+            for k, processes in enumerate(generations):
+                runner.start(processes)
                 # Wait for the flow to be built, then a random moment.
                 _wait_for(lambda: "flow built" in runner.tail() or not runner.alive(), 60)
+                if after_answers:
+                    seen = len(sim.requests())
+
+                    def answering(seen: int = seen) -> bool:
+                        return len(sim.requests()) > seen or not runner.alive()
+
+                    _wait_for(answering, 60)
                 time.sleep(rng.uniform(0.3, 2.0 if ctx.quick else 4.0))
                 if k == kills - 1 and in_flight_kills == 0:
                     _wait_for(lambda: sim.in_flight > 0 or not runner.alive(), 30, 0.01)
@@ -176,7 +220,7 @@ def storm(ctx: Ctx) -> Outcome:
                 flying = sim.in_flight
                 in_flight_kills += flying > 0
                 runner.signal(signal.SIGKILL, in_flight=flying)
-            runner.start()
+            runner.start(final)
             code = runner.wait(900)
         finally:
             runner.stop()
@@ -187,6 +231,7 @@ def storm(ctx: Ctx) -> Outcome:
     bound = done_kills * per_interval
     out.extra.update(
         events=sent.total,
+        processes=[g.processes for g in runner.generations],
         kills=done_kills,
         kills_with_llm_in_flight=in_flight_kills,
         in_flight_at_kills=[g.in_flight_at_end for g in runner.generations if g.how == "SIGKILL"],
@@ -1114,6 +1159,8 @@ def bounded_state(ctx: Ctx) -> Outcome:
 
 SCENARIOS: dict[str, Callable[[Ctx], Outcome]] = {
     "storm": storm,
+    "storm_2p": storm_2p,
+    "rescale": rescale,
     "graceful": graceful,
     "broker_stall": broker_stall,
     "llm_outage": llm_outage,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -110,8 +111,16 @@ backoff_base_s = 0.05
         )
 
     def start_flow(
-        self, *, snapshot_s: int = 1, log_name: str = "flow", env: dict[str, str] | None = None
+        self,
+        *,
+        snapshot_s: int = 1,
+        log_name: str = "flow",
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        process: tuple[int, Sequence[str]] | None = None,
     ) -> subprocess.Popen[bytes]:
+        """One flow process: `workers` worker threads; `process` is `(index, addresses)` for
+        one process of a `-i/-a` cluster."""
         log = open(self.workdir / f"{log_name}.log", "ab")  # noqa: SIM115 - owned by the process
         cmd = [
             sys.executable,
@@ -125,6 +134,10 @@ backoff_base_s = 0.05
             "-b",
             "0",
         ]
+        if workers > 1:
+            cmd += ["-w", str(workers)]
+        if process is not None:
+            cmd += ["-i", str(process[0]), "-a", ";".join(process[1])]
         full_env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
@@ -132,6 +145,34 @@ backoff_base_s = 0.05
             **(env or {}),
         }
         return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+
+    def start_cluster(
+        self,
+        processes: int,
+        *,
+        workers: int = 1,
+        snapshot_s: int = 1,
+        log_name: str = "flow",
+        env: dict[str, str] | None = None,
+    ) -> list[subprocess.Popen[bytes]]:
+        """`processes` flow processes of one cluster (`-i/-a` on loopback ports), all with
+        this deployment's one config; logs `<log_name>-p<i>.log`. One process is started as
+        `start_flow` would (no `-i/-a`)."""
+        if processes == 1:
+            return [
+                self.start_flow(snapshot_s=snapshot_s, log_name=log_name, env=env, workers=workers)
+            ]
+        addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
+        return [
+            self.start_flow(
+                snapshot_s=snapshot_s,
+                log_name=f"{log_name}-p{i}",
+                env=env,
+                workers=workers,
+                process=(i, addresses),
+            )
+            for i in range(processes)
+        ]
 
     def log(self, log_name: str = "flow") -> str:
         return (self.workdir / f"{log_name}.log").read_text(errors="replace")
@@ -195,13 +236,17 @@ class Generation:
     stop_s: float | None = None
     """Signal to exit, for graceful stops."""
     peak_rss: int = 0
+    processes: int = 1
+    """Processes of the generation (a `-i/-a` cluster when more than one)."""
 
 
 class FlowRunner:
-    """Runs `dep`'s flow as successive processes on one recovery directory.
+    """Runs `dep`'s flow as successive generations on one recovery directory; a generation is
+    one process, or several processes of one cluster (`start(processes=2)`), all with the
+    same config.
 
     >>> runner = FlowRunner(dep)  # doctest: +SKIP
-    >>> runner.start(); runner.signal(signal.SIGKILL); runner.start(); runner.wait(300)
+    >>> runner.start(); runner.signal(signal.SIGKILL); runner.start(2); runner.wait(300)
     """
 
     def __init__(
@@ -211,100 +256,117 @@ class FlowRunner:
         self.snapshot_s = snapshot_s
         self.env = env
         self.generations: list[Generation] = []
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.procs: list[subprocess.Popen[bytes]] = []
         self.rss_samples: list[tuple[float, int]] = []
-        self._sampler: threading.Thread | None = None
 
     @property
     def current(self) -> Generation:
         return self.generations[-1]
 
-    def log_name(self, index: int | None = None) -> str:
-        return f"gen{self.current.index if index is None else index}"
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        """The current generation's first process."""
+        return self.procs[0] if self.procs else None
 
-    def start(self) -> subprocess.Popen[bytes]:
-        if self.proc is not None and self.proc.poll() is None:
+    def log_name(self, index: int | None = None, process: int = 0) -> str:
+        gen = self.generations[self.current.index if index is None else index]
+        return f"gen{gen.index}" if gen.processes == 1 else f"gen{gen.index}-p{process}"
+
+    def start(self, processes: int = 1) -> subprocess.Popen[bytes]:
+        if any(p.poll() is None for p in self.procs):
             raise RuntimeError("a flow process is still running")
-        gen = Generation(len(self.generations), time.time())
+        gen = Generation(len(self.generations), time.time(), processes=processes)
         self.generations.append(gen)
-        self.proc = self.dep.start_flow(
-            snapshot_s=self.snapshot_s, log_name=f"gen{gen.index}", env=self.env
+        self.procs = self.dep.start_cluster(
+            processes, snapshot_s=self.snapshot_s, log_name=f"gen{gen.index}", env=self.env
         )
-        self._sampler = threading.Thread(
-            target=self._sample, args=(self.proc, gen), daemon=True, name="rss-sampler"
-        )
-        self._sampler.start()
-        return self.proc
+        threading.Thread(
+            target=self._sample, args=(list(self.procs), gen), daemon=True, name="rss-sampler"
+        ).start()
+        return self.procs[0]
 
-    def _sample(self, proc: subprocess.Popen[bytes], gen: Generation) -> None:
+    def _sample(self, procs: list[subprocess.Popen[bytes]], gen: Generation) -> None:
+        """Peak RSS of the generation: the largest process (each process has its own)."""
         try:
-            ps = psutil.Process(proc.pid)
-            while proc.poll() is None:
-                rss = ps.memory_info().rss
+            ps = [psutil.Process(p.pid) for p in procs]
+            while any(p.poll() is None for p in procs):
+                rss = max(self._rss_of(x) for x in ps)
                 gen.peak_rss = max(gen.peak_rss, rss)
                 self.rss_samples.append((time.time(), rss))
                 time.sleep(0.5)  # sampling interval
         except psutil.Error:
             pass
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def rss(self) -> int:
-        assert self.proc is not None
+    @staticmethod
+    def _rss_of(proc: psutil.Process) -> int:
         try:
-            return int(psutil.Process(self.proc.pid).memory_info().rss)
+            return int(proc.memory_info().rss)
         except psutil.Error:
             return 0
 
+    def alive(self) -> bool:
+        """Whether every process of the current generation still runs."""
+        return bool(self.procs) and all(p.poll() is None for p in self.procs)
+
+    def rss(self) -> int:
+        return max((self._rss_of(psutil.Process(p.pid)) for p in self.procs), default=0)
+
     def signal(self, sig: signal.Signals, *, in_flight: int | None = None) -> None:
-        """Send `sig`; for SIGKILL also wait for the process to be gone."""
-        assert self.proc is not None
+        """Send `sig` to every process of the generation; for SIGKILL also wait for them to
+        be gone."""
         gen = self.current
         gen.in_flight_at_end = in_flight
         sent = time.time()
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            gen.how = sig.name
-            if sig == signal.SIGKILL:
-                self.proc.wait()
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(sig)
+                gen.how = sig.name
+        if sig == signal.SIGKILL:
+            for p in self.procs:
+                p.wait()
         self._finish(sent)
 
     def _finish(self, sent: float | None = None) -> None:
-        assert self.proc is not None
         gen = self.current
-        if self.proc.poll() is not None and gen.ended is None:
+        if all(p.poll() is not None for p in self.procs) and gen.ended is None:
             gen.ended = time.time()
-            gen.returncode = self.proc.returncode
+            codes = [p.returncode for p in self.procs]
+            gen.returncode = next((c for c in codes if c != 0), 0)
             if gen.how == "running":
                 gen.how = "exit"
             if sent is not None and gen.how not in ("exit", "SIGKILL"):
                 gen.stop_s = gen.ended - sent
 
     def wait(self, timeout: float) -> int:
-        """Wait for the current process to exit; kill it and raise if it takes too long."""
-        assert self.proc is not None
+        """Wait for the generation's processes to exit (the first non-zero exit code, else 0);
+        kill them and raise if it takes too long."""
         sent = time.time() if self.current.how not in ("running", "exit") else None
+        deadline = time.monotonic() + timeout
         try:
-            code = self.proc.wait(timeout=timeout)
+            for p in self.procs:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired as exc:
-            self.proc.kill()
-            self.proc.wait()
+            self.stop()
             msg = f"flow did not exit within {timeout} s; log:\n{self.tail()}"
             raise AssertionError(msg) from exc
         if self.current.ended is None:
             self._finish(sent)
-        return code
+        return self.current.returncode or 0
 
     def stop(self) -> None:
-        """Kill a process still running (cleanup)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        """Kill processes still running (cleanup)."""
+        running = [p for p in self.procs if p.poll() is None]
+        for p in running:
+            p.kill()
+        for p in running:
+            p.wait()
+        if self.procs:
             self._finish()
 
     def tail(self, index: int | None = None, chars: int = 3000) -> str:
-        return self.dep.log(self.log_name(index))[-chars:]
+        gen = self.generations[self.current.index if index is None else index]
+        logs = [self.dep.log(self.log_name(gen.index, i))[-chars:] for i in range(gen.processes)]
+        return "\n".join(logs)
 
 
 # -- workloads with known ids --------------------------------------------------------------
@@ -347,6 +409,14 @@ def write_inputs(dep: Deployment, sent: Sent) -> None:
 
 RUN_TIMEOUT_S = 240
 """How long one end-to-end flow run may take before the test fails (a generous bound)."""
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for `-a` addresses)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def wait_exit(

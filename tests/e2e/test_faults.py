@@ -28,6 +28,8 @@ def _run(name: str, broker: TansuBroker, tmp_path: Path) -> dict:
     "name",
     [
         "storm",
+        "storm_2p",
+        "rescale",
         "graceful",
         "broker_stall",
         "llm_outage",

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from llmsim import LLMSimulator
-from state.stores import ProfileStore, close_all
+from state.stores import ProfileStore, StoreLayout, close_all
 from support import workload
 from support.broker import consume_all, produce
 from support.harness import Deployment, account, prompt_items, requested_ids, wait_exit
@@ -34,7 +34,7 @@ def globex_profile(user: int) -> dict[str, Any]:
 def seed_profiles(dep: Deployment) -> None:
     """Acme profiles for users 0-29 and globex profiles for the same user ids 0-39, in the
     deployment's profile store before the flow starts (so no chat can race its profile)."""
-    store = ProfileStore(dep.workdir / "stores" / "profiles")
+    store = ProfileStore(StoreLayout(dep.workdir / "stores", process=0).profiles)
     store.upsert_many(
         [("acme", f"u-{u:04d}", acme_profile(u), "seed", u) for u in range(WITH_PROFILE)]
         + [("globex", f"u-{u:04d}", globex_profile(u), "seed", u) for u in range(USERS)]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from connectors.reference import ProfileSink, load_profile_seed, parse_profile
+from connectors.reference import apply_records, load_profile_seed, parse_profile
 from core.records import RawRecord
 from state import stores
 from state.stores import ProfileStore, ProfileUpdate
@@ -122,11 +122,9 @@ def write_seed(path: Path, *lines: dict[str, Any]) -> str:
 
 
 def topic_update(store_path: str, offset: int, update: dict[str, Any]) -> None:
-    """One profile update through the flow's sink, as read from the profiles topic."""
-    sink = ProfileSink(store_path).build("profiles_store", 0, 1)
-    sink.write_batch(
-        [RawRecord("reference.profiles", 0, offset, None, json.dumps(update).encode(), "profiles")]
-    )
+    """One profile update as the reference table applies it, read from the profiles topic."""
+    raw = RawRecord("reference.profiles", 0, offset, None, json.dumps(update).encode(), "")
+    apply_records(ProfileStore(store_path), [raw])
 
 
 def test_restart_does_not_roll_a_topic_update_back_to_the_seed(

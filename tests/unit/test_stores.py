@@ -278,6 +278,51 @@ def test_response_cache_round_trip(store_dir: Path) -> None:
     assert ResponseCache(store_dir / "llm-cache").get("fp-1") == answer
 
 
+def test_each_process_has_its_own_directory_and_reads_the_others_caches(store_dir: Path) -> None:
+    """One config, several processes: `StoreLayout` gives each its own directory, and the
+    peers of a process are every other cache there (the pre-layout one included)."""
+    layouts = [stores.StoreLayout(store_dir, i) for i in range(3)]
+    assert len({lay.own for lay in layouts}) == 3
+    for lay in layouts[:2]:
+        ResponseCache(lay.llm_cache)
+    ResponseCache(store_dir / "llm-cache")  # written before stores were per process
+    peers = layouts[0].peer_caches()
+    assert peers == [store_dir / "llm-cache", layouts[1].llm_cache]
+    assert layouts[2].llm_cache not in layouts[1].peer_caches()  # never written: no store
+
+
+def test_a_miss_is_answered_by_a_peer_cache_another_process_holds(store_dir: Path) -> None:
+    """The answer process 1 cached (and still holds, rw) answers process 0 after a rescale;
+    a fingerprint neither has stays a miss."""
+    peer = store_dir / "process-1" / "llm-cache"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from state.stores import ResponseCache; "
+            "ResponseCache(sys.argv[1]).put_many({'fp-peer': {'reply': 'from p1'}}); "
+            "print('ready', flush=True); sys.stdin.read()",
+            str(peer),
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "ready"
+        own = ResponseCache(store_dir / "process-0" / "llm-cache", peers=[peer])
+        own.put_many({"fp-own": {"reply": "from p0"}})
+        assert own.get("fp-peer") == {"reply": "from p1"}
+        assert own.get("fp-own") == {"reply": "from p0"}
+        assert own.get("fp-none") is None
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
 def test_cached_answers_expire_after_the_ttl(store_dir: Path) -> None:
     now = [1000.0]
     cache = ResponseCache(store_dir / "cache", ttl_s=60, clock=lambda: now[0])
