@@ -46,8 +46,10 @@ class StoreError(Exception):
 class StoreLocked(StoreError):
     """Another process holds the store's directory (RocksDB allows one process per path).
 
-    Two processes started with one configuration share `stores.dir`. Give each process its
-    own `stores.dir`, or stop the other process first. Nothing was changed on disk.
+    The processes of one `-i/-a` cluster get their own `stores.dir/process-N` directories;
+    this is another run with the same process index on the same `stores.dir` (a second
+    deployment, or a process of the last run still alive). Stop it, or give this deployment
+    its own `stores.dir`. Nothing was changed on disk.
     """
 
 
@@ -94,8 +96,10 @@ def open_store(path: str | Path, ttl_s: float | None = None) -> Rdict:
                     raise
                 raise StoreLocked(
                     f"state store {key} is locked: another process holds it ({exc}). "
-                    "Two processes must not share one `stores.dir`: give each process its "
-                    "own `stores.dir`, or stop the other process first."
+                    "Each process of a deployment gets its own directory under `stores.dir` "
+                    "by its process index, so this is a second run with the same index on "
+                    "the same `stores.dir`: stop the other process first, or give this "
+                    "deployment its own `stores.dir`."
                 ) from None
             _open[key] = db
         return db
@@ -358,11 +362,42 @@ class ResponseCache:
     ) -> None:
         self.ttl_s = ttl_s
         self.clock = clock
+        self.path = Path(path)
         self.db = open_store(path, ttl_s)
-        self.peers = [open_read_only(p) for p in peers]
+        self._check_format(self.db, self.path, stamped=False)
+        self._stamp_format()
+        self.peers = []
+        for peer in peers:
+            db = open_read_only(peer)
+            self._check_format(db, Path(peer), stamped=True)
+            self.peers.append(db)
         self._compact_every = min(ttl_s / 2, 3600.0)
         self._last_compaction = clock()
         self._lock = threading.Lock()
+
+    FORMAT = b"llm-cache-v1"
+
+    def _check_format(self, db: Rdict, path: Path, *, stamped: bool) -> None:
+        """Refuse a store of another format. Like every entry, the format key expires after
+        the TTL; it is written again at each open and compaction, so a store without it
+        either never had it (before formats, or empty) or was idle for a whole TTL."""
+        found = db.get(_FORMAT_KEY)
+        if found is None:
+            return
+        if stamped:
+            found = found[:-_TTL_SUFFIX]
+        if found != self.FORMAT:
+            raise StoreFormatMismatch(
+                f"LLM response cache {path} holds format "
+                f"{found.decode(errors='replace')!r}, this code needs {self.FORMAT.decode()}. "
+                "Nothing was changed. Move the directory aside (the cached answers in it may "
+                "then be requested again after a replay) or run the version that wrote it."
+            )
+
+    def _stamp_format(self) -> None:
+        wb = WriteBatch(raw_mode=True)
+        wb.put(_FORMAT_KEY, self.FORMAT)
+        self.db.write(wb)
 
     def get(self, fingerprint: str) -> dict[str, Any] | None:
         key = fingerprint.encode()
@@ -396,5 +431,6 @@ class ResponseCache:
             if now - self._last_compaction < self._compact_every:
                 return
             self._last_compaction = now
+        self._stamp_format()  # keeps the format key younger than the TTL
         # Compaction is where RocksDB's TTL mode drops expired answers from disk.
         self.db.compact_range(None, None)

@@ -323,6 +323,16 @@ def test_a_miss_is_answered_by_a_peer_cache_another_process_holds(store_dir: Pat
         holder.wait(timeout=30)
 
 
+def test_a_cache_of_another_format_is_refused(store_dir: Path) -> None:
+    path = store_dir / "llm-cache"
+    ResponseCache(path).db.put(b"__meta__/format", b"llm-cache-v0")
+    stores.close_all()
+    with pytest.raises(StoreFormatMismatch, match="llm-cache-v0"):
+        ResponseCache(path)
+    with pytest.raises(StoreFormatMismatch, match="llm-cache-v0"):
+        ResponseCache(store_dir / "own", peers=[path])  # read-only, as a peer
+
+
 def test_cached_answers_expire_after_the_ttl(store_dir: Path) -> None:
     now = [1000.0]
     cache = ResponseCache(store_dir / "cache", ttl_s=60, clock=lambda: now[0])
@@ -341,4 +351,4 @@ def test_compaction_drops_expired_answers_from_disk(store_dir: Path) -> None:
     time.sleep(2.1)
     cache.put_many({"new": {"reply": "y"}})  # more than half a TTL later: compacts
     keys = list(cache.db.keys())
-    assert keys == [b"new"]
+    assert keys == [b"__meta__/format", b"new"]  # the format key is written again
