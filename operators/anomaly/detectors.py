@@ -10,6 +10,13 @@ Every detector here has the same small contract:
 - Memory is bounded by constructor parameters (window lengths, capped dictionaries), never by
   the length of the series.
 
+The detectors the ensemble snapshots also have `pack()`: the same state as bytes (floats as
+little-endian IEEE doubles, exact; integers in the narrowest type that holds them), of which
+the series snapshot (`series.EnsembleSeries.state`) is made, and `unpack(packed)`, which turns
+it back into the `state()` layout so that one constructor serves both. A `RankShift`'s window
+of means is not packed at all: `RankTape` records what rebuilds it (2 bytes a reading instead
+of 8).
+
 No runtime, no clock, no numpy: the pipeline (`operators.anomaly`) and the benchmark
 (`bench.nab`) drive the same classes.
 """
@@ -17,10 +24,56 @@ No runtime, no clock, no numpy: the pipeline (`operators.anomaly`) and the bench
 from __future__ import annotations
 
 import math
+import sys
 from array import array
 from bisect import bisect_left
 from collections import deque
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+UNRANKED = 0xFFFF
+"""`RankTape` code of a reading that was not ranked (the first value of a seasonal slot)."""
+
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def _le(a: array[Any]) -> bytes:
+    """The array's bytes little-endian whatever the machine: as portable as pickled numbers."""
+    if _BIG_ENDIAN:
+        a = array(a.typecode, a)
+        a.byteswap()
+    return a.tobytes()
+
+
+def _from_le(a: array[Any], packed: bytes) -> array[Any]:
+    a.frombytes(packed)
+    if _BIG_ENDIAN:
+        a.byteswap()
+    return a
+
+
+def pack_floats(values: Iterable[float]) -> bytes:
+    """Floats as little-endian doubles: exact, 8 bytes each (a pickled float takes 9)."""
+    return _le(array("d", values))
+
+
+def unpack_floats(packed: bytes) -> array[float]:
+    return _from_le(array("d"), packed)
+
+
+def pack_ints(values: Iterable[int]) -> bytes:
+    """Integers in the narrowest signed type that holds them all, its type code first."""
+    vals = list(values)
+    lo, hi = min(vals, default=0), max(vals, default=0)
+    for code in "bhiq":
+        bound = 1 << (8 * array(code).itemsize - 1)
+        if -bound <= lo and hi < bound:
+            break
+    return code.encode() + _le(array(code, vals))
+
+
+def unpack_ints(packed: bytes) -> array[int]:
+    return _from_le(array(chr(packed[0])), packed[1:])
 
 
 class Range:
@@ -162,6 +215,32 @@ class ContextNovelty:
     def state(self) -> tuple[Any, ...]:
         return (self.range.state(), self.hist, tuple(self.mem.items()), self.t)
 
+    def pack(self) -> tuple[Any, ...]:
+        """`state()` with the memory as three packed arrays, least recently seen first: each
+        pair's length, the pairs' levels end to end, and how many readings ago each was seen
+        (small numbers, so usually one or two bytes each)."""
+        mem, t = self.mem, self.t
+        return (
+            self.range.state(),
+            self.hist,
+            pack_ints(len(key) for key in mem),
+            pack_ints(level for key in mem for level in key),
+            pack_ints(t - seen for seen in mem.values()),
+            t,
+        )
+
+    @staticmethod
+    def unpack(packed: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The `state()` layout of a `pack()`."""
+        rng, hist, lengths, levels, ages, t = packed
+        flat = unpack_ints(levels)
+        mem = []
+        i = 0
+        for length, age in zip(unpack_ints(lengths), unpack_ints(ages), strict=True):
+            mem.append((tuple(flat[i : i + length]), t - age))
+            i += length
+        return (rng, hist, tuple(mem), t)
+
 
 class Rank:
     """Where a value ranks among the last `window` values: the share of them strictly below it.
@@ -174,16 +253,22 @@ class Rank:
 
     __slots__ = ("head", "ring", "sorted", "window")
 
-    def __init__(self, window: int = 1500, state: tuple[float, ...] | None = None) -> None:
+    def __init__(self, window: int = 1500, state: Sequence[float] | None = None) -> None:
         self.window = window
-        vals = tuple(state or ())[-window:]
-        self.ring = array("d", vals)
+        self.ring = array("d", state or ())[-window:]
         self.head = 0  # index of the oldest value once the ring is full
-        self.sorted = array("d", sorted(vals))
+        self.sorted = array("d", sorted(self.ring))
+
+    def __len__(self) -> int:
+        return len(self.sorted)
 
     def rank(self, x: float) -> float:
         n = len(self.sorted)
         return bisect_left(self.sorted, x) / n if n else 0.0
+
+    def below(self, x: float) -> int:
+        """How many values in the window are strictly below `x` (`rank` times the length)."""
+        return bisect_left(self.sorted, x)
 
     def push(self, x: float) -> None:
         srt = self.sorted
@@ -200,6 +285,11 @@ class Rank:
         """The window oldest first (a copy)."""
         h = self.head
         return tuple(self.ring[h:]) + tuple(self.ring[:h])
+
+    def pack(self) -> bytes:
+        """`state()` as packed doubles."""
+        h = self.head
+        return pack_floats(self.ring[h:] + self.ring[:h])
 
 
 class SeasonalResidual:
@@ -239,19 +329,46 @@ class SeasonalResidual:
         return self.slot_mean.get(self._slot(ts))
 
     def update(self, x: float, ts: float) -> float:
+        return self.update_coded(x, ts)[0]
+
+    def update_coded(self, x: float, ts: float) -> tuple[float, int]:
+        """`update`, and the score's `RankTape` code: the count of residuals in the window
+        below this one (the score is that count over the window's length), or `UNRANKED` for
+        a slot's first value, which scores 0 and joins no window."""
         slot = self._slot(ts)
         mean = self.slot_mean.get(slot)
         if mean is None:
             self.slot_mean[slot] = x
-            return 0.0
+            return 0.0, UNRANKED
         r = abs(x - mean)
-        score = self.rank.rank(r)
-        self.rank.push(r)
+        rank = self.rank
+        below = rank.below(r)
+        n = len(rank.sorted)
+        rank.push(r)
         self.slot_mean[slot] = mean + self.alpha * (x - mean)
-        return score
+        return (below / n if n else 0.0), below
 
     def state(self) -> tuple[Any, ...]:
         return (tuple(self.slot_mean.items()), self.rank.state())
+
+    def pack(self) -> tuple[bytes, bytes, bytes]:
+        """`state()` packed: a bit mask of the slots that have a mean, their means in slot
+        order, the ranking window."""
+        slots = sorted(self.slot_mean)
+        mask = 0
+        for slot in slots:
+            mask |= 1 << slot
+        width = slots[-1] // 8 + 1 if slots else 0
+        means = pack_floats(self.slot_mean[slot] for slot in slots)
+        return (mask.to_bytes(width, "little"), means, self.rank.pack())
+
+    @staticmethod
+    def unpack(packed: tuple[bytes, bytes, bytes]) -> tuple[Any, ...]:
+        """The `state()` layout of a `pack()`."""
+        mask_bytes, means, ranks = packed
+        mask = int.from_bytes(mask_bytes, "little")
+        slots = [i for i in range(8 * len(mask_bytes)) if mask >> i & 1]
+        return (tuple(zip(slots, unpack_floats(means), strict=True)), unpack_floats(ranks))
 
 
 class RankShift:
@@ -283,7 +400,24 @@ class RankShift:
         self.rank = Rank(window, ranks)
 
     def update(self, r: float) -> float:
-        z = -math.log(max(1.0 - r, self._FLOOR))
+        mean = self.advance(self.surprise(r))
+        if mean is None:
+            return 0.0
+        score = self.rank.rank(mean)
+        self.rank.push(mean)
+        return score
+
+    @staticmethod
+    def surprise(r: float, _log: Any = math.log, _floor: float = _FLOOR) -> float:
+        """A rank's surprise -ln(1 - r), capped (the defaults bind the names once: this runs
+        per reading and per code of a replay)."""
+        d = 1.0 - r
+        return -_log(d if d > _floor else _floor)
+
+    def advance(self, z: float) -> float | None:
+        """Fold one surprise into the running sum, without ranking: the mean of the last
+        `span` surprises, or None while fewer have come. `update` and a `RankTape` replay
+        both go through here, so both add and subtract the same floats in the same order."""
         ring = self.ring
         if len(ring) == self.span:
             self.total -= ring[0]
@@ -291,11 +425,188 @@ class RankShift:
         self.total += z
         self.n += 1
         if self.n <= self.span:
-            return 0.0
-        mean = self.total / self.span
-        score = self.rank.rank(mean)
-        self.rank.push(mean)
-        return score
+            return None
+        return self.total / self.span
 
     def state(self) -> tuple[Any, ...]:
         return (tuple(self.ring), self.total, self.n, self.rank.state())
+
+
+_CHECKPOINT_EVERY = 64
+"""Readings between two `RankTape` checkpoints: at most this many codes more per snapshot,
+and one (reading, total) pair per interval of the window held in memory."""
+
+
+class RankTape:
+    """The ranks a `RankShift` was fed, 2 bytes a reading: all it takes to rebuild it exactly.
+
+    The ensemble's shift detector is fed the rank k / n of each seasonal residual: k residuals
+    of the n in the seasonal window are below it (or 0 for a slot's first value, which is not
+    ranked). The tape keeps k (or `UNRANKED`) as one 16-bit code per reading (k <= n <=
+    `ranked`, the seasonal window's length, at most 20,000); n is not kept: it is `n0` at the
+    first code and grows by one after each ranked code until the window is full. So the
+    tape gives back every rank bit for bit, and replaying them through `RankShift.advance`
+    from a checkpoint (a reading c and the shift's running total after it) repeats the live
+    detector's float operations in the same order: the same ring, total and window of means.
+
+    A checkpoint is taken every `_CHECKPOINT_EVERY` readings. The tape starts `span` readings
+    before the newest checkpoint from which a replay still regenerates the whole window of
+    means (c <= max(span, readings - window)), so it holds at most window + span +
+    `_CHECKPOINT_EVERY` codes. A tape started on a detector that has history but no tape (one
+    resumed from an older snapshot) carries that detector's ring and means explicitly
+    (`ring0`, `means0`) until a checkpoint after it can be used.
+
+    State (`pack()`): the parameters, the first code's reading and seasonal window length, the
+    codes, the checkpoint and the explicit ring and means (empty once the tape covers them).
+    """
+
+    __slots__ = (
+        "base",
+        "codes",
+        "means0",
+        "n0",
+        "pending",
+        "ranked",
+        "ring0",
+        "span",
+        "start",
+        "window",
+    )
+
+    def __init__(
+        self,
+        span: int,
+        window: int,
+        ranked: int,
+        start: int,
+        n0: int,
+        codes: array[int],
+        base: tuple[int, float],
+        ring0: tuple[float, ...] = (),
+        means0: Sequence[float] = (),
+    ) -> None:
+        self.span = span
+        self.window = window  # the shift detector's window of means
+        self.ranked = ranked  # the seasonal window the codes count in
+        self.start = start  # reading number (1 = the series' first) of codes[0]
+        self.n0 = n0  # length of the seasonal window when codes[0] was ranked
+        self.codes = codes
+        self.base = base
+        self.ring0 = ring0
+        self.means0 = array("d", means0)
+        # Checkpoints after `base`, not usable yet (a replay from them misses part of the
+        # window); not snapshotted: a replay from `base` passes them and takes them again.
+        self.pending: deque[tuple[int, float]] = deque()
+
+    @classmethod
+    def after(cls, shift: RankShift, ranked: int, n0: int) -> RankTape:
+        """A tape for `shift` from its next reading on (`n0`: the seasonal window's length)."""
+        return cls(
+            shift.span,
+            shift.rank.window,
+            ranked,
+            shift.n + 1,
+            n0,
+            array("H"),
+            (shift.n, shift.total),
+            tuple(shift.ring),
+            shift.rank.state(),
+        )
+
+    def record(self, code: int, shift: RankShift) -> None:
+        """Append the code of the rank `shift` has just been updated with."""
+        self.codes.append(code)
+        self._checkpoint(shift)
+        # A replay from checkpoint c regenerates the window of means if c <= limit.
+        limit = max(self.span, shift.n - self.window)
+        pending = self.pending
+        if pending and pending[0][0] <= limit:
+            self._rebase(limit)
+
+    def _checkpoint(self, shift: RankShift) -> None:
+        n = shift.n
+        # In reach only if its ring (the `span` readings up to it) is on the tape.
+        if n % _CHECKPOINT_EVERY == 0 and max(n - self.span, 0) + 1 >= self.start:
+            self.pending.append((n, shift.total))
+
+    def _rebase(self, limit: int) -> None:
+        """Move to the newest checkpoint at or before `limit` and drop the codes before it."""
+        pending = self.pending
+        while pending and pending[0][0] <= limit:
+            self.base = pending.popleft()
+        self.ring0, self.means0 = (), array("d")
+        start = max(self.base[0] - self.span, 0) + 1
+        drop = start - self.start
+        n0, cap = self.n0, self.ranked
+        for code in self.codes[:drop]:
+            if code != UNRANKED and n0 < cap:
+                n0 += 1
+        del self.codes[:drop]
+        self.n0, self.start = n0, start
+
+    def resume(self) -> RankShift:
+        """The `RankShift` the codes were recorded from, as it stands after the last one.
+
+        Replays the codes after the checkpoint and takes the checkpoints after it again, so
+        this tape goes on exactly as the live one would.
+        """
+        zs = list(map(RankShift.surprise, self._ranks()))
+        c, total = self.base
+        k = c - self.start + 1  # codes up to the checkpoint: its ring (none in `ring0` mode)
+        shift = RankShift(self.span, self.window, ((*self.ring0, *zs[:k]), total, c, ()))
+        self.pending.clear()
+        means = list(self.means0)
+        advance = shift.advance
+        # Checkpoint-sized segments: `_checkpoint` only needs to look where one may fall.
+        while k < len(zs):
+            step = _CHECKPOINT_EVERY - shift.n % _CHECKPOINT_EVERY
+            means.extend(m for m in map(advance, zs[k : k + step]) if m is not None)
+            k += step
+            self._checkpoint(shift)
+        shift.rank = Rank(self.window, means)
+        return shift
+
+    def _ranks(self) -> list[float]:
+        """The ranks the codes stand for, k / n, as `SeasonalResidual.update_coded` scored."""
+        n, cap = self.n0, self.ranked
+        if n == cap:  # the seasonal window was full from the first code on (a warmed series)
+            return [0.0 if code == UNRANKED else code / cap for code in self.codes]
+        ranks = []
+        for code in self.codes:
+            if code == UNRANKED:
+                ranks.append(0.0)
+                continue
+            ranks.append(code / n if n else 0.0)
+            if n < cap:
+                n += 1
+        return ranks
+
+    def pack(self) -> tuple[Any, ...]:
+        c, total = self.base
+        return (
+            self.span,
+            self.window,
+            self.ranked,
+            self.start,
+            self.n0,
+            _le(self.codes),
+            c,
+            total,
+            pack_floats(self.ring0),
+            pack_floats(self.means0),
+        )
+
+    @classmethod
+    def unpack(cls, packed: tuple[Any, ...]) -> RankTape:
+        span, window, ranked, start, n0, codes, c, total, ring0, means0 = packed
+        return cls(
+            span,
+            window,
+            ranked,
+            start,
+            n0,
+            _from_le(array("H"), codes),
+            (c, total),
+            tuple(unpack_floats(ring0)),
+            unpack_floats(means0),
+        )
