@@ -14,7 +14,7 @@ from config.models import AnomalyConfig
 from core.records import Alert, Event, Kind
 from operators.anomaly import EntityDetector
 from operators.anomaly.detectors import ContextNovelty, Rank, RankShift, SeasonalResidual
-from operators.anomaly.series import EnsembleSeries, EwmaSeries, make_series
+from operators.anomaly.series import EnsembleSeries, EwmaSeries, legacy_state, make_series
 
 T0 = 1_700_000_000.0 - (1_700_000_000.0 % 86_400)  # midnight UTC
 STEP = 300.0  # five-minute readings: one per seasonal slot
@@ -200,7 +200,7 @@ def test_ensemble_resumes_a_snapshot_from_before_component_rest() -> None:
     cfg = ens_cfg()
     live = EnsembleSeries(cfg)
     feed(live, 400)
-    old = live.state()[:7]  # the layout without per-component rest
+    old = legacy_state(live)[:7]  # the layout without per-component rest
     resumed = EnsembleSeries(cfg, old)
     assert resumed.n == live.n == 400
     assert resumed.comp_hit == [None, None, None] and resumed.comp_peak == [0.0, 0.0, 0.0]
@@ -250,7 +250,7 @@ def test_ensemble_state_is_bounded() -> None:
     rnd = random.Random(9)
     for i in range(3000):
         det.update(T0 + i * 37.0, rnd.random() * 1000)
-    season, shift, contexts, *_ = det.state()
+    season, shift, contexts, *_ = legacy_state(det)
     assert len(season[0]) <= 24 and len(season[1]) == 100
     assert len(shift[0]) == cfg.shift_span and len(shift[3]) == 100
     assert len(contexts) == len(cfg.context_levels)
