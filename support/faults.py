@@ -18,7 +18,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ from support.harness import (
     TopicCounter,
     check,
     flow_metrics,
+    free_port,
     write_inputs,
 )
 
@@ -77,12 +77,6 @@ class Outcome:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_for(pred: Callable[[], bool], timeout_s: float, every_s: float = 0.2) -> bool:
@@ -333,7 +327,7 @@ def broker_stall(ctx: Ctx) -> Outcome:
     shows in the metrics (`contextstream_output_stalled`) and in the log."""
     pause_s = 12.0 if ctx.quick else 60.0
     n = 20_000 if ctx.quick else 100_000
-    port = _free_port()
+    port = free_port()
     env = _api_env(ctx, port)
     # Messages time out well inside the pause (quick), so the sink's re-produce path runs.
     kafka = "delivery_timeout_ms = 4000" if ctx.quick else ""
@@ -423,7 +417,7 @@ def llm_outage(ctx: Ctx) -> Outcome:
     hang_s = 0.0 if ctx.quick else 30.0
     n_chat = 1_500 if ctx.quick else 6_000
     max_held = 10_000
-    port = _free_port()
+    port = free_port()
     env = _api_env(ctx, port)
     with _sim(latency_ms=50, max_concurrency=64) as sim:
         dep = _new_dep(
