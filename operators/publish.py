@@ -3,16 +3,22 @@
 Every output record carries the ids of the events it answers (`event_id`, `event_ids` or
 `item_id`), so consumers can drop the duplicates that at-least-once delivery allows after a
 recovery. Output keys are `tenant/entity`, so one entity's records stay in one partition.
+
+Each sink is wrapped in `HoldThreadState`, which keeps its worker thread's Python thread
+state alive while the sink partition lives (see there): in a `-i/-a` cluster Bytewax runs
+its workers on threads of its own, and without a held thread state every step of such a
+worker created and destroyed one.
 """
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
-from bytewax.outputs import DynamicSink
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from core.records import KV, Alert, Audit, DeadLetter, LedgerEntry, Response, dumps
 from runtime import metrics
@@ -68,6 +74,50 @@ def audit_kv(audit: Audit) -> KV:
     return _kv(r["tenant"], r)
 
 
+class _HeldPartition(StatelessSinkPartition[KV]):
+    """A sink partition holding one `PyGILState_Ensure` of its worker thread until closed."""
+
+    def __init__(self, inner: StatelessSinkPartition[KV], gil_state: int) -> None:
+        self.inner = inner
+        self._gil_state: int | None = gil_state
+
+    def write_batch(self, items: list[KV]) -> None:
+        self.inner.write_batch(items)
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            if self._gil_state is not None:
+                ctypes.pythonapi.PyGILState_Release(ctypes.c_int(self._gil_state))
+                self._gil_state = None
+
+
+class HoldThreadState(DynamicSink[KV]):
+    """`sink`, whose partitions keep their worker thread's Python thread state alive.
+
+    Bytewax calls into Python from its worker threads with PyO3's `with_gil`, i.e.
+    `PyGILState_Ensure`/`Release`. On a thread that Python did not create (every worker of a
+    `-i/-a` cluster, and any worker beyond the first) nothing else holds a thread state, so
+    each release dropped it and the next call made a new one: a `gettid` and an mmap/munmap
+    of its frame stack (with the TLB shootdowns that brings) per operator activation, about
+    157,000 of each over 100,000 events, which cost a two-process cluster about as much CPU
+    as the events themselves (`bench/scale.py`). Bytewax builds every sink partition on its
+    worker thread when the dataflow starts and closes it there when the dataflow ends, so
+    one extra `PyGILState_Ensure` at `build`, released at `close`, keeps one thread state
+    for the worker's whole run. On a thread Python created (the main thread of a single
+    process) the extra count changes nothing. A run that aborts skips `close`; the thread
+    state then lives until the interpreter exits, as a daemon thread's does.
+    """
+
+    def __init__(self, sink: DynamicSink[KV]) -> None:
+        self.sink = sink
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _HeldPartition:
+        part = self.sink.build(step_id, worker_index, worker_count)
+        return _HeldPartition(part, ctypes.pythonapi.PyGILState_Ensure())
+
+
 @operator
 def publish_batches(
     step_id: str, up: Stream[X], to_kvs: Callable[[list[X]], list[KV]], sink: DynamicSink[KV]
@@ -90,7 +140,7 @@ def publish_batches(
     >>> [(key, json.loads(value)["route"]) for key, value in out]
     [(b'acme/s1', 'chat_reply'), (b'acme/s1', 'duplicate')]
     """
-    op.output("write", op.flat_map_batch("serialize", up, to_kvs), sink)
+    op.output("write", op.flat_map_batch("serialize", up, to_kvs), HoldThreadState(sink))
 
 
 @operator
@@ -111,4 +161,4 @@ def publish(step_id: str, up: Stream[X], to_kv: Callable[[X], KV], sink: Dynamic
     [(b'acme', '{oops')]
     """
     serialized = op.flat_map_batch("serialize", up, lambda batch: [to_kv(x) for x in batch])
-    op.output("write", serialized, sink)
+    op.output("write", serialized, HoldThreadState(sink))
