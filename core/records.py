@@ -4,11 +4,31 @@ Between workers only plain data travels (tuples, dataclasses of str/float/int, d
 pydantic objects: pickling them between processes costs more than the work itself. The
 canonical event is validated with pydantic once, at the edge (`operators.validate`), and then
 carried as the frozen `Event` dataclass below.
+
+The two records that cross between the processes of a cluster, `Event` (to the keyed steps)
+and `WorkItem` (to the LLM stage), pickle as one flat tuple of their fields (`__reduce__`).
+Bytewax pickles every item it sends to another process separately, and twice (once to size
+the message, once to write it); a slotted dataclass pickles through `_dataclass_getstate`,
+`_dataclass_setstate` and, for `Event.kind`, `Enum.__reduce_ex__`, all Python-level calls, so
+the default took about 22 us per event and the tuple takes about 8 (`bench/scale.py`).
+Work items are rebuilt by their class, so the LLM stage's snapshots read the same before and
+after this change.
+
+>>> import pickle
+>>> event = Event("m1", "chat[0]@0", "acme", Kind.CHAT, "s1", 0.0, {"text": "hi"}, 0.0, 1)
+>>> again = pickle.loads(pickle.dumps(event))
+>>> again == event, again.kind is Kind.CHAT
+(True, True)
+>>> item = WorkItem("m1", ("m1",), "acme", "s1", "u1", "chat_reply", "chat[0]@0",
+...                 {"text": "hi"}, {"memory": []}, 0.0, 1, ("prompt_injection",))
+>>> pickle.loads(pickle.dumps((item,))) == (item,)
+True
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -72,6 +92,46 @@ class Event:
     def key(self) -> str:
         """Key for keyed state: the entity, scoped to its tenant."""
         return f"{self.tenant}/{self.entity}"
+
+    def __reduce__(self) -> tuple[Callable[..., Event], tuple[Any, ...]]:
+        # The kind travels as its value: pickling the enum member would call back into
+        # Python on both sides (see the module docstring).
+        return (
+            _event,
+            (
+                self.event_id,
+                self.source,
+                self.tenant,
+                self.kind._value_,
+                self.entity,
+                self.ts,
+                self.payload,
+                self.ingest_ts,
+                self.redactions,
+                self.flags,
+            ),
+        )
+
+
+_KIND_OF: dict[str, Kind] = {k.value: k for k in Kind}
+
+
+def _event(
+    event_id: str,
+    source: str,
+    tenant: str,
+    kind: str,
+    entity: str,
+    ts: float,
+    payload: dict[str, Any],
+    ingest_ts: float,
+    redactions: int,
+    flags: tuple[str, ...],
+) -> Event:
+    """An `Event` from the tuple of `Event.__reduce__`."""
+    return Event(
+        event_id, source, tenant, _KIND_OF[kind], entity, ts, payload, ingest_ts, redactions, flags
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +242,27 @@ class WorkItem:
     ingest_ts: float
     redactions: int = 0
     flags: tuple[str, ...] = ()
+
+    def __reduce__(self) -> tuple[type[WorkItem], tuple[Any, ...]]:
+        # The class itself rebuilds it, so the LLM stage's snapshots (tuples of work items)
+        # stay readable by code before and after this method.
+        return (
+            WorkItem,
+            (
+                self.item_id,
+                self.event_ids,
+                self.tenant,
+                self.entity,
+                self.profile_id,
+                self.task,
+                self.source,
+                self.data,
+                self.context,
+                self.ingest_ts,
+                self.redactions,
+                self.flags,
+            ),
+        )
 
 
 @dataclass(frozen=True)
