@@ -97,11 +97,14 @@ def timed_flow(config: str, result_path: str) -> Dataflow:
 
     For `python -m bytewax.run "bench.scale:timed_flow('cfg.toml', 'r.json')" [-i -a]`.
     Wall-clock stamps (`time.time()`), so the parent can compare the processes of a cluster.
+    Creates `<result_path>.built` once the flow is built (the parent starts the next process
+    of the cluster then).
     """
     from flows.pipeline import build
 
     flow = build(config)
     built_at, built_cpu = time.time(), cpu_seconds()
+    Path(result_path + ".built").touch()
 
     def report() -> None:
         result = {
@@ -171,12 +174,22 @@ class Run:
         return self.profiles_found / self.chat_items if self.chat_items else 0.0
 
 
-def start_cluster(dep: Deployment, processes: int, tag: str) -> list[tuple[Any, Path]]:
-    """`processes` timed flow processes of one cluster on `dep`'s config, recovery on."""
+def start_cluster(
+    dep: Deployment, processes: int, tag: str, started: list[tuple[subprocess.Popen[bytes], Path]]
+) -> None:
+    """`processes` timed flow processes of one cluster on `dep`'s config, recovery on, each
+    appended to `started` as `(process, result file)`.
+
+    Each process starts once the one before it has built its flow, so it finds the lower
+    processes listening: timely's networking sleeps 1 s before retrying a refused connection,
+    which would put a second of chance into a ten-second run (the run is timed from the
+    last process built anyway).
+    """
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPENAI_API_KEY": "sim-key"}
-    started = []
     for i in range(processes):
+        if started:
+            wait_built(*started[-1])
         result = dep.workdir / f"result-p{i}.json"
         call = f"bench.scale:timed_flow({str(dep.config)!r}, {str(result)!r})"
         cmd = [sys.executable, "-m", "bytewax.run", call, "-r", str(dep.recovery)]
@@ -186,7 +199,17 @@ def start_cluster(dep: Deployment, processes: int, tag: str) -> list[tuple[Any, 
         log = open(dep.workdir / f"{tag}-p{i}.log", "wb")  # noqa: SIM115 - owned by the child
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
         started.append((proc, result))
-    return started
+
+
+def wait_built(proc: subprocess.Popen[bytes], result: Path) -> None:
+    """Wait until `proc` has built its flow (its `.built` marker exists)."""
+    marker = Path(f"{result}.built")
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not marker.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            msg = f"flow process {proc.args!r} did not build its flow ({proc.poll()})"
+            raise RuntimeError(msg)
+        time.sleep(0.05)  # poll interval
 
 
 def run_once(
@@ -213,9 +236,10 @@ def run_once(
     sim.reset_log()
     broker_proc = psutil.Process(broker.pid)
     broker_cpu, own_cpu = sum(broker_proc.cpu_times()[:2]), cpu_seconds()
-    procs = start_cluster(dep, processes, workdir.name)
-    deadline = time.monotonic() + RUN_TIMEOUT_S
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
     try:
+        start_cluster(dep, processes, workdir.name, procs)
+        deadline = time.monotonic() + RUN_TIMEOUT_S
         for proc, _ in procs:
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
     finally:
