@@ -203,7 +203,8 @@ def build_flow(
 
         def executor() -> LLMExecutor:
             peers = tuple(str(p) for p in layout.peer_caches())
-            return shared_executor(llm_cfg, base_url, str(layout.llm_cache), peers)
+            chars = settings.memory.max_chars_per_turn
+            return shared_executor(llm_cfg, base_url, str(layout.llm_cache), peers, chars)
 
     backpressure.configure(settings.llm.max_pending_items)
     router = Router(settings.llm.routes)

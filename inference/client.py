@@ -29,6 +29,7 @@ import openai
 from config.models import LLMConfig, TaskConfig
 from core.records import WorkItem
 from inference import prompts
+from inference.conversation import reply_of, with_replies
 from inference.limits import BreakerState, Limiter, Outcome
 from runtime import metrics
 from state.stores import ResponseCache
@@ -88,9 +89,11 @@ class LLMExecutor:
         *,
         sleep: Sleep = time.sleep,
         rng: random.Random | None = None,
+        reply_chars: int = 1000,
     ) -> None:
         self.cfg = cfg
         self.cache = cache
+        self.reply_chars = reply_chars
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.client = openai.OpenAI(
@@ -139,6 +142,10 @@ class LLMExecutor:
             else:
                 todo.append(item)
         if hits:
+            # A replayed answer may come from another process's cache: record its reply here.
+            answers = [(a.item, a.answer) for a in out.answered]
+            replies = [reply_of(task.schema_name, i, a) for i, a in answers]
+            self.cache.put_many({}, [r for r in replies if r])
             out.audits.append(self._audit(task, hits, outcome="cache_hit", cache_hit=True))
         if not todo:
             return out
@@ -157,7 +164,8 @@ class LLMExecutor:
         reask: bool,
     ) -> None:
         ids = [i.item_id for i in items]
-        messages = prompts.build_messages(task.schema_name, items)
+        shown = [with_replies(i, self.cache, self.reply_chars) for i in items]
+        messages = prompts.build_messages(task.schema_name, shown)
         started = time.monotonic()
         try:
             content, usage, attempts = self._call_with_retries(task, messages, ids)
@@ -178,9 +186,11 @@ class LLMExecutor:
             )
             return
         ok, bad = prompts.parse_answers(task.schema_name, content, ids)
-        # Persist before anything is emitted: this is what makes a replay free.
-        self.cache.put_many({fps[i]: a for i, a in ok.items()})
         by_id = {i.item_id: i for i in items}
+        # Persist before anything is emitted: this is what makes a replay free, and what puts
+        # the replies into the memory of the session's next prompts.
+        replies = [reply_of(task.schema_name, by_id[i], a) for i, a in ok.items()]
+        self.cache.put_many({fps[i]: a for i, a in ok.items()}, [r for r in replies if r])
         out.answered.extend(Answered(by_id[i], a, cached=False) for i, a in ok.items())
         out.audits.append(
             self._audit(
@@ -352,17 +362,22 @@ _exec_lock = threading.Lock()
 
 
 def shared_executor(
-    cfg: LLMConfig, base_url: str | None, cache_path: str, peers: tuple[str, ...] = ()
+    cfg: LLMConfig,
+    base_url: str | None,
+    cache_path: str,
+    peers: tuple[str, ...] = (),
+    reply_chars: int = 1000,
 ) -> LLMExecutor:
     """The process-wide executor for this config (one pool, so one concurrency cap).
 
-    `peers` are other processes' caches, consulted read-only on a miss (`ResponseCache`).
+    `peers` are other processes' caches, consulted read-only on a miss (`ResponseCache`);
+    `reply_chars` cuts the replies put into prompts' memory (`memory.max_chars_per_turn`).
     """
-    key = (cfg, base_url, cache_path, peers)
+    key = (cfg, base_url, cache_path, peers, reply_chars)
     with _exec_lock:
         ex = _executors.get(key)
         if ex is None:
             cache = ResponseCache(cache_path, cfg.cache_ttl_s, peers=peers)
-            ex = LLMExecutor(cfg, base_url, cache)
+            ex = LLMExecutor(cfg, base_url, cache, reply_chars=reply_chars)
             _executors[key] = ex
         return ex

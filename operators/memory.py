@@ -83,7 +83,9 @@ class Memory:
             }
         if len(text) > limit:
             text = text[: limit - 1] + "…"
-        return {"role": role, "text": text, "ts": event.ts}
+        # The id lets the LLM stage put the assistant's reply after the turn
+        # (`inference.conversation`).
+        return {"role": role, "text": text, "ts": event.ts, "id": event.event_id}
 
     def observe(self, event: Event, now: float) -> tuple[Turn, ...]:
         """Return the memory before `event`, then remember it."""

@@ -338,6 +338,27 @@ class StoreLayout:
         return [p for p in found if (p / "CURRENT").exists() and p.resolve() != own]
 
 
+class Reply(NamedTuple):
+    """The assistant's reply to one turn of a conversation, kept in the response cache.
+
+    Keyed by tenant, entity (the conversation) and the turn's id (its event id), encoded as a
+    JSON array after a prefix no fingerprint has, so no ids can collide. The first reply
+    recorded for a turn is kept: a replay that emits the turn's answer again adds nothing.
+    """
+
+    tenant: str
+    entity: str
+    turn_id: str
+    text: str
+
+    def key(self) -> bytes:
+        ids = json.dumps([self.tenant, self.entity, self.turn_id], separators=(",", ":"))
+        return _REPLY_PREFIX + ids.encode()
+
+
+_REPLY_PREFIX = b"reply\x00"
+
+
 _TTL_SUFFIX = 4
 """Bytes RocksDB's TTL mode appends to each value (its write time), visible to a read-only
 handle, which opens the store without TTL mode."""
@@ -416,15 +437,41 @@ class ResponseCache:
         answer: dict[str, Any] = doc["a"]
         return answer
 
-    def put_many(self, entries: dict[str, dict[str, Any]]) -> None:
-        if not entries:
-            return
+    def put_many(self, entries: dict[str, dict[str, Any]], replies: Iterable[Reply] = ()) -> None:
+        """Write answers by fingerprint and, in the same batch, the conversation replies
+        among them (first reply per turn wins, see `Reply`)."""
         now = self.clock()
         wb = WriteBatch(raw_mode=True)
         for fp, answer in entries.items():
             wb.put(fp.encode(), _dump({"a": answer, "t": now}))
+        added = 0
+        for reply in replies:
+            key = reply.key()
+            if self.db.get(key) is None:
+                wb.put(key, _dump({"r": reply.text, "t": now}))
+                added += 1
+        if not entries and not added:
+            return
         self.db.write(wb)
         self._maybe_compact(now)
+
+    def replies(self, tenant: str, entity: str, turn_ids: Iterable[str]) -> dict[str, str]:
+        """The recorded replies to `turn_ids` of the conversation `tenant/entity`, by turn id
+        (here, then in the peer caches as they were at open)."""
+        found: dict[str, str] = {}
+        for turn_id in turn_ids:
+            key = Reply(tenant, entity, turn_id, "").key()
+            raw = self.db.get(key)
+            if raw is None:
+                for peer in self.peers:
+                    hit = peer.get(key)
+                    if hit is not None:
+                        raw = hit[:-_TTL_SUFFIX]
+                        break
+                else:
+                    continue
+            found[turn_id] = json.loads(raw)["r"]
+        return found
 
     def _maybe_compact(self, now: float) -> None:
         with self._lock:

@@ -44,7 +44,7 @@ def test_observe_returns_memory_before_the_event() -> None:
     mem = Memory(MemoryConfig(max_turns=5))
     assert mem.observe(chat(1), now=10.0) == ()
     before = mem.observe(chat(2, role="assistant"), now=11.0)
-    assert before == ({"role": "user", "text": "turn 1", "ts": 1001.0},)
+    assert before == ({"role": "user", "text": "turn 1", "ts": 1001.0, "id": "m1"},)
     before = mem.observe(chat(3), now=12.0)
     assert [t["text"] for t in before] == ["turn 1", "turn 2"]
     assert before[1]["role"] == "assistant"
@@ -104,7 +104,7 @@ def test_state_is_a_copy() -> None:
     state = mem.state()
     mem.turns[0]["text"] = "changed"
     mem.observe(chat(2), now=2.0)
-    assert state == (({"role": "user", "text": "turn 1", "ts": 1001.0},), 1.0)
+    assert state == (({"role": "user", "text": "turn 1", "ts": 1001.0, "id": "m1"},), 1.0)
 
 
 def test_resume_with_smaller_max_turns_keeps_the_newest() -> None:

@@ -16,6 +16,7 @@ from state import stores
 from state.stores import (
     ProfileStore,
     ProfileUpdate,
+    Reply,
     ResponseCache,
     StoreFormatMismatch,
     StoreLocked,
@@ -331,6 +332,49 @@ def test_a_cache_of_another_format_is_refused(store_dir: Path) -> None:
         ResponseCache(path)
     with pytest.raises(StoreFormatMismatch, match="llm-cache-v0"):
         ResponseCache(store_dir / "own", peers=[path])  # read-only, as a peer
+
+
+# --- conversation replies in the cache --------------------------------------------------
+
+
+def test_the_first_reply_to_a_turn_wins(store_dir: Path) -> None:
+    """A replay that emits a turn's answer again (another text from another process, say)
+    records nothing: the turn keeps the reply its session already saw."""
+    cache = ResponseCache(store_dir / "cache")
+    cache.put_many({"fp": {"reply": "first"}}, [Reply("acme", "s1", "m1", "first")])
+    cache.put_many({}, [Reply("acme", "s1", "m1", "second"), Reply("acme", "s1", "m2", "two")])
+    assert cache.replies("acme", "s1", ["m1", "m2", "m3"]) == {"m1": "first", "m2": "two"}
+    stores.close_all()
+    assert ResponseCache(store_dir / "cache").replies("acme", "s1", ["m1"]) == {"m1": "first"}
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (("a/b", "c", "m"), ("a", "b/c", "m")),
+        (("a", "b", "c\x00d"), ("a", "b\x00c", "d")),
+        (('a","b', "c", "m"), ("a", 'b","c', "m")),
+        (("", "", "m"), ("", "m", "")),
+        (("ténant", "séssion", "m" * 5000), ("ténant", "séssion", "m" * 4999)),
+    ],
+)
+def test_reply_keys_never_collide(
+    store_dir: Path, a: tuple[str, str, str], b: tuple[str, str, str]
+) -> None:
+    cache = ResponseCache(store_dir / "cache")
+    cache.put_many({}, [Reply(*a, "reply a")])
+    assert cache.replies(b[0], b[1], [b[2]]) == {}
+    assert cache.replies(*a[:2], [a[2]]) == {a[2]: "reply a"}
+
+
+def test_replies_are_found_in_peer_caches(store_dir: Path) -> None:
+    """After a rescale the session's earlier replies are in the cache of the process that
+    answered them."""
+    peer = store_dir / "process-1" / "llm-cache"
+    ResponseCache(peer).put_many({}, [Reply("acme", "s1", "m1", "from p1")])
+    stores.close_all()
+    own = ResponseCache(store_dir / "process-0" / "llm-cache", peers=[peer])
+    assert own.replies("acme", "s1", ["m1", "m2"]) == {"m1": "from p1"}
 
 
 def test_cached_answers_expire_after_the_ttl(store_dir: Path) -> None:

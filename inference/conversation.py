@@ -1,0 +1,95 @@
+"""Conversations that remember both sides: the assistant's replies in the memory of a prompt.
+
+A session's memory (`operators.memory`) is Bytewax state on the worker that owns the session
+and holds the user's turns, each with its id (the event id). The assistant's replies come out
+of the LLM stage, later and possibly on another worker; a dataflow has no cycles to carry them
+back. So the LLM stage records each reply in its response cache (`state.stores.Reply`, in the
+same batch as the answer, before the answer is emitted) and, when it builds a prompt, puts
+after every remembered user turn the reply recorded for it (`with_replies`).
+
+Ordering rule: a prompt carries the reply to an earlier turn of its session when that reply
+was recorded before the prompt was built. Both turns of a session go to the same LLM worker
+(the stage is keyed by task, tenant and a shard of the entity), which records a reply before
+it emits it, so a turn answered before the next turn's request is built is always in that
+request. A turn still waiting for its answer (in flight, or in the same packed request) is
+there without its reply.
+
+Replays and restarts: the cache is not rewound, a reply is recorded once per turn (the first
+wins, so a replay that emits the answer again adds no second reply), and the memory itself is
+rewound with the snapshot, so no turn appears twice. A cache hit records the reply as well,
+which carries it into this process's cache when a restart with another process count moved
+the session here; until then the other processes' caches are read as peers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any, Protocol
+
+from core.records import WorkItem
+from state.stores import Reply
+
+REPLY_FIELDS: dict[str, str] = {"chat_reply": "reply"}
+"""The answer field that is the assistant's side of the conversation, per answer schema."""
+
+
+class RepliesLookup(Protocol):
+    def replies(self, tenant: str, entity: str, turn_ids: Iterable[str]) -> dict[str, str]: ...
+
+
+def reply_of(schema_name: str, item: WorkItem, answer: dict[str, Any]) -> Reply | None:
+    """The reply to record for `item`'s answer, None when its task has no conversation side.
+
+    >>> item = WorkItem("m1", ("m1",), "acme", "s1", "u1", "chat_reply", "x", {}, {}, 0.0)
+    >>> reply_of("chat_reply", item, {"reply": "Hello!", "intent": "greeting"})
+    Reply(tenant='acme', entity='s1', turn_id='m1', text='Hello!')
+    >>> reply_of("anomaly_explanation", item, {"summary": "spike"}) is None
+    True
+    """
+    field = REPLY_FIELDS.get(schema_name)
+    if field is None:
+        return None
+    text = answer.get(field)
+    if not isinstance(text, str) or not text:
+        return None
+    return Reply(item.tenant, item.entity, item.item_id, text)
+
+
+def with_replies(item: WorkItem, lookup: RepliesLookup, max_chars: int = 1000) -> WorkItem:
+    """`item` with each remembered user turn followed by the reply recorded for it (cut to
+    `max_chars`, as the memory cuts turns). Turn ids are left out of the prompt.
+
+    Turns without an id (memory from before turns had ids, business events) stay as they are.
+
+    >>> class Recorded:
+    ...     def replies(self, tenant, entity, turn_ids):
+    ...         return {t: f"reply to {t}" for t in turn_ids if t == "m1"}
+    >>> memory = [{"role": "user", "text": "hi", "id": "m1"},
+    ...           {"role": "user", "text": "still there?", "id": "m2"}]
+    >>> item = WorkItem("m3", ("m3",), "acme", "s1", "u1", "chat_reply", "x", {"text": "?"},
+    ...                 {"memory": memory}, 0.0)
+    >>> with_replies(item, Recorded()).context["memory"]
+    [{'role': 'user', 'text': 'hi'}, {'role': 'assistant', 'text': 'reply to m1'}, \
+{'role': 'user', 'text': 'still there?'}]
+    """
+    memory = item.context.get("memory")
+    if not memory:
+        return item
+    ids = [t["id"] for t in memory if "id" in t]
+    if not ids:
+        return item
+    found = lookup.replies(item.tenant, item.entity, ids)
+    turns: list[dict[str, Any]] = []
+    for turn in memory:
+        turn_id = turn.get("id")
+        if turn_id is None:
+            turns.append(turn)
+            continue
+        turns.append({k: v for k, v in turn.items() if k != "id"})
+        reply = found.get(turn_id)
+        if reply is not None:
+            if len(reply) > max_chars:
+                reply = reply[: max_chars - 1] + "…"
+            turns.append({"role": "assistant", "text": reply})
+    return replace(item, context={**item.context, "memory": turns})
