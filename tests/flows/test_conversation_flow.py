@@ -1,0 +1,120 @@
+"""The wired memory → route → LLM steps in one process (as the local profile runs them), with
+the real simulator over HTTP: a turn's prompt carries the replies to the session's earlier
+turns that were answered before it was built, at one and two workers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import bytewax.operators as op
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import DynamicSource, StatelessSourcePartition
+from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+
+from config.models import LLMConfig, MemoryConfig, RouteRule, TaskConfig
+from core.records import Event, Kind
+from inference.client import LLMExecutor
+from llmsim import LLMSimulator
+from operators.llm import call_llm
+from operators.memory import remember
+from operators.route import Router, route
+from state.stores import ResponseCache, close_all
+from support.harness import prompt_items
+
+SESSIONS, ROUNDS = 4, 3
+
+
+def chat(round_: int, session: int) -> Event:
+    return Event(
+        f"r{round_}-s{session}",
+        f"chat[0]@{round_ * SESSIONS + session}",
+        "acme",
+        Kind.CHAT,
+        f"s{session}",
+        1000.0 + round_,
+        {"text": f"turn {round_} of s{session}", "role": "user", "user_id": f"u{session}"},
+        0.0,
+    )
+
+
+class _Rounds(StatelessSourcePartition[Event]):
+    """Round r's turns, once every turn of round r-1 has an answer (`answered`)."""
+
+    def __init__(self, answered: list[Any], rounds: int = ROUNDS) -> None:
+        self.answered = answered
+        self.rounds = rounds
+        self.round = 0
+        self.deadline = time.monotonic() + 60
+
+    def next_batch(self) -> list[Event]:
+        if self.round >= self.rounds:
+            raise StopIteration
+        if len(self.answered) < self.round * SESSIONS:
+            assert time.monotonic() < self.deadline, "a round was never answered"
+            return []
+        batch = [chat(self.round, s) for s in range(SESSIONS)]
+        self.round += 1
+        return batch
+
+    def next_awake(self) -> datetime | None:
+        return None
+
+
+class Rounds(DynamicSource[Event]):
+    def __init__(self, answered: list[Any]) -> None:
+        self.answered = answered
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Rounds:
+        if worker_index == 0:
+            return _Rounds(self.answered)
+        # The other workers read nothing; they run the keyed steps some sessions go to.
+        return _Rounds(self.answered, rounds=0)
+
+
+@pytest.fixture
+def executor(llm_sim: LLMSimulator, tmp_path: Any) -> Iterator[LLMExecutor]:
+    cfg = LLMConfig(
+        tasks=(TaskConfig(name="chat_reply", schema_name="chat_reply", model="sim-1"),),
+        routes=(RouteRule(kind="chat", task="chat_reply"),),
+    )
+    ex = LLMExecutor(cfg, llm_sim.base_url, ResponseCache(tmp_path / "cache"))
+    yield ex
+    ex.close()
+    close_all()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_each_prompt_carries_the_replies_answered_before_it(
+    workers: int, llm_sim: LLMSimulator, executor: LLMExecutor
+) -> None:
+    answers: list[Any] = []
+    flow = Dataflow("conversation")
+    events = op.input("in", flow, Rounds(answers))
+    keyed = op.key_on("key", events, lambda e: e.key)
+    remembered = remember("memory", keyed, MemoryConfig(max_turns=8), clock=lambda: 0.0)
+    alerts = op.input("alerts", flow, TestingSource([]))
+    work = route("route", remembered, alerts, Router(executor.cfg.routes))
+    out = call_llm("llm", work, executor.cfg, lambda: executor)
+    op.output("answers", out.answers, TestingSink(answers))
+    if workers == 1:
+        run_main(flow)
+    else:
+        cluster_main(flow, [], 0, worker_count_per_proc=workers)
+
+    reply = {r.item.item_id: r.answer["reply"] for r in answers}
+    assert len(reply) == ROUNDS * SESSIONS
+    prompts = {i["id"]: i for req in llm_sim.requests() for i in prompt_items(req)}
+    for round_ in range(ROUNDS):
+        for s in range(SESSIONS):
+            memory = prompts[f"r{round_}-s{s}"]["context"].get("memory", [])
+            expected = []
+            for earlier in range(round_):
+                expected += [
+                    ("user", f"turn {earlier} of s{s}"),
+                    ("assistant", reply[f"r{earlier}-s{s}"]),
+                ]
+            assert [(t["role"], t["text"]) for t in memory] == expected
