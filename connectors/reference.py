@@ -16,10 +16,10 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
@@ -91,6 +91,29 @@ def apply_records(store: ProfileStore, records: Iterable[RawRecord]) -> int:
     return store.upsert_many(updates) if updates else 0
 
 
+class TableStore(Protocol):
+    """A store a `ReferenceTable` fills: it applies raw records idempotently and says how
+    far it has applied each source (`positions`, by `origin[partition]`, committed with the
+    data), so a re-read after a crash applies nothing twice."""
+
+    def positions(self) -> dict[str, int]: ...
+
+    def apply(self, records: list[RawRecord]) -> int: ...
+
+
+class ProfileTable:
+    """The profile store as a reference table (`apply_records` on a `ProfileStore`)."""
+
+    def __init__(self, path: str) -> None:
+        self.store = ProfileStore(path)
+
+    def positions(self) -> dict[str, int]:
+        return self.store.positions()
+
+    def apply(self, records: list[RawRecord]) -> int:
+        return apply_records(self.store, records)
+
+
 class ReferenceBootstrapError(RuntimeError):
     """A reference input could not be read to its end offsets before events were enriched.
 
@@ -100,7 +123,8 @@ class ReferenceBootstrapError(RuntimeError):
 
 
 class ReferenceTable:
-    """This process's whole copy of one reference input, in its profile store.
+    """This process's whole copy of one reference input, in its store (by default the
+    profile store; `table` opens another `TableStore`, such as the knowledge index).
 
     Like Kafka Streams' GlobalKTable: `bootstrap()` reads every partition from the position
     the store committed up to the end offsets as of the call, before any event is enriched;
@@ -123,8 +147,10 @@ class ReferenceTable:
         seed: str | None = None,
         timeout_s: float = 120.0,
         tail: bool = True,
+        table: Callable[[str], TableStore] = ProfileTable,
     ) -> None:
         self.source = source
+        self.table = table
         self.store_path = str(store_path)
         self.kafka_settings = dict(kafka_settings or {})
         self.seed = seed
@@ -145,7 +171,7 @@ class ReferenceTable:
         written = 0
         if self.seed is not None:
             written += load_profile_seed(self.seed, self.store_path)
-        store = ProfileStore(self.store_path)
+        store = self.table(self.store_path)
         if self.source is not None and self.source.path is not None:
             written += self._bootstrap_file(store, self.source.path)
         elif self.source is not None:
@@ -153,14 +179,14 @@ class ReferenceTable:
         seconds = time.monotonic() - started
         REFERENCE_BOOTSTRAP_SECONDS.labels(self.name).set(seconds)
         log.info(
-            "reference input %s read to its end in %.2f s: %d profiles written",
+            "reference input %s read to its end in %.2f s: %d records written",
             self.name,
             seconds,
             written,
         )
         return written
 
-    def _bootstrap_file(self, store: ProfileStore, path: str) -> int:
+    def _bootstrap_file(self, store: TableStore, path: str) -> int:
         origin = f"file:{Path(path)}"
         skip = store.positions().get(f"{origin}[0]", 0)
         written = 0
@@ -171,11 +197,11 @@ class ReferenceTable:
                     continue
                 batch.append(RawRecord(origin, 0, line_no, None, line.rstrip(b"\r\n"), ""))
                 if len(batch) >= self.POLL_RECORDS:
-                    written += apply_records(store, batch)
+                    written += store.apply(batch)
                     batch = []
-        return written + apply_records(store, batch)
+        return written + (store.apply(batch) if batch else 0)
 
-    def _bootstrap_kafka(self, store: ProfileStore, deadline: float) -> int:
+    def _bootstrap_kafka(self, store: TableStore, deadline: float) -> int:
         assert self.source is not None and self.source.topic is not None
         topic = self.source.topic
         parts = check_topics(self.kafka_settings, [topic])[topic]
@@ -226,7 +252,8 @@ class ReferenceTable:
                 offset = msg.offset() or 0
                 nxt[part] = offset + 1
                 batch.append(RawRecord(topic, part, offset, msg.key(), msg.value(), ""))
-            written += apply_records(store, batch)
+            if batch:
+                written += store.apply(batch)
             for p in list(pending):
                 if p not in ends:
                     hi = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1]
@@ -248,7 +275,7 @@ class ReferenceTable:
     def _follow(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        store = ProfileStore(self.store_path)
+        store = self.table(self.store_path)
         assert self.source is not None
         topic = self.source.topic
         while not self._stop.is_set() and not stop_requested():
@@ -261,7 +288,7 @@ class ReferenceTable:
                 elif err.code() != KafkaError._PARTITION_EOF:
                     log.warning("reference input %s: %s", self.name, err.str())
             if batch:
-                apply_records(store, batch)
+                store.apply(batch)
                 REFERENCE_UPDATES.labels(self.name).inc(len(batch))
 
     def close(self) -> None:
