@@ -354,6 +354,13 @@ class MemoryConfig(Frozen):
     max_turns: int = Field(default=8, ge=1, le=200)
     max_chars_per_turn: int = Field(default=500, ge=16)
     idle_ttl_s: float = Field(default=1800.0, gt=0)
+    max_tokens: int | None = Field(default=None, ge=50)
+    """Estimated tokens of a session's memory (its turns and the replies to them, a reply
+    counted as long as its turn) past which the older half of the turns folds into a
+    running summary written by the task `summary_task`; the same happens when the memory
+    holds `max_turns`. None: no summaries; the oldest turn beyond `max_turns` is dropped."""
+    summary_task: str = "summarize_memory"
+    """The LLM task (schema `conversation_summary`) that writes the summaries."""
 
 
 class StoresConfig(Frozen):
@@ -370,7 +377,7 @@ class TaskConfig(Frozen):
     """One LLM task: which answer schema, which model, how its requests are batched."""
 
     name: str
-    schema_name: Literal["chat_reply", "anomaly_explanation"]
+    schema_name: Literal["chat_reply", "anomaly_explanation", "conversation_summary"]
     model: str = "gpt-4o-mini"
     mode: BatchMode = "pack"
     max_batch: int = Field(default=16, ge=1, le=256)
@@ -432,6 +439,7 @@ class LLMConfig(Frozen):
             max_batch=4,
             max_wait_ms=0,
         ),
+        TaskConfig(name="summarize_memory", schema_name="conversation_summary", max_batch=8),
     )
     routes: tuple[RouteRule, ...] = (
         RouteRule(kind="chat", task="chat_reply"),
@@ -506,6 +514,21 @@ class Settings(Frozen):
     memory: MemoryConfig = MemoryConfig()
     stores: StoresConfig = StoresConfig()
     llm: LLMConfig = LLMConfig()
+
+    @model_validator(mode="after")
+    def _summary_task_exists(self) -> Settings:
+        if self.memory.max_tokens is None:
+            return self
+        name = self.memory.summary_task
+        task = next((t for t in self.llm.tasks if t.name == name), None)
+        if task is None or task.schema_name != "conversation_summary":
+            msg = (
+                f"memory.max_tokens needs the task memory.summary_task = {name!r}: add "
+                f'[[llm.tasks]] name = "{name}", schema_name = "conversation_summary" '
+                "(or unset memory.max_tokens to keep no summaries)"
+            )
+            raise ValueError(msg)
+        return self
 
 
 class ConfigError(ValueError):

@@ -207,7 +207,8 @@ def build_flow(
             return shared_executor(llm_cfg, base_url, str(layout.llm_cache), peers, chars)
 
     backpressure.configure(settings.llm.max_pending_items)
-    router = Router(settings.llm.routes)
+    summary_task = settings.memory.summary_task if settings.memory.max_tokens else None
+    router = Router(settings.llm.routes, summary_task)
     out = settings.output
     sources = {s.name: s for s in settings.input.sources}
     redactor = RegexRedactor(settings.redaction.kinds) if settings.redaction.enabled else None
@@ -272,7 +273,9 @@ def build_flow(
         dead.append(op.filter_map("profile_errors", updates, _profile_dead_letter))
 
     publish("out_alerts", detected.alerts, alert_kv, _sink(settings, "alerts", out.alerts))
-    publish("out_responses", llm.answers, response_kv, _sink(settings, "responses", out.responses))
+    # Summaries are the memory's, not answers to events: they are in the cache and the audit.
+    answers = op.filter("answers", llm.answers, lambda r: r.item.task != summary_task)
+    publish("out_responses", answers, response_kv, _sink(settings, "responses", out.responses))
     publish("out_audit", llm.audit, audit_kv, _sink(settings, "audit", out.audit))
     publish(
         "out_dead_letters",

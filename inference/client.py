@@ -29,7 +29,7 @@ import openai
 from config.models import LLMConfig, TaskConfig
 from core.records import WorkItem
 from inference import prompts
-from inference.conversation import reply_of, with_replies
+from inference.conversation import prepare, reply_of, summary_of
 from inference.limits import BreakerState, Limiter, Outcome
 from runtime import metrics
 from state.stores import ResponseCache
@@ -145,7 +145,8 @@ class LLMExecutor:
             # A replayed answer may come from another process's cache: record its reply here.
             answers = [(a.item, a.answer) for a in out.answered]
             replies = [reply_of(task.schema_name, i, a) for i, a in answers]
-            self.cache.put_many({}, [r for r in replies if r])
+            summaries = [summary_of(task.schema_name, i, a) for i, a in answers]
+            self.cache.put_many({}, [r for r in replies if r], [s for s in summaries if s])
             out.audits.append(self._audit(task, hits, outcome="cache_hit", cache_hit=True))
         if not todo:
             return out
@@ -164,7 +165,7 @@ class LLMExecutor:
         reask: bool,
     ) -> None:
         ids = [i.item_id for i in items]
-        shown = [with_replies(i, self.cache, self.reply_chars) for i in items]
+        shown = [prepare(task.schema_name, i, self.cache, self.reply_chars) for i in items]
         messages = prompts.build_messages(task.schema_name, shown)
         started = time.monotonic()
         try:
@@ -190,7 +191,12 @@ class LLMExecutor:
         # Persist before anything is emitted: this is what makes a replay free, and what puts
         # the replies into the memory of the session's next prompts.
         replies = [reply_of(task.schema_name, by_id[i], a) for i, a in ok.items()]
-        self.cache.put_many({fps[i]: a for i, a in ok.items()}, [r for r in replies if r])
+        summaries = [summary_of(task.schema_name, by_id[i], a) for i, a in ok.items()]
+        self.cache.put_many(
+            {fps[i]: a for i, a in ok.items()},
+            [r for r in replies if r],
+            [s for s in summaries if s],
+        )
         out.answered.extend(Answered(by_id[i], a, cached=False) for i, a in ok.items())
         out.audits.append(
             self._audit(

@@ -28,14 +28,59 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from core.records import WorkItem
-from state.stores import Reply
+from state.stores import Reply, Summary
 
 REPLY_FIELDS: dict[str, str] = {"chat_reply": "reply"}
 """The answer field that is the assistant's side of the conversation, per answer schema."""
 
 
+SUMMARY_SCHEMA = "conversation_summary"
+
+
 class RepliesLookup(Protocol):
     def replies(self, tenant: str, entity: str, turn_ids: Iterable[str]) -> dict[str, str]: ...
+
+    def summary(self, tenant: str, entity: str) -> str | None: ...
+
+
+def prepare(schema_name: str, item: WorkItem, lookup: RepliesLookup, max_chars: int) -> WorkItem:
+    """`item` as its prompt shows it: replies after the remembered turns and, for work with
+    a memory, the conversation's running summary (`context["summary"]`). A summarize item
+    gets the replies to the turns it folds and the summary so far, which it extends."""
+    if schema_name == SUMMARY_SCHEMA:
+        folded = replace(item, context={"memory": item.data["turns"]})
+        turns = with_replies(folded, lookup, max_chars).context["memory"]
+        context: dict[str, Any] = {}
+        earlier = lookup.summary(item.tenant, item.entity)
+        if earlier is not None:
+            context["summary"] = earlier
+        return replace(item, data={"turns": turns}, context=context)
+    if "memory" not in item.context:
+        return item
+    shown = with_replies(item, lookup, max_chars)
+    summary = lookup.summary(item.tenant, item.entity)
+    if summary is None:
+        return shown
+    return replace(shown, context={"summary": summary, **shown.context})
+
+
+def summary_of(schema_name: str, item: WorkItem, answer: dict[str, Any]) -> Summary | None:
+    """The summary to record for a summarize item's answer (None for other tasks): it covers
+    the conversation up to the last turn the item folds.
+
+    >>> turns = [{"role": "user", "text": "hi", "ts": 5.0, "id": "m1"}]
+    >>> item = WorkItem("m3#summary", (), "acme", "s1", "s1", "summarize_memory", "x",
+    ...                 {"turns": turns, "fold": 1}, {}, 0.0)
+    >>> summary_of("conversation_summary", item, {"summary": "The user said hi."})
+    Summary(tenant='acme', entity='s1', version=(5.0, 1), text='The user said hi.')
+    """
+    if schema_name != SUMMARY_SCHEMA:
+        return None
+    text = answer.get("summary")
+    if not isinstance(text, str) or not text:
+        return None
+    last = max((float(t.get("ts") or 0.0) for t in item.data.get("turns", ())), default=0.0)
+    return Summary(item.tenant, item.entity, (last, int(item.data.get("fold", 0))), text)
 
 
 def reply_of(schema_name: str, item: WorkItem, answer: dict[str, Any]) -> Reply | None:

@@ -34,6 +34,12 @@ _INSTRUCTIONS = {
         "For each anomaly alert, explain to an on-call engineer what happened, the most "
         "likely cause given the evidence, and how severe it is."
     ),
+    "conversation_summary": (
+        "For each item, write a short running summary of a support conversation for the "
+        "agent who continues it: start from the earlier summary in the context, if any, and "
+        "add what the turns in the item's data say (what the user wants, facts given, what "
+        "was answered or promised, what is still open). Plain prose, no more than 150 words."
+    ),
 }
 
 _GUARD = (

@@ -32,7 +32,14 @@ class AnomalyExplanation(Answer):
     severity: Literal["low", "medium", "high", "critical"]
 
 
+class ConversationSummary(Answer):
+    """The running summary of a conversation's older turns (both sides)."""
+
+    summary: str = Field(min_length=1, max_length=4000)
+
+
 SCHEMAS: dict[str, type[Answer]] = {
     "chat_reply": ChatReply,
     "anomaly_explanation": AnomalyExplanation,
+    "conversation_summary": ConversationSummary,
 }

@@ -29,6 +29,7 @@ from bytewax.operators import KeyedStream, StatefulBatchLogic
 from config.models import MemoryConfig
 from core.clock import Clock, wake_at
 from core.records import Event, Kind
+from inference.prompts import estimate_tokens
 
 Turn = dict[str, Any]
 
@@ -36,10 +37,18 @@ Turn = dict[str, Any]
 class Memory:
     """Bounded memory of one entity's recent context items. Pure; clock passed in.
 
-    `state` is a snapshot (`state()`: the items and the wall time of the last event) to
-    resume. `now`, given with it, is the wall time of the resume: the idle time is counted
-    from there (the last event is the last time the memory read the clock, so this moves
-    every wall-clock stamp by the downtime). Without `now` the stamp is kept as it is.
+    With `cfg.max_tokens` set, the memory folds instead of dropping: at a chat turn, when it
+    holds `max_turns` items or their estimated tokens (each turn counted twice, for the reply
+    the LLM stage adds to it) pass `max_tokens`, the oldest items leave the memory, until it
+    holds at most half of either, as a *fold*, numbered by `folds`, which the route turns
+    into a summarize work item (`inference.conversation`); the summary then stands in for
+    them in later prompts.
+
+    `state` is a snapshot (`state()`: the items, the wall time of the last event and the
+    number of folds so far) to resume. `now`, given with it, is the wall time of the resume:
+    the idle time is counted from there (the last event is the last time the memory read the
+    clock, so this moves every wall-clock stamp by the downtime). Without `now` the stamp is
+    kept as it is.
 
     >>> from config.models import MemoryConfig
     >>> from core.records import Event, Kind
@@ -56,13 +65,16 @@ class Memory:
     def __init__(
         self,
         cfg: MemoryConfig,
-        state: tuple[tuple[Turn, ...], float] | None = None,
+        state: tuple[Any, ...] | None = None,
         now: float | None = None,
     ):
         self.cfg = cfg
-        turns, last = state or ((), 0.0)
+        # Snapshots before summaries were (turns, last wall time).
+        turns, last, folds = (*state, 0)[:3] if state else ((), 0.0, 0)
         self.turns: deque[Turn] = deque(turns, maxlen=cfg.max_turns)
         self.last_wall = last if state is None or now is None else now
+        self.folds: int = folds
+        self._tokens = sum(_turn_tokens(t) for t in self.turns)
 
     @staticmethod
     def item_of(event: Event, limit: int) -> Turn:
@@ -89,29 +101,74 @@ class Memory:
 
     def observe(self, event: Event, now: float) -> tuple[Turn, ...]:
         """Return the memory before `event`, then remember it."""
-        before = tuple(self.turns)
-        self.turns.append(self.item_of(event, self.cfg.max_chars_per_turn))
-        self.last_wall = now
-        return before
+        return self.observe_folding(event, now)[0]
 
-    def state(self) -> tuple[tuple[Turn, ...], float]:
-        return tuple(dict(t) for t in self.turns), self.last_wall
+    def observe_folding(self, event: Event, now: float) -> tuple[tuple[Turn, ...], Fold | None]:
+        """Return the memory before `event` and the fold it caused (None: none), then
+        remember it."""
+        before = tuple(self.turns)
+        turn = self.item_of(event, self.cfg.max_chars_per_turn)
+        fold = None
+        limit = self.cfg.max_tokens
+        if limit is not None and event.kind is Kind.CHAT:  # business memories just drop
+            new = _turn_tokens(turn)
+            if len(self.turns) + 1 > self.cfg.max_turns or 2 * (self._tokens + new) > limit:
+                fold = self._fold(new, limit)
+        if fold is None and len(self.turns) == self.cfg.max_turns:
+            self._tokens -= _turn_tokens(self.turns[0])  # dropped by the deque
+        self.turns.append(turn)
+        self._tokens += _turn_tokens(turn)
+        self.last_wall = now
+        return before, fold
+
+    def _fold(self, new: int, limit: int) -> Fold | None:
+        """Take the oldest turns out as the next fold, until the memory with the new turn
+        (of `new` tokens) holds at most half of `max_turns` and of `limit`; None when
+        there is nothing to fold (one turn alone is over the limit)."""
+        out: list[Turn] = []
+        keep = self.cfg.max_turns // 2
+        while self.turns and (len(self.turns) > keep or 4 * (self._tokens + new) > limit):
+            turn = self.turns.popleft()
+            self._tokens -= _turn_tokens(turn)
+            out.append(turn)
+        if not out:
+            return None
+        self.folds += 1
+        return Fold(self.folds, tuple(out))
+
+    def state(self) -> tuple[tuple[Turn, ...], float, int]:
+        return tuple(dict(t) for t in self.turns), self.last_wall, self.folds
+
+
+def _turn_tokens(turn: Turn) -> int:
+    text = turn.get("text")
+    return estimate_tokens(text) if isinstance(text, str) else 16
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Turns that left a memory to be summarized, and their number in its folds (1, 2...)."""
+
+    seq: int
+    turns: tuple[Turn, ...]
 
 
 @dataclass(frozen=True)
 class Remembered:
     event: Event
     memory: tuple[Turn, ...]
+    fold: Fold | None = None
 
 
-class _MemoryLogic(StatefulBatchLogic[Event, Remembered, tuple[tuple[Turn, ...], float]]):
+class _MemoryLogic(StatefulBatchLogic[Event, Remembered, tuple[Any, ...]]):
     def __init__(self, mem: Memory, clock: Clock) -> None:
         self.mem = mem
         self.clock = clock
 
     def on_batch(self, values: list[Event]) -> tuple[Iterable[Remembered], bool]:
         now = self.clock()
-        return [Remembered(e, self.mem.observe(e, now)) for e in values], self.RETAIN
+        observe = self.mem.observe_folding
+        return [Remembered(e, *observe(e, now)) for e in values], self.RETAIN
 
     def on_notify(self) -> tuple[Iterable[Remembered], bool]:
         # Bytewax wakes the logic by its own system time; whether the memory has expired is
@@ -122,7 +179,7 @@ class _MemoryLogic(StatefulBatchLogic[Event, Remembered, tuple[tuple[Turn, ...],
     def notify_at(self) -> datetime | None:
         return wake_at(self.mem.last_wall + self.mem.cfg.idle_ttl_s, 1.0)
 
-    def snapshot(self) -> tuple[tuple[Turn, ...], float]:
+    def snapshot(self) -> tuple[Any, ...]:
         return self.mem.state()
 
 
@@ -155,7 +212,7 @@ def remember(
     [('m1', []), ('m2', ['hello']), ('m3', ['my invoice is wrong'])]
     """
 
-    def builder(resume: tuple[tuple[Turn, ...], float] | None) -> _MemoryLogic:
+    def builder(resume: tuple[Any, ...] | None) -> _MemoryLogic:
         # A resumed memory continues at this restart's wall time (see `Memory`).
         now = None if resume is None else clock()
         return _MemoryLogic(Memory(cfg, resume, now), clock)

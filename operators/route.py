@@ -25,8 +25,9 @@ NONE = "none"
 class Router:
     """Pure routing table built from config rules."""
 
-    def __init__(self, rules: Iterable[RouteRule]) -> None:
+    def __init__(self, rules: Iterable[RouteRule], summary_task: str | None = None) -> None:
         self.rules = tuple(rules)
+        self.summary_task = summary_task
         self._default: dict[str, str] = {}
         for rule in self.rules:
             if rule.tenant is None:
@@ -54,16 +55,17 @@ class Router:
     def work_for_event(self, rem: Remembered) -> list[WorkItem]:
         """The LLM work for an event with its memory (empty for task `none`)."""
         e = rem.event
+        work = [] if rem.fold is None else self.summary_work(rem)
         task = self.task_for(e.kind, e.tenant)
         if task == NONE:
-            return []
+            return work
         if e.kind is Kind.CHAT:
             data = {"text": e.payload["text"], "role": e.payload["role"]}
             profile_id = e.payload.get("user_id") or e.entity
         else:
             data = {"kind": e.kind.value, **e.payload}
             profile_id = e.entity
-        return [
+        work.append(
             WorkItem(
                 item_id=e.event_id,
                 event_ids=(e.event_id,),
@@ -77,6 +79,30 @@ class Router:
                 ingest_ts=e.ingest_ts,
                 redactions=e.redactions,
                 flags=e.flags,
+            )
+        )
+        return work
+
+    def summary_work(self, rem: Remembered) -> list[WorkItem]:
+        """The summarize work for the turns `rem`'s event folded out of its memory (none
+        without a summary task). It answers no input event (`event_ids` is empty); its id
+        is the folding event's, so a replay asks for the same item and hits the cache."""
+        fold = rem.fold
+        if fold is None or self.summary_task is None:
+            return []
+        e = rem.event
+        return [
+            WorkItem(
+                item_id=f"{e.event_id}#summary",
+                event_ids=(),
+                tenant=e.tenant,
+                entity=e.entity,
+                profile_id=e.entity,
+                task=self.summary_task,
+                source=e.source,
+                data={"turns": list(fold.turns), "fold": fold.seq},
+                context={},
+                ingest_ts=e.ingest_ts,
             )
         ]
 

@@ -359,6 +359,30 @@ class Reply(NamedTuple):
 _REPLY_PREFIX = b"reply\x00"
 
 
+class Summary(NamedTuple):
+    """The running summary of a conversation's older turns, kept in the response cache.
+
+    One per tenant and entity; `version` orders them (the event time of the last turn it
+    covers, then the fold's number), and a summary replaces the stored one only when newer,
+    so a replayed or late summary never replaces a later one.
+    """
+
+    tenant: str
+    entity: str
+    version: tuple[float, int]
+    text: str
+
+    def key(self) -> bytes:
+        return summary_key(self.tenant, self.entity)
+
+
+def summary_key(tenant: str, entity: str) -> bytes:
+    return _SUMMARY_PREFIX + json.dumps([tenant, entity], separators=(",", ":")).encode()
+
+
+_SUMMARY_PREFIX = b"summary\x00"
+
+
 _TTL_SUFFIX = 4
 """Bytes RocksDB's TTL mode appends to each value (its write time), visible to a read-only
 handle, which opens the store without TTL mode."""
@@ -437,9 +461,15 @@ class ResponseCache:
         answer: dict[str, Any] = doc["a"]
         return answer
 
-    def put_many(self, entries: dict[str, dict[str, Any]], replies: Iterable[Reply] = ()) -> None:
+    def put_many(
+        self,
+        entries: dict[str, dict[str, Any]],
+        replies: Iterable[Reply] = (),
+        summaries: Iterable[Summary] = (),
+    ) -> None:
         """Write answers by fingerprint and, in the same batch, the conversation replies
-        among them (first reply per turn wins, see `Reply`)."""
+        and summaries among them (first reply per turn wins, see `Reply`; a summary only
+        over an older one, see `Summary`)."""
         now = self.clock()
         wb = WriteBatch(raw_mode=True)
         for fp, answer in entries.items():
@@ -450,10 +480,32 @@ class ResponseCache:
             if self.db.get(key) is None:
                 wb.put(key, _dump({"r": reply.text, "t": now}))
                 added += 1
+        for summary in summaries:
+            key = summary.key()
+            found = self.db.get(key)
+            if found is None or tuple(json.loads(found)["v"]) < summary.version:
+                wb.put(key, _dump({"s": summary.text, "v": list(summary.version), "t": now}))
+                added += 1
         if not entries and not added:
             return
         self.db.write(wb)
         self._maybe_compact(now)
+
+    def summary(self, tenant: str, entity: str) -> str | None:
+        """The newest summary of the conversation `tenant/entity` here or in a peer cache."""
+        key = summary_key(tenant, entity)
+        best: tuple[tuple[float, int], str] | None = None
+        raw = self.db.get(key)
+        candidates = [] if raw is None else [raw]
+        for peer in self.peers:
+            hit = peer.get(key)
+            if hit is not None:
+                candidates.append(hit[:-_TTL_SUFFIX])
+        for doc in map(json.loads, candidates):
+            version = (float(doc["v"][0]), int(doc["v"][1]))
+            if best is None or version > best[0]:
+                best = (version, doc["s"])
+        return None if best is None else best[1]
 
     def replies(self, tenant: str, entity: str, turn_ids: Iterable[str]) -> dict[str, str]:
         """The recorded replies to `turn_ids` of the conversation `tenant/entity`, by turn id

@@ -165,9 +165,7 @@ def rescale(ctx: Ctx) -> Outcome:
     requested again (each process reads the other processes' response caches)."""
     # Snapshots every 4 s and kills once answers flow: many answers are emitted after the
     # last snapshot, so their requests replay on the process that now owns their keys.
-    return _kill_storm(
-        ctx, "rescale", [2, 1], final=2, snapshot_s=4, after_answers=True, shards=8
-    )
+    return _kill_storm(ctx, "rescale", [2, 1], final=2, snapshot_s=4, after_answers=True, shards=8)
 
 
 def _kill_storm(

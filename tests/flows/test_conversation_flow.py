@@ -5,18 +5,18 @@ turns that were answered before it was built, at one and two workers."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
 import bytewax.operators as op
 import pytest
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from config.models import LLMConfig, MemoryConfig, RouteRule, TaskConfig
-from core.records import Event, Kind
+from core.records import Alert, Event, Kind
 from inference.client import LLMExecutor
 from llmsim import LLMSimulator
 from operators.llm import call_llm
@@ -42,18 +42,25 @@ def chat(round_: int, session: int) -> Event:
 
 
 class _Rounds(StatelessSourcePartition[Event]):
-    """Round r's turns, once every turn of round r-1 has an answer (`answered`)."""
+    """Round r's turns, once `answered` holds `need(r)` answers (by default every turn of
+    the rounds before)."""
 
-    def __init__(self, answered: list[Any], rounds: int = ROUNDS) -> None:
+    def __init__(
+        self,
+        answered: list[Any],
+        rounds: int = ROUNDS,
+        need: Callable[[int], int] = lambda r: r * SESSIONS,
+    ) -> None:
         self.answered = answered
         self.rounds = rounds
+        self.need = need
         self.round = 0
         self.deadline = time.monotonic() + 60
 
     def next_batch(self) -> list[Event]:
         if self.round >= self.rounds:
             raise StopIteration
-        if len(self.answered) < self.round * SESSIONS:
+        if len(self.answered) < self.need(self.round):
             assert time.monotonic() < self.deadline, "a round was never answered"
             return []
         batch = [chat(self.round, s) for s in range(SESSIONS)]
@@ -65,12 +72,19 @@ class _Rounds(StatelessSourcePartition[Event]):
 
 
 class Rounds(DynamicSource[Event]):
-    def __init__(self, answered: list[Any]) -> None:
+    def __init__(
+        self,
+        answered: list[Any],
+        rounds: int = ROUNDS,
+        need: Callable[[int], int] = lambda r: r * SESSIONS,
+    ) -> None:
         self.answered = answered
+        self.rounds = rounds
+        self.need = need
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Rounds:
         if worker_index == 0:
-            return _Rounds(self.answered)
+            return _Rounds(self.answered, self.rounds, self.need)
         # The other workers read nothing; they run the keyed steps some sessions go to.
         return _Rounds(self.answered, rounds=0)
 
@@ -78,7 +92,10 @@ class Rounds(DynamicSource[Event]):
 @pytest.fixture
 def executor(llm_sim: LLMSimulator, tmp_path: Any) -> Iterator[LLMExecutor]:
     cfg = LLMConfig(
-        tasks=(TaskConfig(name="chat_reply", schema_name="chat_reply", model="sim-1"),),
+        tasks=(
+            TaskConfig(name="chat_reply", schema_name="chat_reply", model="sim-1"),
+            TaskConfig(name="summarize_memory", schema_name="conversation_summary", model="sim-1"),
+        ),
         routes=(RouteRule(kind="chat", task="chat_reply"),),
     )
     ex = LLMExecutor(cfg, llm_sim.base_url, ResponseCache(tmp_path / "cache"))
@@ -96,7 +113,7 @@ def test_each_prompt_carries_the_replies_answered_before_it(
     events = op.input("in", flow, Rounds(answers))
     keyed = op.key_on("key", events, lambda e: e.key)
     remembered = remember("memory", keyed, MemoryConfig(max_turns=8), clock=lambda: 0.0)
-    alerts = op.input("alerts", flow, TestingSource([]))
+    alerts: Stream[Alert] = op.input("alerts", flow, TestingSource([]))
     work = route("route", remembered, alerts, Router(executor.cfg.routes))
     out = call_llm("llm", work, executor.cfg, lambda: executor)
     op.output("answers", out.answers, TestingSink(answers))
@@ -118,3 +135,57 @@ def test_each_prompt_carries_the_replies_answered_before_it(
                     ("assistant", reply[f"r{earlier}-s{s}"]),
                 ]
             assert [(t["role"], t["text"]) for t in memory] == expected
+
+
+def test_older_turns_fold_into_a_running_summary(
+    llm_sim: LLMSimulator, executor: LLMExecutor
+) -> None:
+    """Memory of 4 turns with summaries: round 4 folds rounds 0-1 into summary 1, round 6
+    folds rounds 2-3 into summary 2, which extends summary 1; a prompt after a fold carries
+    the summary and the turns since. Each round waits for the answers before it (chat
+    replies and summaries)."""
+    rounds, folds_at = 8, (4, 6)
+    answers: list[Any] = []
+
+    def need(r: int) -> int:
+        return r * SESSIONS + SESSIONS * sum(1 for f in folds_at if f < r)
+
+    flow = Dataflow("summaries")
+    events = op.input("in", flow, Rounds(answers, rounds, need))
+    keyed = op.key_on("key", events, lambda e: e.key)
+    cfg = MemoryConfig(max_turns=4, max_tokens=100_000)
+    remembered = remember("memory", keyed, cfg, clock=lambda: 0.0)
+    alerts: Stream[Alert] = op.input("alerts", flow, TestingSource([]))
+    work = route("route", remembered, alerts, Router(executor.cfg.routes, "summarize_memory"))
+    out = call_llm("llm", work, executor.cfg, lambda: executor)
+    op.output("answers", out.answers, TestingSink(answers))
+    run_main(flow)
+
+    answer = {r.item.item_id: r.answer for r in answers}
+    assert len(answer) == rounds * SESSIONS + len(folds_at) * SESSIONS
+    prompts: dict[str, list[dict[str, Any]]] = {}
+    for req in llm_sim.requests():
+        for item in prompt_items(req):
+            prompts.setdefault(item["id"], []).append(item)
+    assert all(len(p) == 1 for p in prompts.values()), "an item was requested twice"
+
+    def turns(s: int, *rounds_: int) -> list[tuple[str, str]]:
+        out = []
+        for r in rounds_:
+            out += [("user", f"turn {r} of s{s}"), ("assistant", answer[f"r{r}-s{s}"]["reply"])]
+        return out
+
+    for s in range(SESSIONS):
+        first = prompts[f"r4-s{s}#summary"][0]
+        assert [(t["role"], t["text"]) for t in first["data"]["turns"]] == turns(s, 0, 1)
+        assert "summary" not in first.get("context", {})
+        summary_1 = answer[f"r4-s{s}#summary"]["summary"]
+        after = prompts[f"r5-s{s}"][0]["context"]
+        assert after["summary"] == summary_1
+        assert [(t["role"], t["text"]) for t in after["memory"]] == turns(s, 2, 3, 4)
+        second = prompts[f"r6-s{s}#summary"][0]
+        assert [(t["role"], t["text"]) for t in second["data"]["turns"]] == turns(s, 2, 3)
+        assert second["context"]["summary"] == summary_1
+        last = prompts[f"r7-s{s}"][0]["context"]
+        assert last["summary"] == answer[f"r6-s{s}#summary"]["summary"]
+        assert [(t["role"], t["text"]) for t in last["memory"]] == turns(s, 4, 5, 6)

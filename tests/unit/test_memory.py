@@ -104,7 +104,7 @@ def test_state_is_a_copy() -> None:
     state = mem.state()
     mem.turns[0]["text"] = "changed"
     mem.observe(chat(2), now=2.0)
-    assert state == (({"role": "user", "text": "turn 1", "ts": 1001.0, "id": "m1"},), 1.0)
+    assert state == (({"role": "user", "text": "turn 1", "ts": 1001.0, "id": "m1"},), 1.0, 0)
 
 
 def test_resume_with_smaller_max_turns_keeps_the_newest() -> None:
@@ -128,3 +128,47 @@ def test_memory_expires_by_the_injected_clock_not_by_when_it_is_woken() -> None:
     assert [t["text"] for t in rem.memory] == ["turn 1"]
     now[0] = 59.0 + 60.0
     assert lg.on_notify() == ((), lg.DISCARD)
+
+
+# --- folding into summaries -------------------------------------------------------------
+
+
+def test_without_max_tokens_the_oldest_turn_is_dropped() -> None:
+    mem = Memory(MemoryConfig(max_turns=2))
+    folds = [mem.observe_folding(chat(i), now=float(i))[1] for i in range(1, 6)]
+    assert folds == [None] * 5
+    assert [t["text"] for t in mem.turns] == ["turn 4", "turn 5"]
+
+
+def test_a_full_memory_folds_its_older_half() -> None:
+    mem = Memory(MemoryConfig(max_turns=4, max_tokens=100_000))
+    out = [mem.observe_folding(chat(i), now=float(i)) for i in range(1, 8)]
+    folds = [(i + 1, f.seq, [t["id"] for t in f.turns]) for i, (_, f) in enumerate(out) if f]
+    assert folds == [(5, 1, ["m1", "m2"]), (7, 2, ["m3", "m4"])]
+    before_5 = out[4][0]
+    assert [t["id"] for t in before_5] == ["m1", "m2", "m3", "m4"]  # the prompt sees all four
+    assert [t["id"] for t in mem.turns] == ["m5", "m6", "m7"]
+
+
+def test_a_memory_past_max_tokens_folds_before_it_is_full() -> None:
+    text = "x" * 99  # 25 estimated tokens
+    mem = Memory(MemoryConfig(max_turns=50, max_tokens=100))
+    folds = [mem.observe_folding(chat(i, text), now=float(i))[1] for i in range(1, 5)]
+    # two turns count as 100 tokens with their replies: the third folds both, to keep half
+    assert [[t["id"] for t in f.turns] if f else None for f in folds] == [
+        None,
+        None,
+        ["m1", "m2"],
+        None,
+    ]
+
+
+def test_folds_survive_a_snapshot_and_old_snapshots_load() -> None:
+    cfg = MemoryConfig(max_turns=2, max_tokens=100_000)
+    mem = Memory(cfg)
+    for i in range(1, 4):
+        mem.observe_folding(chat(i), now=float(i))
+    resumed = Memory(cfg, pickle.loads(pickle.dumps(mem.state())))
+    assert resumed.folds == mem.folds == 1
+    old = Memory(cfg, ((Memory.item_of(chat(1), 500),), 5.0))  # (turns, wall) before folds
+    assert (old.folds, old.last_wall, len(old.turns)) == (0, 5.0, 1)
