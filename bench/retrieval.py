@@ -259,14 +259,21 @@ def cross_validate(study: Study, base: RetrievalSettings) -> list[str]:
     for point in points:
         ranked = study.ranking(dataclasses.replace(base, **point))
         scored.append((point, evaluate(study.qrels, ranked, a), evaluate(study.qrels, ranked, b)))
-    lines = []
+    lines, held_out = [], []
     for train, test in (("A", "B"), ("B", "A")):
         ti, si = (1, 2) if train == "A" else (2, 1)
         best = max(scored, key=lambda t: t[ti]["ndcg_at_10"])
+        held_out.append(best[si]["ndcg_at_10"])
         lines.append(
             f"cv: chosen on half {train} ({best[ti]['ndcg_at_10']:.4f}): "
             f"{json.dumps(best[0])} -> half {test} nDCG@10 {best[si]['ndcg_at_10']:.4f}"
         )
+    both = max(scored, key=lambda t: t[1]["ndcg_at_10"] + t[2]["ndcg_at_10"])
+    mean = (both[1]["ndcg_at_10"] + both[2]["ndcg_at_10"]) / 2
+    lines.append(
+        f"cv: held-out nDCG@10 mean {statistics.fmean(held_out):.4f}; best on both halves: "
+        f"{json.dumps(both[0])} ({mean:.4f})"
+    )
     return lines
 
 

@@ -312,7 +312,7 @@ _STOPWORDS = """a about above after again against all am an and any are as at be
     yourselves s t d ll m o re ve y"""
 
 STOPWORDS = frozenset(_STOPWORDS.split())
-"""English stopwords (NLTK's list without its contraction stubs), dropped from queries."""
+"""English stopwords (NLTK's list without its negated contractions), dropped from queries."""
 
 _TERM = re.compile(r"[^\W_]+")
 
@@ -747,9 +747,10 @@ class SqliteKnowledgeIndex:
         """The `top_k` documents of `tenant` best matching the untrusted `query` text (see
         `KnowledgeIndex.search`); [] when the query has no searchable term.
 
-        Exact over the tenant's `rerank_depth` best chunks by the terms alone (or 4 x `top_k`
-        when that is more; all of them when `tags` filter): a chunk further down could only
-        rise into the results through the proximity score.
+        The proximity score is added to the tenant's `rerank_depth` best chunks by the terms
+        alone (`top_k` when that is more, all of them when `tags` filter; more when those
+        hold fewer than `top_k` documents): a chunk further down could only have risen into
+        the results by its proximity score.
         """
         s = self.settings
         terms = query_terms(query, s.stopwords, s.max_query_terms)
@@ -762,7 +763,7 @@ class SqliteKnowledgeIndex:
         conn.execute("BEGIN")  # one snapshot for the ranking and the texts
         try:
             lo, hi = self._tenant_range(conn, tenant, create=False)
-            depth = -1 if tags else max(s.rerank_depth, 4 * top_k)
+            depth = -1 if tags else max(s.rerank_depth, top_k)
             while True:
                 rows = self._rank(
                     conn, tenant, (lo, hi), terms, near, depth, top_k, min_score, tags
