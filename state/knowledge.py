@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from core.records import RawRecord
 from inference.prompts import estimate_tokens
 from state.stores import StoreError
 
@@ -846,3 +847,33 @@ class SqliteKnowledgeIndex:
             sql = f"SELECT doc_id, version FROM docs WHERE tenant = ? AND doc_id IN ({marks})"
             out.update(dict(conn.execute(sql, [tenant, *part])))
         return out
+
+
+def apply_records(
+    index: KnowledgeIndex, records: Iterable[RawRecord], *, max_doc_bytes: int = MAX_DOC_BYTES
+) -> tuple[int, list[tuple[RawRecord, str]]]:
+    """Parse `records` (one poll of the knowledge input) and apply the valid ones in one
+    transaction, with the positions past every record, invalid ones included.
+
+    Returns (documents changed, the invalid records with their reasons) for the dead letters.
+    Kafka records resume at `offset + 1`; file records (1-based line numbers) at `line + 1`.
+    """
+    updates: list[KnowledgeUpdate] = []
+    invalid: list[tuple[RawRecord, str]] = []
+    positions: dict[Position, int] = {}
+    for rec in records:
+        parsed = parse_document(
+            rec.value,
+            origin=rec.origin,
+            partition=rec.partition,
+            offset=rec.offset,
+            max_doc_bytes=max_doc_bytes,
+        )
+        if isinstance(parsed, str):
+            invalid.append((rec, parsed))
+        else:
+            updates.append(parsed)
+        key = (rec.origin, rec.partition)
+        positions[key] = max(positions.get(key, 0), rec.offset + 1)
+    changed = index.apply(updates, positions) if positions else 0
+    return changed, invalid

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from core.records import RawRecord
 from inference.prompts import estimate_tokens
 from state.knowledge import (
     FORMAT,
@@ -23,6 +24,7 @@ from state.knowledge import (
     KnowledgeUpdate,
     RetrievalSettings,
     SqliteKnowledgeIndex,
+    apply_records,
     chunk_document,
     fts_query,
     parse_document,
@@ -267,6 +269,28 @@ def test_positions_are_committed_with_the_data_or_not_at_all(
     assert index.positions() == {(ORIGIN, 0): 1}
     assert index.document("acme", "b") is None
     assert index.apply(bad[:1], {(ORIGIN, 0): 2}) == 1
+
+
+def test_apply_records_dead_letters_and_resumes_past_them(index: SqliteKnowledgeIndex) -> None:
+    def rec(offset: int, value: bytes | None) -> RawRecord:
+        return RawRecord("knowledge", 1, offset, None, value, "knowledge")
+
+    records = [
+        rec(40, raw(tenant="acme", doc_id="a", version=1, text="apple pie")),
+        rec(41, b"{oops"),
+        rec(42, raw(tenant="acme", doc_id="a", version=2, text="apple tart")),
+        rec(43, raw(tenant="acme", doc_id="b", version=1, deleted=True)),
+        rec(44, None),
+    ]
+    changed, invalid = apply_records(index, records)
+    assert changed == 3  # a (twice) and the tombstone of b
+    assert [(r.offset, reason.split(":")[0]) for r, reason in invalid] == [
+        (41, "knowledge document is not valid JSON"),
+        (44, "knowledge document has no value (a tombstone record?)"),
+    ]
+    assert index.positions() == {("knowledge", 1): 45}
+    assert index.document("acme", "a")["chunks"] == ["apple tart"]  # type: ignore[index]
+    assert apply_records(index, records) == (0, invalid)  # the same poll again: nothing
 
 
 # --- format key ---------------------------------------------------------------------------
