@@ -226,6 +226,10 @@ class Study:
         self.top_k = top_k
         self._indexes: dict[tuple[int, int], Path] = {}
 
+    def adopt(self, settings: RetrievalSettings, path: Path) -> None:
+        """Use the index at `path`, built with `settings`' chunking, for that chunking."""
+        self._indexes[(settings.chunk_tokens, settings.overlap_tokens)] = path
+
     def ranking(self, settings: RetrievalSettings) -> Ranking:
         key = (settings.chunk_tokens, settings.overlap_tokens)
         path = self._indexes.get(key)
@@ -370,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mean query {1000 * statistics.fmean(seconds or [0.0]):.2f} ms; run: {args.out}")
         if args.cv or args.sensitivity:
             study = Study(Path(tmp), records, queries, qrels, args.top_k)
-            study._indexes[(settings.chunk_tokens, settings.overlap_tokens)] = path
+            study.adopt(settings, path)
             if args.cv:
                 print("\n".join(cross_validate(study, settings)))
             if args.sensitivity:

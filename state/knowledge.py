@@ -471,8 +471,10 @@ class SqliteKnowledgeIndex:
     frequencies, average length) are the whole table's, so one tenant's documents shift
     another's scores slightly, never its results' membership.
 
-    Threads: one connection per thread (WAL mode); `apply` is serialised by a lock; searches
-    run in a read transaction and see the last committed `apply`. Positions assume a source's
+    Threads: one connection per thread (WAL mode), opened on the thread's first call and kept
+    until `close()` (meant for long-lived threads: workers, the follower); `apply` is
+    serialised by a lock; searches run in a read transaction and see the last committed
+    `apply`. Positions assume a source's
     offsets only grow: a re-created topic needs a fresh index.
     """
 
@@ -653,7 +655,7 @@ class SqliteKnowledgeIndex:
             top = conn.execute("SELECT MAX(tid) FROM tenants").fetchone()[0]
             tid = 1 if top is None else top + 1
             if tid >= 1 << (63 - _TENANT_BITS):
-                msg = f"knowledge index {conn!r}: no tenant id left for {tenant[:64]!r}"
+                msg = f"knowledge index has no tenant id left for {tenant[:64]!r}: rebuild it"
                 raise StoreError(msg)
             conn.execute("INSERT INTO tenants VALUES (?, ?)", (tenant, tid))
         else:
