@@ -237,13 +237,17 @@ class InputConfig(Frozen):
     sources: tuple[SourceConfig, ...]
     profiles: SourceConfig | None = None
     """Entity profile updates (a topic, or a JSON-lines file in local mode)."""
+    knowledge: SourceConfig | None = None
+    """Knowledge documents and deletions (a topic, or a JSON-lines file in local mode);
+    see docs/KNOWLEDGE.md for the record schema."""
     tail: bool = True
     """Kafka: keep waiting for new records at the end of a topic (False stops at the end)."""
 
     @model_validator(mode="after")
     def _kinds_match(self) -> InputConfig:
         wanted = "topic" if self.kind == "kafka" else "path"
-        for src in (*self.sources, *((self.profiles,) if self.profiles else ())):
+        refs = tuple(r for r in (self.profiles, self.knowledge) if r is not None)
+        for src in (*self.sources, *refs):
             if getattr(src, wanted) is None:
                 msg = f"input.kind is {self.kind!r} but source {src.name!r} has no `{wanted}`"
                 raise ValueError(msg)
@@ -373,6 +377,37 @@ class StoresConfig(Frozen):
     end offsets before the flow enriches any event; past it the run stops with the reason."""
 
 
+class KnowledgeConfig(Frozen):
+    """How knowledge documents are chunked and searched (docs/KNOWLEDGE.md has the figures
+    behind the defaults). Chunk settings apply to documents written after a change."""
+
+    chunk_tokens: int = Field(default=512, ge=16)
+    overlap_tokens: int = Field(default=64, ge=0)
+    max_doc_bytes: int = Field(default=1 << 20, ge=64)
+    """Documents larger than this (raw record bytes) are dead-lettered."""
+    title_weight: float = Field(default=2.0, ge=0)
+    proximity_weight: float = Field(default=0.3, ge=0)
+    proximity_window: int = Field(default=3, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> KnowledgeConfig:
+        if self.overlap_tokens >= self.chunk_tokens // 2:
+            msg = "knowledge.overlap_tokens must be less than half of chunk_tokens"
+            raise ValueError(msg)
+        return self
+
+
+class KnowledgeUse(Frozen):
+    """Retrieval for one task: its items' prompts get the best chunks of their tenant's
+    knowledge documents for the item's text (a chat message's text, an alert's message)."""
+
+    top_k: int = Field(default=3, ge=1, le=50)
+    min_score: float = Field(default=0.0, ge=0)
+    """Chunks scoring below this (FTS5 bm25, higher is better) are left out."""
+    tags: tuple[str, ...] = ()
+    """Only documents carrying every one of these tags."""
+
+
 class TaskConfig(Frozen):
     """One LLM task: which answer schema, which model, how its requests are batched."""
 
@@ -386,6 +421,8 @@ class TaskConfig(Frozen):
     urgent: bool = False
     max_tokens: int = Field(default=1024, ge=16)
     temperature: float = Field(default=0.0, ge=0, le=2)
+    knowledge: KnowledgeUse | None = None
+    """Retrieval from the knowledge documents for this task's prompts (None: none)."""
 
 
 class RouteRule(Frozen):
@@ -513,6 +550,7 @@ class Settings(Frozen):
     anomaly: AnomalyConfig = AnomalyConfig()
     memory: MemoryConfig = MemoryConfig()
     stores: StoresConfig = StoresConfig()
+    knowledge: KnowledgeConfig = KnowledgeConfig()
     llm: LLMConfig = LLMConfig()
 
     @model_validator(mode="after")

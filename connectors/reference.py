@@ -1,4 +1,5 @@
-"""Reference data: profile updates (a topic, or a file in local mode) into the profile store.
+"""Reference data: profile updates and knowledge documents (topics, or files in local mode)
+into this process's profile store and knowledge index.
 
 `parse_profile` validates one update `{"tenant", "entity", "attributes": {...}}`, optionally
 with a `version` (integer) or an `updated_at` (ISO 8601 timestamp with a time zone), and
@@ -16,18 +17,21 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, TopicPartition
 
 from config.models import SourceConfig
 from connectors.kafka_source import check_topics
 from core.records import RawRecord
-from runtime.metrics import REFERENCE_BOOTSTRAP_SECONDS, REFERENCE_UPDATES
+from runtime.metrics import REFERENCE_BOOTSTRAP_SECONDS, REFERENCE_FRESHNESS, REFERENCE_UPDATES
 from runtime.signals import stop_requested
+from state.knowledge import RetrievalSettings, SqliteKnowledgeIndex
+from state.knowledge import apply_records as knowledge_apply
 from state.stores import META, SEED_PREFIX, ProfileStore, ProfileUpdate
 
 log = logging.getLogger(__name__)
@@ -114,6 +118,47 @@ class ProfileTable:
         return apply_records(self.store, records)
 
 
+class KnowledgeTable:
+    """The knowledge index as a reference table (`state.knowledge.apply_records`; invalid
+    documents are the flow's dead letters, through its `knowledge_in` input)."""
+
+    def __init__(self, path: str, settings: RetrievalSettings, max_doc_bytes: int) -> None:
+        self.index = open_knowledge(path, settings)
+        self.max_doc_bytes = max_doc_bytes
+
+    def positions(self) -> dict[str, int]:
+        # The index keeps the next offset to read; tables report the last one applied.
+        return {f"{o}[{p}]": n - 1 for (o, p), n in self.index.positions().items()}
+
+    def apply(self, records: list[RawRecord]) -> int:
+        changed, _invalid = knowledge_apply(self.index, records, max_doc_bytes=self.max_doc_bytes)
+        return changed
+
+
+_indexes: dict[str, SqliteKnowledgeIndex] = {}
+_indexes_lock = threading.Lock()
+
+
+def open_knowledge(
+    path: str | Path, settings: RetrievalSettings | None = None
+) -> SqliteKnowledgeIndex:
+    """The process-wide handle of the knowledge index at `path` (each thread of the process
+    gets its own connection from it)."""
+    key = str(Path(path).resolve())
+    with _indexes_lock:
+        index = _indexes.get(key)
+        if index is None:
+            index = _indexes[key] = SqliteKnowledgeIndex(key, settings)
+        return index
+
+
+def close_knowledge() -> None:
+    with _indexes_lock:
+        for index in _indexes.values():
+            index.close()
+        _indexes.clear()
+
+
 class ReferenceBootstrapError(RuntimeError):
     """A reference input could not be read to its end offsets before events were enriched.
 
@@ -160,6 +205,8 @@ class ReferenceTable:
         self._consumer: Consumer | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.freshness: deque[float] = deque(maxlen=100_000)
+        """Seconds from broker timestamp to commit of the records followed (newest last)."""
 
     def bootstrap(self) -> int:
         """Apply the seed (once per content), then read the input to its end offsets as of
@@ -278,18 +325,27 @@ class ReferenceTable:
         store = self.table(self.store_path)
         assert self.source is not None
         topic = self.source.topic
+        freshness = REFERENCE_FRESHNESS.labels(self.name)
         while not self._stop.is_set() and not stop_requested():
             batch = []
+            stamps = []
             for msg in consumer.consume(self.POLL_RECORDS, 0.5):
                 err = msg.error()
                 if err is None:
                     part, offset = msg.partition() or 0, msg.offset() or 0
                     batch.append(RawRecord(topic or "", part, offset, msg.key(), msg.value(), ""))
+                    kind, ms = msg.timestamp()
+                    if kind != TIMESTAMP_NOT_AVAILABLE:
+                        stamps.append(ms / 1000)
                 elif err.code() != KafkaError._PARTITION_EOF:
                     log.warning("reference input %s: %s", self.name, err.str())
             if batch:
                 store.apply(batch)
                 REFERENCE_UPDATES.labels(self.name).inc(len(batch))
+                now = time.time()
+                for ts in stamps:
+                    freshness.observe(now - ts)
+                    self.freshness.append(now - ts)
 
     def close(self) -> None:
         self._stop.set()

@@ -2,7 +2,8 @@
 
 Writes `data/sample_events.jsonl` (chat messages, metric readings and business events mixed in
 event-time order, with malformed records, duplicates and a few real anomalies) and
-`data/profiles.jsonl` (entity profiles).
+`data/profiles.jsonl` (entity profiles), `data/profile_updates.jsonl` and
+`data/knowledge.jsonl` (each tenant's support articles, one revised, one deleted, one invalid).
 """
 
 from __future__ import annotations
@@ -232,6 +233,136 @@ def main() -> None:
         {"tenant": "acme", "attributes": {"missing": "entity"}},
     ]
     (HERE / "profile_updates.jsonl").write_text("\n".join(json.dumps(u) for u in updates) + "\n")
+    write_knowledge()
+
+
+# Each tenant's help-centre articles (made up for the sample): the same topics, with
+# answers that differ per tenant, so a prompt citing the other tenant's article is wrong.
+ARTICLES = {
+    "acme": [
+        (
+            "kb-password",
+            "Resetting your password",
+            "Open Settings, then Security, and choose Reset password. Acme sends a reset link "
+            "to the address on the account; it is valid for 30 minutes. Single sign-on users "
+            "reset their password with their identity provider instead.",
+            ["account"],
+        ),
+        (
+            "kb-invoice",
+            "Wrong amount on an invoice",
+            "Invoices are issued on the first day of each month. If an invoice shows the wrong "
+            "amount, check the seat count under Billing; the billing team corrects invoices "
+            "within two business days after a ticket is opened.",
+            ["billing"],
+        ),
+        (
+            "kb-export",
+            "CSV export failures",
+            "Exports larger than 1 million rows fail with a timeout. Split the export by date "
+            "range, or use the scheduled export, which writes to cloud storage instead of the "
+            "browser download.",
+            ["product"],
+        ),
+        (
+            "kb-plans",
+            "Upgrading to the annual plan",
+            "Annual plans cost ten months of the monthly price. Upgrade under Billing, Plans; the "
+            "unused part of the current month is credited on the first annual invoice.",
+            ["billing"],
+        ),
+        (
+            "kb-api-keys",
+            "API keys",
+            "API keys are created under Settings, Developer. A key is shown once; store it in a "
+            "secret manager. Revoked keys stop working within a minute.",
+            ["developer"],
+        ),
+        (
+            "kb-logout",
+            "Being logged out",
+            "Sessions end after 12 hours, or when the browser blocks third-party cookies on the "
+            "Acme domain. Allow cookies for app.acme.example to stay logged in.",
+            ["account"],
+        ),
+        (
+            "kb-refunds",
+            "Double charges and refunds",
+            "A card charged twice is refunded automatically within 5 business days once the "
+            "duplicate charge settles. Agents can issue an immediate refund for amounts under "
+            "200 EUR.",
+            ["billing"],
+        ),
+    ],
+    "globex": [
+        (
+            "kb-password",
+            "Password reset",
+            "Use the Forgot password link on the Globex login page. The link in the e-mail "
+            "works for 24 hours. Administrators can also force a reset from the Users page.",
+            ["account"],
+        ),
+        (
+            "kb-invoice",
+            "Invoice corrections",
+            "Globex invoices follow your contract's billing date. Send corrections to the "
+            "account manager; credit notes are issued at the end of the month.",
+            ["billing"],
+        ),
+        (
+            "kb-export",
+            "Exporting data to CSV",
+            "CSV exports are queued and e-mailed as a download link when ready, usually within "
+            "15 minutes. A failed export is retried three times before it is reported.",
+            ["product"],
+        ),
+        (
+            "kb-plans",
+            "Annual billing",
+            "Switching to annual billing is done by the account manager and takes effect at the "
+            "next renewal date.",
+            ["billing"],
+        ),
+        (
+            "kb-api-keys",
+            "Getting API keys",
+            "Download API keys from the Integrations page; each key is tied to one workspace "
+            "and expires after a year.",
+            ["developer"],
+        ),
+    ],
+}
+
+
+def write_knowledge() -> None:
+    docs = []
+    for tenant, articles in ARTICLES.items():
+        for doc_id, title, text, tags in articles:
+            docs.append(
+                {
+                    "tenant": tenant,
+                    "doc_id": doc_id,
+                    "version": 1,
+                    "title": title,
+                    "text": text,
+                    "tags": tags,
+                }
+            )
+    # A revision (version 2 replaces version 1), an article deleted, and an invalid record.
+    docs.append(
+        {
+            "tenant": "acme",
+            "doc_id": "kb-logout",
+            "version": 2,
+            "title": "Being logged out",
+            "text": "Sessions end after 24 hours of inactivity since the November release, or "
+            "when the browser blocks cookies for app.acme.example. Allow them to stay logged in.",
+            "tags": ["account"],
+        }
+    )
+    docs.append({"tenant": "globex", "doc_id": "kb-plans", "version": 2, "deleted": True})
+    docs.append({"tenant": "acme", "version": 1, "title": "no doc_id", "text": "invalid"})
+    (HERE / "knowledge.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
 
 
 if __name__ == "__main__":

@@ -30,15 +30,17 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource
 from bytewax.outputs import DynamicSink
 
-from config.models import ConfigError, Settings, load_config
+from config.models import ConfigError, Settings, SourceConfig, load_config
 from connectors.files import JsonlFileSink, JsonlFileSource, file_map
 from connectors.kafka_sink import ReliableKafkaSink
 from connectors.kafka_source import KafkaUnavailable, RawKafkaSource
 from connectors.kafkatool import preflight
 from connectors.reference import (
+    KnowledgeTable,
     ReferenceBootstrapError,
     ReferenceTable,
     ensure_reference,
+    open_knowledge,
     parse_profile,
 )
 from core.clock import Clock
@@ -46,7 +48,7 @@ from core.records import KV, DeadLetter, Event, Kind, LedgerEntry, RawRecord, co
 from inference.client import LLMExecutor, shared_executor
 from operators.anomaly import detect_anomalies
 from operators.dedup import dedup
-from operators.enrich import attach_profiles
+from operators.enrich import attach_knowledge, attach_profiles
 from operators.llm import call_llm
 from operators.memory import remember
 from operators.publish import (
@@ -63,6 +65,7 @@ from operators.route import Router, route
 from operators.validate import decode_validate
 from runtime import backpressure, metrics
 from runtime.process import process_position, setup_process, start_progress, tune_gc
+from state.knowledge import RetrievalSettings, parse_document
 from state.recovery import check_recovery_directory, recovery_directory_argument
 from state.stores import StoreError, StoreLayout
 
@@ -170,6 +173,30 @@ def _profile_dead_letter(raw: RawRecord) -> DeadLetter | None:
     )
 
 
+def _document_dead_letter(raw: RawRecord, max_doc_bytes: int) -> DeadLetter | None:
+    parsed = parse_document(raw.value, max_doc_bytes=max_doc_bytes)
+    if not isinstance(parsed, str):
+        return None
+    return DeadLetter(
+        step_id="knowledge_in",
+        reason=parsed,
+        source=coords(raw.origin, raw.partition, raw.offset),
+        raw=raw.value,
+    )
+
+
+def _reference_source(
+    settings: Settings, src: SourceConfig
+) -> FixedPartitionedSource[RawRecord, object]:
+    if settings.input.kind == "file":
+        assert src.path is not None
+        return JsonlFileSource(file_map([(src.path, src.name)]))  # type: ignore[return-value]
+    assert src.topic is not None
+    return RawKafkaSource(  # type: ignore[return-value]
+        {src.topic: src.name}, settings.kafka.client_settings(), tail=settings.input.tail
+    )
+
+
 def llm_base_url(settings: Settings) -> str | None:
     """The configured endpoint; refuses the local profile without one (run.py starts the
     simulator and sets OPENAI_BASE_URL)."""
@@ -250,27 +277,40 @@ def build_flow(
         work = attach_profiles("profiles", work, None)
     else:
         work = attach_profiles("profiles", work, table.store_path, lambda: ensure_reference(table))
+    docs = knowledge_table(settings, process[0])
+    retrieving = {t.name: t.knowledge for t in settings.llm.tasks if t.knowledge is not None}
+    if docs is None:
+        work = attach_knowledge("knowledge", work, None, retrieving)
+    else:
+        index_path = docs.store_path
+        work = attach_knowledge(
+            "knowledge",
+            work,
+            lambda: open_knowledge(index_path),
+            retrieving,
+            lambda: ensure_reference(docs),
+        )
     llm = call_llm("llm", work, settings.llm, executor, clock)
     dead.append(llm.errs)
 
+    # The profile store and the knowledge index are filled by each process's
+    # `ReferenceTable`; these inputs only dead-letter invalid records, once for the
+    # deployment, with recovered offsets.
     if settings.input.profiles is not None:
-        p = settings.input.profiles
-        if settings.input.kind == "file":
-            assert p.path is not None
-            psrc: FixedPartitionedSource[RawRecord, object] = JsonlFileSource(  # type: ignore[assignment]
-                file_map([(p.path, p.name)])
-            )
-        else:
-            assert p.topic is not None
-            psrc = RawKafkaSource(  # type: ignore[assignment]
-                {p.topic: p.name},
-                settings.kafka.client_settings(),
-                tail=settings.input.tail,
-            )
-        # The profile store is filled by each process's `ReferenceTable`; this input only
-        # dead-letters invalid updates, once for the deployment, with recovered offsets.
-        updates = op.input("profiles_in", flow, psrc)
+        updates = op.input(
+            "profiles_in", flow, _reference_source(settings, settings.input.profiles)
+        )
         dead.append(op.filter_map("profile_errors", updates, _profile_dead_letter))
+    if settings.input.knowledge is not None:
+        documents = op.input(
+            "knowledge_in", flow, _reference_source(settings, settings.input.knowledge)
+        )
+        max_doc = settings.knowledge.max_doc_bytes
+        dead.append(
+            op.filter_map(
+                "knowledge_errors", documents, lambda r: _document_dead_letter(r, max_doc)
+            )
+        )
 
     publish("out_alerts", detected.alerts, alert_kv, _sink(settings, "alerts", out.alerts))
     # Summaries are the memory's, not answers to events: they are in the cache and the audit.
@@ -356,6 +396,30 @@ def reference_table(settings: Settings, process: int = 0) -> ReferenceTable | No
     )
 
 
+def knowledge_table(settings: Settings, process: int = 0) -> ReferenceTable | None:
+    """The knowledge table of process `process`: its knowledge input, into the knowledge
+    index of its `StoreLayout`; None when the config has none."""
+    source = settings.input.knowledge
+    if source is None:
+        return None
+    k = settings.knowledge
+    retrieval = RetrievalSettings(
+        chunk_tokens=k.chunk_tokens,
+        overlap_tokens=k.overlap_tokens,
+        title_weight=k.title_weight,
+        proximity_weight=k.proximity_weight,
+        proximity_window=k.proximity_window,
+    )
+    return ReferenceTable(
+        source,
+        StoreLayout(settings.stores.dir, process).knowledge,
+        settings.kafka.client_settings() if settings.input.kind == "kafka" else {},
+        timeout_s=settings.stores.bootstrap_timeout_s,
+        tail=settings.input.tail,
+        table=lambda path: KnowledgeTable(path, retrieval, k.max_doc_bytes),
+    )
+
+
 def prepare_stores(settings: Settings, process: int = 0) -> None:
     """Before the flow starts: open this process's stores (a locked or foreign store raises
     its `StoreError` now, with the fix) and read the reference data to its end.
@@ -363,6 +427,6 @@ def prepare_stores(settings: Settings, process: int = 0) -> None:
     The profiles lookup would do the same before its first item; the entry points call this
     first so that a problem is one line and an exit code, not a failed worker.
     """
-    table = reference_table(settings, process)
-    if table is not None:
-        ensure_reference(table)
+    for table in (reference_table(settings, process), knowledge_table(settings, process)):
+        if table is not None:
+            ensure_reference(table)

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from core.records import WorkItem
+from core.tokens import estimate_tokens
 from inference.schemas import SCHEMAS
 
 PROMPT_VERSION = "v1"
@@ -95,11 +96,6 @@ def response_format(schema_name: str, ids: list[str]) -> dict[str, Any]:
             },
         },
     }
-
-
-def estimate_tokens(text: str) -> int:
-    """Offline token estimate (about 4 characters per token for English and JSON)."""
-    return len(text) // 4 + 1
 
 
 def item_tokens(item: WorkItem) -> int:

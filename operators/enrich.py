@@ -1,20 +1,24 @@
-"""Enrichment: each work item gets its entity's profile from the profile store.
+"""Enrichment: each work item gets its entity's profile from the profile store and, for tasks
+that retrieve, the best chunks of its tenant's knowledge documents.
 
-Lookups are scoped to the item's tenant, so one tenant never sees another's profile; a miss
-leaves the item as it is. The store is this process's copy of the reference data
-(`connectors.reference.ReferenceTable`), read to its end before the first lookup and opened
-lazily on the worker, never at build time.
+Lookups are scoped to the item's tenant, so one tenant never sees another's profile or
+documents; a miss leaves the item as it is. The stores are this process's copies of the
+reference data (`connectors.reference.ReferenceTable`), read to their end before the first
+lookup and opened lazily on the worker, never at build time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 
+from config.models import KnowledgeUse
 from core.records import WorkItem
+from state.knowledge import Hit, KnowledgeIndex
 from state.stores import ProfileStore
 
 
@@ -80,3 +84,116 @@ def attach_profiles(
     if store_path is None:
         return op.map("lookup", up, lambda item: item)
     return op.map("lookup", up, ProfileLookup(store_path, ready).apply)
+
+
+def knowledge_query(item: WorkItem) -> str:
+    """What an item searches the knowledge for: a chat message's text, an alert's message,
+    else the item's data values (a business event's type and attributes).
+
+    >>> knowledge_query(WorkItem("m1", (), "acme", "s1", "u1", "t", "x",
+    ...                          {"text": "reset my password"}, {}, 0.0))
+    'reset my password'
+    """
+    data = item.data
+    for key in ("text", "message"):
+        value = data.get(key)
+        if isinstance(value, str):
+            return value
+    parts: list[str] = []
+    for value in data.values():
+        if isinstance(value, dict):
+            parts.extend(f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, str | int | float):
+            parts.append(str(value))
+    return " ".join(parts)
+
+
+def citation(hit: Hit) -> dict[str, Any]:
+    """A retrieved chunk as prompts and citations carry it."""
+    return {
+        "doc_id": hit.doc_id,
+        "version": hit.version,
+        "chunk_id": hit.chunk_id,
+        "score": round(hit.score, 4),
+        "title": hit.title,
+        "text": hit.text,
+    }
+
+
+class KnowledgeLookup:
+    """Adds `context["knowledge"]` (the best chunks, best first) to the work items of tasks
+    that retrieve; the search is always within the item's tenant."""
+
+    def __init__(
+        self,
+        index: Callable[[], KnowledgeIndex],
+        tasks: Mapping[str, KnowledgeUse],
+        ready: Callable[[], object] | None = None,
+    ) -> None:
+        self.open = index
+        self.tasks = dict(tasks)
+        self.ready = ready
+        self._index: KnowledgeIndex | None = None
+
+    def apply(self, item: WorkItem) -> WorkItem:
+        use = self.tasks.get(item.task)
+        if use is None:
+            return item
+        if self._index is None:
+            if self.ready is not None:
+                self.ready()  # once per process: the documents are read to their end
+            self._index = self.open()
+        query = knowledge_query(item)
+        hits = self._index.search(
+            item.tenant, query, use.top_k, min_score=use.min_score, tags=use.tags
+        )
+        if not hits:
+            return item
+        return replace(item, context={**item.context, "knowledge": [citation(h) for h in hits]})
+
+
+@operator
+def attach_knowledge(
+    step_id: str,
+    up: Stream[WorkItem],
+    index: Callable[[], KnowledgeIndex] | None,
+    tasks: Mapping[str, KnowledgeUse],
+    ready: Callable[[], object] | None = None,
+) -> Stream[WorkItem]:
+    """Enrich the work items of the tasks in `tasks` with knowledge chunks. Reads only.
+
+    `index` opens this process's knowledge index (None: items pass unchanged); `ready` is
+    called before the first search of each worker (the flow passes one that reads the
+    knowledge input to its end once per process). Each item of a task in `tasks` gets
+    `context["knowledge"]`: up to `top_k` chunks of documents of the item's tenant (with the
+    task's `tags`, scoring at least `min_score`), each `{doc_id, version, chunk_id, score,
+    title, text}`, best first; the responses cite them.
+
+    >>> import bytewax.operators as op
+    >>> import tempfile
+    >>> from bytewax.dataflow import Dataflow
+    >>> from bytewax.testing import TestingSink, TestingSource, run_main
+    >>> from config.models import KnowledgeUse
+    >>> from state.knowledge import KnowledgeUpdate, SqliteKnowledgeIndex
+    >>> index = SqliteKnowledgeIndex(f"{tempfile.mkdtemp()}/knowledge.sqlite")
+    >>> _ = index.apply([
+    ...     KnowledgeUpdate("acme", "kb-1", 1, "Passwords", "Reset your password in Settings."),
+    ...     KnowledgeUpdate("globex", "kb-9", 1, "Passwords", "Globex resets passwords by mail."),
+    ... ])
+    >>> def work(tenant, text):
+    ...     return WorkItem(f"{tenant}-1", (), tenant, "s1", "u1", "chat_reply", "x",
+    ...                     {"text": text}, {}, 0.0)
+    >>> items = [work("acme", "how do I reset my password?"), work("initech", "password")]
+    >>> flow = Dataflow("knowledge_eg")
+    >>> out = []
+    >>> up = op.input("in", flow, TestingSource(items))
+    >>> tasks = {"chat_reply": KnowledgeUse(top_k=2)}
+    >>> op.output("out", attach_knowledge("knowledge", up, lambda: index, tasks), TestingSink(out))
+    >>> run_main(flow)
+    >>> [[c["chunk_id"] for c in i.context.get("knowledge", [])] for i in out]
+    [['kb-1#0'], []]
+    >>> index.close()
+    """
+    if index is None or not tasks:
+        return op.map("lookup", up, lambda item: item)
+    return op.map("lookup", up, KnowledgeLookup(index, tasks, ready).apply)

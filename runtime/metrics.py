@@ -73,6 +73,12 @@ REFERENCE_BOOTSTRAP_SECONDS = Gauge(
     "Time a process took to read a reference input to its end offsets at start.",
     ["input"],
 )
+REFERENCE_FRESHNESS = Histogram(
+    "contextstream_reference_freshness_seconds",
+    "From a followed reference record's broker timestamp to its store commit (searchable).",
+    ["input"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
 REFERENCE_UPDATES = Counter(
     "contextstream_reference_updates_total",
     "Reference records applied after the bootstrap (followed as they arrive).",

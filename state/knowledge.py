@@ -8,7 +8,7 @@ Documents arrive as JSON (a topic, or a file in local mode), one per record:
 
 `parse_document` turns one record into a `KnowledgeUpdate` or the reason it is invalid (the
 flow dead-letters those). `chunk_document` splits a document's text into overlapping chunks of
-a bounded estimated token count (`inference.prompts.estimate_tokens`). `SqliteKnowledgeIndex`
+a bounded estimated token count (`core.tokens.estimate_tokens`). `SqliteKnowledgeIndex`
 implements `KnowledgeIndex`: `apply` commits updates and the source positions they cover in
 one transaction, `search` ranks the chunks of one tenant with FTS5's `bm25()` and returns one
 `Hit` per document (its best chunk).
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from core.records import RawRecord
-from inference.prompts import estimate_tokens
+from core.tokens import estimate_tokens
 from state.stores import StoreError
 
 FORMAT = "knowledge-v1"

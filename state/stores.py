@@ -329,6 +329,7 @@ class StoreLayout:
         self.own = self.root / f"process-{process}"
         self.profiles = self.own / "profiles"
         self.llm_cache = self.own / "llm-cache"
+        self.knowledge = self.own / "knowledge.sqlite"
 
     def peer_caches(self) -> list[Path]:
         """The LLM caches other processes wrote (other `process-N` directories, and the

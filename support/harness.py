@@ -53,6 +53,8 @@ class Deployment:
     extra_toml: str = ""
     kafka_toml: str = ""
     """Extra lines for the `[kafka]` table (e.g. `message_max_bytes = 20000`)."""
+    knowledge: bool = False
+    """Give the deployment a knowledge input (topic `topics["knowledge"]`, 2 partitions)."""
     topics: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -60,6 +62,8 @@ class Deployment:
         for name in ("chat", "metrics", "business", "profiles", *OUTPUTS):
             parts = self.partitions if name in ("chat", "metrics", "business") else 1
             self.topics[name] = create_topic(self.bootstrap, f"{name}-{tag}", parts)
+        if self.knowledge:
+            self.topics["knowledge"] = create_topic(self.bootstrap, f"knowledge-{tag}", 2)
         self.recovery = self.workdir / "recovery"
         self.recovery.mkdir(parents=True, exist_ok=True)
         init_db_dir(self.recovery, 1)
@@ -69,6 +73,11 @@ class Deployment:
     def write_config(self, *, tail: bool | None = None) -> None:
         t = self.topics
         tail_value = str(self.tail if tail is None else tail).lower()
+        knowledge = (
+            f'knowledge = {{ name = "knowledge", topic = "{t["knowledge"]}" }}'
+            if self.knowledge
+            else ""
+        )
         self.config.write_text(
             f"""
 [app]
@@ -88,6 +97,7 @@ sources = [
   {{ name = "business", topic = "{t["business"]}", adapter = "business_event" }},
 ]
 profiles = {{ name = "profiles", topic = "{t["profiles"]}" }}
+{knowledge}
 
 [output]
 kind = "kafka"

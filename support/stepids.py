@@ -82,7 +82,7 @@ def step_id_problems(
 
 
 def contract_settings(tmp: Path) -> Settings:
-    """A deployment with every input (events and profiles), for building the flow to check."""
+    """A deployment with every input (events, profiles, knowledge), for building the flow."""
     return Settings.model_validate(
         {
             "app": {"profile": "dev"},
@@ -90,6 +90,7 @@ def contract_settings(tmp: Path) -> Settings:
                 "kind": "file",
                 "sources": [{"name": "s", "path": str(tmp / "x.jsonl")}],
                 "profiles": {"name": "p", "path": str(tmp / "p.jsonl")},
+                "knowledge": {"name": "k", "path": str(tmp / "k.jsonl")},
             },
             "output": {"kind": "file", "dir": str(tmp / "out")},
             "stores": {"dir": str(tmp / "stores")},

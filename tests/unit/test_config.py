@@ -58,9 +58,12 @@ def test_load_local() -> None:
     assert s.anomaly.z_threshold == 5.0
     assert s.stores.profiles_seed == "data/profiles.jsonl"
     tasks = {t.name: t for t in s.llm.tasks}
-    assert set(tasks) == {"chat_reply", "explain_anomaly"}
+    assert set(tasks) == {"chat_reply", "explain_anomaly", "summarize_memory"}
     assert tasks["explain_anomaly"].urgent
     assert tasks["chat_reply"].model == "sim-1"
+    assert tasks["chat_reply"].knowledge is not None
+    assert s.memory.max_tokens and s.memory.summary_task == "summarize_memory"
+    assert s.input.knowledge is not None and s.input.knowledge.path == "data/knowledge.jsonl"
 
 
 def test_load_kafka_dev() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from core.records import RawRecord
-from inference.prompts import estimate_tokens
+from core.tokens import estimate_tokens
 from state.knowledge import (
     FORMAT,
     Hit,

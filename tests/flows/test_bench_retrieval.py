@@ -1,16 +1,21 @@
-"""Short run of `bench.retrieval` on a tiny generated collection: the run file, the metrics
-(checked against a hand computation) and the last JSON line. No timed assertions."""
+"""Short run of `python -m bench.retrieval` (a subprocess) on a tiny generated collection:
+the run file, the metrics (checked against a hand computation) and the last JSON line. No
+timed assertions."""
 
 from __future__ import annotations
 
 import json
 import math
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from bench import retrieval
+from support import ir_metrics
+
+REPO = Path(__file__).resolve().parents[2]
 
 TOPICS = [
     ("reactor", "coolant pressure valve turbine"),
@@ -47,12 +52,29 @@ def write_collection(root: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-def test_bench_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_runs_and_reports(tmp_path: Path) -> None:
     corpus, queries, qrels = write_collection(tmp_path)
     run = tmp_path / "run.trec"
     args = ["--corpus", str(corpus), "--queries", str(queries), "--qrels", str(qrels)]
-    assert retrieval.main([*args, "--out", str(run), "--cv", "--sensitivity"]) == 0
-    out = capsys.readouterr().out.strip().splitlines()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.retrieval",
+            *args,
+            "--out",
+            str(run),
+            "--cv",
+            "--sensitivity",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout.strip().splitlines()
     result = json.loads(out[-1])
     for key in (
         "ndcg_at_10",
@@ -83,6 +105,9 @@ def test_bench_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[st
         scores = [float(p[4]) for p in rows]
         assert scores == sorted(scores, reverse=True)
         assert len({p[2] for p in rows}) == len(rows)  # one line per document
+    ranking = {q: [(p[2], float(p[4])) for p in rows] for q, rows in by_query.items()}
+    again = ir_metrics.evaluate(ir_metrics.read_qrels(qrels), ranking)
+    assert again["ndcg_at_10"] == pytest.approx(result["ndcg_at_10"], abs=1e-4)
 
 
 def test_metrics_match_trec_eval_definitions() -> None:
@@ -90,11 +115,11 @@ def test_metrics_match_trec_eval_definitions() -> None:
     ranked = ["x", "b", "a", "c"]
     dcg = 1 / math.log2(3) + 2 / math.log2(4)
     idcg = 2 / math.log2(2) + 1 / math.log2(3)
-    assert retrieval.ndcg_at(ranked, rels, 10) == pytest.approx(dcg / idcg)
-    assert retrieval.recall_at(ranked, rels, 2) == 0.5
-    assert retrieval.evaluate({"q": rels, "missing": {"a": 1}}, {"q": [("b", 1.0)]}) == {
+    assert ir_metrics.ndcg_at(ranked, rels, 10) == pytest.approx(dcg / idcg)
+    assert ir_metrics.recall_at(ranked, rels, 2) == 0.5
+    assert ir_metrics.evaluate({"q": rels, "missing": {"a": 1}}, {"q": [("b", 1.0)]}) == {
         "ndcg_at_10": pytest.approx((1 / (2 + 1 / math.log2(3))) / 2),
         "recall_at_10": 0.25,
         "recall_at_100": 0.25,
     }
-    assert retrieval.percentile_ms([0.001, 0.002, 0.003, 0.004], 50) == pytest.approx(2.0)
+    assert ir_metrics.percentile_ms([0.001, 0.002, 0.003, 0.004], 50) == pytest.approx(2.0)
