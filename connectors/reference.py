@@ -262,6 +262,9 @@ class ReferenceTable:
                 "enable.partition.eof": "true",
                 # An offset lost to retention or compaction: what is left is the table.
                 "auto.offset.reset": "earliest",
+                # Followed updates should be searchable fast: the broker answers a fetch
+                # after at most this long when there is nothing new (librdkafka: 500 ms).
+                "fetch.wait.max.ms": "100",
             }
         )
         consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
@@ -329,7 +332,9 @@ class ReferenceTable:
         while not self._stop.is_set() and not stop_requested():
             batch = []
             stamps = []
-            for msg in consumer.consume(self.POLL_RECORDS, 0.5):
+            # `consume` returns at the timeout unless POLL_RECORDS arrived: a short one keeps
+            # a followed update's way to the store short (bench/freshness.py).
+            for msg in consumer.consume(self.POLL_RECORDS, 0.05):
                 err = msg.error()
                 if err is None:
                     part, offset = msg.partition() or 0, msg.offset() or 0
