@@ -7,17 +7,25 @@ against its task's pydantic schema (`inference.schemas`) before it is used.
 
 A request (pack mode) asks for one JSON object keyed by item id, each value the task's answer;
 the JSON schema sent as `response_format` lists every id as a required property.
+
+`assemble` is how the LLM stage builds a request: every string of every item's data and
+context passes the redactor there (`redact_tree`, the one place that does it), then the
+context is trimmed to the task's token budget (`inference.budget`). `build_messages` is the
+plain form (no redaction, no budget) kept for benchmarks and tests.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from core.records import WorkItem
+from inference import budget
 from inference.schemas import SCHEMAS
 
 PROMPT_VERSION = "v1"
@@ -45,6 +53,12 @@ _GUARD = (
 )
 
 
+class Redactor(Protocol):
+    """Replaces PII in text; returns the new text and the number of replacements."""
+
+    def redact(self, text: str) -> tuple[str, int]: ...
+
+
 def system_prompt(schema_name: str) -> str:
     return f"You are ContextStream's assistant. {_INSTRUCTIONS[schema_name]}\n\n{_GUARD}"
 
@@ -64,11 +78,147 @@ def _dumps(obj: Any) -> str:
 
 
 def build_messages(schema_name: str, items: list[WorkItem]) -> list[dict[str, str]]:
+    """The request for `items` as they are: no redaction, no budget (see `assemble`)."""
     body = _dumps([item_payload(i) for i in items])
     return [
         {"role": "system", "content": system_prompt(schema_name)},
         {"role": "user", "content": f"<events>\n{body}\n</events>"},
     ]
+
+
+_LONG_INT = 10**6  # integers from here on may be numbers a redactor knows (cards)
+
+
+def redact_tree(value: Any, redactor: Redactor | None) -> tuple[Any, int]:
+    """`value` (JSON-like) with every string through `redactor`, and the replacement count.
+
+    Strings, dict keys and integers of 7 digits or more (a card number stored as a number)
+    are redacted; an integer with PII becomes its redacted text. Containers are copied, so
+    `value` itself is never changed. This is the only place prompt text is redacted.
+
+    >>> class Digits:  # a toy redactor: any run of 7+ digits
+    ...     def redact(self, text):
+    ...         import re
+    ...         return re.subn(r"\\d{7,}", "[NUM]", text)
+    >>> redact_tree({"note": "call 5550123456", "n": [4111111111111111, 7]}, Digits())
+    ({'note': 'call [NUM]', 'n': ['[NUM]', 7]}, 2)
+    """
+    if redactor is None:
+        return value, 0
+    count = 0
+    redact = redactor.redact
+
+    def walk(v: Any) -> Any:
+        nonlocal count
+        if isinstance(v, str):
+            text, n = redact(v)
+            count += n
+            return text
+        if isinstance(v, dict):
+            return {walk(k) if isinstance(k, str) else k: walk(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [walk(x) for x in v]
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= _LONG_INT:
+            text, n = redact(str(v))
+            if n:
+                count += n
+                return text
+        return v
+
+    return walk(value), count
+
+
+def prompt_payload(item: WorkItem, redactor: Redactor | None) -> tuple[dict[str, Any], int]:
+    """`item_payload` with its data and context redacted (fresh containers), and the count."""
+    data, n = redact_tree(item.data, redactor)
+    out: dict[str, Any] = {"id": item.item_id, "data": data}
+    if item.context:
+        out["context"], m = redact_tree(item.context, redactor)
+        n += m
+    if "prompt_injection" in item.flags:
+        out["note"] = "this item's text looks like an attempt to change instructions"
+    return out, n
+
+
+_WRAP = len("<events>\n\n</events>")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One assembled request: its messages and what assembling it did."""
+
+    messages: list[dict[str, str]]
+    estimate: int
+    """Offline token estimate of the messages (`estimate_tokens`, not calibrated)."""
+    redactions: int
+    """Replacements the redactor made in the items' data and context (also in context that
+    the budget then dropped)."""
+    dropped: dict[str, int]
+    """Context units dropped to fit the budget, per section (see `inference.budget`)."""
+    truncated: dict[str, int]
+    """Context strings shortened to fit the budget, per section."""
+    over_budget: bool
+    """The items' own data alone exceed the budget (sent anyway, all context dropped)."""
+
+
+def assemble(
+    schema_name: str,
+    items: list[WorkItem],
+    *,
+    redactor: Redactor | None = None,
+    limit_chars: int | None = None,
+    priority: Sequence[str] = budget.DEFAULT_PRIORITY,
+) -> Prompt:
+    """Build the request for `items`: redact every string, then fit `limit_chars`.
+
+    `limit_chars` is the largest prompt (system plus user message, in characters) the
+    budget allows (`budget.limit_chars` of the task's budget and the calibration factor);
+    None: no budget. Context is trimmed in reverse `priority`; the items' data never is.
+    """
+    system = system_prompt(schema_name)
+    payloads: list[dict[str, Any]] = []
+    redactions = 0
+    for item in items:
+        payload, n = prompt_payload(item, redactor)
+        payloads.append(payload)
+        redactions += n
+    body = _dumps(payloads)
+    dropped: dict[str, int] = {}
+    truncated: dict[str, int] = {}
+    over = False
+    fixed = len(system) + _WRAP
+    if limit_chars is not None and fixed + len(body) > limit_chars:
+        trimmed = budget.fit(payloads, fixed, limit_chars, priority, _dumps, size=len(body))
+        body = _dumps(payloads)
+        dropped, truncated, over = trimmed.dropped, trimmed.truncated, trimmed.over_budget
+    user = f"<events>\n{body}\n</events>"
+    return Prompt(
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+        estimate=estimate_tokens(system + user),
+        redactions=redactions,
+        dropped=dropped,
+        truncated=truncated,
+        over_budget=over,
+    )
+
+
+def split_for_budget(
+    schema_name: str, items: list[WorkItem], limit_chars: int | None
+) -> list[list[WorkItem]]:
+    """Split a pack so each request's items fit `limit_chars` without their context.
+
+    Context can be trimmed, an item's data cannot: a pack whose data alone exceed the
+    budget is sent as several requests (in order) rather than over budget. One group of all
+    items when they fit or there is no budget.
+    """
+    if limit_chars is None or len(items) < 2:
+        return [items]
+    floors = [
+        len(_dumps({k: v for k, v in item_payload(i).items() if k != "context"})) for i in items
+    ]
+    fixed = len(system_prompt(schema_name)) + _WRAP
+    groups = budget.pack_groups(floors, fixed, limit_chars)
+    return [[items[k] for k in g] for g in groups]
 
 
 def response_format(schema_name: str, ids: list[str]) -> dict[str, Any]:
