@@ -197,19 +197,19 @@ def build_flow(
     live in their own directory (`StoreLayout`), and it reads the other processes' LLM caches.
     """
     layout = StoreLayout(settings.stores.dir, process[0])
+    redactor = RegexRedactor(settings.redaction.kinds) if settings.redaction.enabled else None
     if executor is None:
         base_url = llm_base_url(settings)
         llm_cfg = settings.llm.process_share(*process)
 
         def executor() -> LLMExecutor:
             peers = tuple(str(p) for p in layout.peer_caches())
-            return shared_executor(llm_cfg, base_url, str(layout.llm_cache), peers)
+            return shared_executor(llm_cfg, base_url, str(layout.llm_cache), peers, redactor)
 
     backpressure.configure(settings.llm.max_pending_items)
     router = Router(settings.llm.routes)
     out = settings.output
     sources = {s.name: s for s in settings.input.sources}
-    redactor = RegexRedactor(settings.redaction.kinds) if settings.redaction.enabled else None
 
     flow = Dataflow(FLOW_ID)
     raw = op.input("ingest", flow, _source(settings))
