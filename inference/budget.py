@@ -94,6 +94,8 @@ def fit(
     priority: Sequence[str] = DEFAULT_PRIORITY,
     dumps: Dumps = _plain_dumps,
     size: int | None = None,
+    *,
+    stop_at_strings: bool = False,
 ) -> Trimmed:
     """Trim the `context` of `payloads` in place until `fixed_chars` plus their JSON fits `limit`.
 
@@ -103,6 +105,11 @@ def fit(
     known, is the payloads' JSON size (saves one encoding). Every saving is counted at most
     as large as it is (a comma, a key or an empty section may go too), so the result never
     exceeds `limit` unless the items alone do.
+
+    With `stop_at_strings`, trimming stops at the first section holding a string (it and
+    the sections after it are left for a second call): the prompt builder trims whole units
+    before redacting, so it redacts only what is sent, and truncates strings only after,
+    so a cut never splits a PII value into a piece the redactor would not recognize.
 
     >>> items = [{"id": "a", "data": {"text": "hi"},
     ...           "context": {"memory": [{"text": "x" * 40}, {"text": "y" * 40}],
@@ -147,6 +154,8 @@ def fit(
         holders = [(i, c) for i, c in enumerate(contexts) if c is not None and section in c]
         if not holders:
             continue
+        if stop_at_strings and any(isinstance(c[section], str) for _, c in holders):
+            break
         need = _trim_section(section, holders, need, dropped, truncated, dumps)
 
     for p, ctx in zip(payloads, contexts, strict=True):

@@ -87,14 +87,19 @@ def build_messages(schema_name: str, items: list[WorkItem]) -> list[dict[str, st
 
 
 _LONG_INT = 10**6  # integers from here on may be numbers a redactor knows (cards)
+_MEMO_CHARS = 40
 
 
-def redact_tree(value: Any, redactor: Redactor | None) -> tuple[Any, int]:
+def redact_tree(
+    value: Any, redactor: Redactor | None, memo: dict[str, tuple[str, int]] | None = None
+) -> tuple[Any, int]:
     """`value` (JSON-like) with every string through `redactor`, and the replacement count.
 
     Strings, dict keys and integers of 7 digits or more (a card number stored as a number)
     are redacted; an integer with PII becomes its redacted text. Containers are copied, so
     `value` itself is never changed. This is the only place prompt text is redacted.
+    `memo` (shared over one request) remembers short strings: keys and values such as
+    "role" or "assistant" repeat in every turn.
 
     >>> class Digits:  # a toy redactor: any run of 7+ digits
     ...     def redact(self, text):
@@ -107,37 +112,44 @@ def redact_tree(value: Any, redactor: Redactor | None) -> tuple[Any, int]:
         return value, 0
     count = 0
     redact = redactor.redact
+    seen: dict[str, tuple[str, int]] = {} if memo is None else memo
+
+    def text(v: str) -> str:
+        nonlocal count
+        done = seen.get(v)
+        if done is None:
+            done = redact(v)
+            if len(v) <= _MEMO_CHARS:
+                seen[v] = done
+        if done[1]:
+            count += done[1]
+        return done[0]
 
     def walk(v: Any) -> Any:
         nonlocal count
+        t = type(v)  # exact types first: this runs for every value of every prompt
+        if t is str:
+            return text(v)
+        if t is float or v is None or t is bool:
+            return v
+        if t is dict:
+            return {text(k) if type(k) is str else k: walk(x) for k, x in v.items()}
+        if t is list or t is tuple:
+            return [walk(x) for x in v]
         if isinstance(v, str):
-            text, n = redact(v)
-            count += n
-            return text
+            return text(v)
         if isinstance(v, dict):
-            return {walk(k) if isinstance(k, str) else k: walk(x) for k, x in v.items()}
+            return {text(k) if isinstance(k, str) else k: walk(x) for k, x in v.items()}
         if isinstance(v, list | tuple):
             return [walk(x) for x in v]
         if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= _LONG_INT:
-            text, n = redact(str(v))
+            red, n = redact(str(v))
             if n:
                 count += n
-                return text
+                return red
         return v
 
     return walk(value), count
-
-
-def prompt_payload(item: WorkItem, redactor: Redactor | None) -> tuple[dict[str, Any], int]:
-    """`item_payload` with its data and context redacted (fresh containers), and the count."""
-    data, n = redact_tree(item.data, redactor)
-    out: dict[str, Any] = {"id": item.item_id, "data": data}
-    if item.context:
-        out["context"], m = redact_tree(item.context, redactor)
-        n += m
-    if "prompt_injection" in item.flags:
-        out["note"] = "this item's text looks like an attempt to change instructions"
-    return out, n
 
 
 _WRAP = len("<events>\n\n</events>")
@@ -151,8 +163,8 @@ class Prompt:
     estimate: int
     """Offline token estimate of the messages (`estimate_tokens`, not calibrated)."""
     redactions: int
-    """Replacements the redactor made in the items' data and context (also in context that
-    the budget then dropped)."""
+    """Replacements the redactor made in the items' data and context as sent (whole units
+    the budget drops are dropped before redaction)."""
     dropped: dict[str, int]
     """Context units dropped to fit the budget, per section (see `inference.budget`)."""
     truncated: dict[str, int]
@@ -169,28 +181,54 @@ def assemble(
     limit_chars: int | None = None,
     priority: Sequence[str] = budget.DEFAULT_PRIORITY,
 ) -> Prompt:
-    """Build the request for `items`: redact every string, then fit `limit_chars`.
+    """Build the request for `items`: every string redacted, the context fitted to `limit_chars`.
 
     `limit_chars` is the largest prompt (system plus user message, in characters) the
     budget allows (`budget.limit_chars` of the task's budget and the calibration factor);
     None: no budget. Context is trimmed in reverse `priority`; the items' data never is.
     """
     system = system_prompt(schema_name)
-    payloads: list[dict[str, Any]] = []
-    redactions = 0
-    for item in items:
-        payload, n = prompt_payload(item, redactor)
-        payloads.append(payload)
-        redactions += n
-    body = _dumps(payloads)
+    fixed = len(system) + _WRAP
+    # Trim whole units first, on the items' own values (`fit` copies what it changes), so
+    # only what is sent is redacted; strings are truncated after redaction (second `fit`).
+    payloads = [item_payload(i) for i in items]
     dropped: dict[str, int] = {}
     truncated: dict[str, int] = {}
-    over = False
-    fixed = len(system) + _WRAP
-    if limit_chars is not None and fixed + len(body) > limit_chars:
-        trimmed = budget.fit(payloads, fixed, limit_chars, priority, _dumps, size=len(body))
+    body: str | None = None
+    if limit_chars is not None:
         body = _dumps(payloads)
-        dropped, truncated, over = trimmed.dropped, trimmed.truncated, trimmed.over_budget
+        if fixed + len(body) > limit_chars:
+            first = budget.fit(
+                payloads,
+                fixed,
+                limit_chars,
+                priority,
+                _dumps,
+                size=len(body),
+                stop_at_strings=redactor is not None,
+            )
+            _add(dropped, first.dropped)
+            _add(truncated, first.truncated)
+            body = None
+    redactions = 0
+    if redactor is not None:
+        memo: dict[str, tuple[str, int]] = {}
+        for p in payloads:
+            p["data"], n = redact_tree(p["data"], redactor, memo)
+            redactions += n
+            if "context" in p:
+                p["context"], n = redact_tree(p["context"], redactor, memo)
+                redactions += n
+        body = None
+    if body is None:
+        body = _dumps(payloads)
+    over = False
+    if limit_chars is not None and fixed + len(body) > limit_chars:
+        second = budget.fit(payloads, fixed, limit_chars, priority, _dumps, size=len(body))
+        _add(dropped, second.dropped)
+        _add(truncated, second.truncated)
+        over = second.over_budget
+        body = _dumps(payloads)
     user = f"<events>\n{body}\n</events>"
     return Prompt(
         messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
@@ -200,6 +238,11 @@ def assemble(
         truncated=truncated,
         over_budget=over,
     )
+
+
+def _add(into: dict[str, int], counts: dict[str, int]) -> None:
+    for key, n in counts.items():
+        into[key] = into.get(key, 0) + n
 
 
 def split_for_budget(

@@ -337,3 +337,23 @@ def test_split_for_budget_splits_a_pack_whose_data_alone_do_not_fit() -> None:
     groups = split_for_budget("chat_reply", items, limit_chars(400, 1.0))
     assert [len(g) for g in groups] == [2, 2]
     assert [i for g in groups for i in g] == items
+
+
+def test_a_truncated_summary_never_keeps_a_piece_of_pii() -> None:
+    """Strings are truncated only after redaction: wherever the budget cuts a summary, no
+    part of a phone number or email in it reaches the prompt."""
+    from inference.budget import limit_chars
+    from operators.redact import RegexRedactor
+
+    redactor = RegexRedactor(PII_KINDS)
+    summary = "Ann asked about her order. " * 4 + f"Call {PII['phone']} or {PII['email']}. " * 3
+    base = item(context={"summary": summary, "memory": []})
+    seen_cut = False
+    for budget_tokens in range(196, 250):
+        prompt = assemble(
+            "chat_reply", [base], redactor=redactor, limit_chars=limit_chars(budget_tokens, 1.0)
+        )
+        text = prompt.messages[1]["content"]
+        assert "415" not in text and "0132" not in text and "ann.lee" not in text
+        seen_cut |= prompt.truncated == {"summary": 1}
+    assert seen_cut
