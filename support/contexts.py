@@ -1,4 +1,5 @@
-"""Work items with rich, varied context for prompt-budget tests and benchmarks.
+"""Work items with rich, varied context for prompt-budget tests and benchmarks, and a run
+of them through an `LLMExecutor` (`budget_run`).
 
 Each item carries a chat message and every context section the prompt builder knows:
 a profile, a summary, memory (user and assistant turns, business events) and knowledge
@@ -11,9 +12,14 @@ same items.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
+from config.models import LLMConfig, TaskConfig
 from core.records import WorkItem
+from inference.budget import TokenCalibration
+from inference.client import LLMExecutor
+from state.stores import ResponseCache
 
 
 def _vocab(words: str) -> list[str]:
@@ -207,3 +213,55 @@ def pii_item(item_id: str = "e1", tenant: str = "acme") -> WorkItem:
         },
         ingest_ts=0.0,
     )
+
+
+def budget_run(
+    base_url: str,
+    calibration: TokenCalibration,
+    cache_dir: Path,
+    *,
+    budget: int = 1500,
+    requests: int = 700,
+    warmup: int = 100,
+    seed: int = 7,
+    model: str = "sim-1",
+) -> dict[str, Any]:
+    """Send `rich_requests(seed, requests)` one after another through an executor with
+    `calibration` and a `budget`-token prompt budget; figures over the requests after
+    `warmup` (answered ones, in order; a split pack counts as its requests). The response
+    cache lives in `cache_dir` (close it with `state.stores.close_all`).
+
+    `over_share` is the share whose `usage.prompt_tokens` exceeded the budget,
+    `trimmed_share` the share that had context dropped, `mean_use` the mean of
+    prompt tokens / budget, `over_by_estimate` the requests whose items alone exceeded it.
+    """
+    task = TaskConfig(
+        name="chat_reply", schema_name="chat_reply", model=model, prompt_budget_tokens=budget
+    )
+    cfg = LLMConfig(tasks=(task,), routes=(), concurrency=4)
+    audits: list[dict[str, Any]] = []
+    ex = LLMExecutor(cfg, base_url, ResponseCache(cache_dir), calibration=calibration)
+    try:
+        for items in rich_requests(seed, requests):
+            out = ex.run(task, items)
+            if out.failed:
+                msg = f"budget_run: {len(out.failed)} item(s) failed: {out.failed[0].reason}"
+                raise RuntimeError(msg)
+            audits.extend(a for a in out.audits if a["outcome"] == "ok")
+    finally:
+        ex.close()
+    after = audits[warmup:]
+    n = max(1, len(after))
+    over = sum(a["prompt_tokens"] > budget for a in after)
+    return {
+        "requests": len(audits),
+        "measured": len(after),
+        "over": over,
+        "over_share": over / n,
+        "warmup_over": sum(a["prompt_tokens"] > budget for a in audits[:warmup]),
+        "trimmed_share": sum(bool(a["context_dropped"]) for a in after) / n,
+        "mean_use": sum(a["prompt_tokens"] for a in after) / n / budget,
+        "over_by_estimate": sum(a["over_budget"] for a in audits),
+        "estimate_within_budget": all(a["prompt_tokens_estimate"] <= budget for a in after),
+        "factor": calibration.factor(model),
+    }

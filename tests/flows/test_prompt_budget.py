@@ -21,7 +21,7 @@ from inference.client import LLMExecutor
 from llmsim import LLMSimulator
 from operators.redact import RegexRedactor
 from state.stores import ResponseCache, close_all
-from support.contexts import PII, PII_IN_ITEM, PII_KINDS, pii_item, rich_requests
+from support.contexts import PII, PII_IN_ITEM, PII_KINDS, budget_run, pii_item
 from support.harness import prompt_items
 
 BUDGET = 1500
@@ -42,34 +42,6 @@ def _executor(
     return LLMExecutor(cfg, sim.base_url, ResponseCache(tmp / "cache"), **kw), task
 
 
-def _over_budget(sim: LLMSimulator, tmp: Path, calibration: TokenCalibration) -> dict[str, Any]:
-    """Send the same varied requests (seeded) one after another; figures after warm-up."""
-    task = TaskConfig(
-        name="chat_reply", schema_name="chat_reply", model="sim-1", prompt_budget_tokens=BUDGET
-    )
-    ex, task = _executor(sim, tmp, task, calibration=calibration)
-    audits: list[dict[str, Any]] = []
-    try:
-        for items in rich_requests(seed=7, count=REQUESTS):
-            out = ex.run(task, items)
-            assert not out.failed
-            audits.extend(a for a in out.audits if a["outcome"] == "ok")
-    finally:
-        ex.close()
-    after = audits[WARMUP:]
-    return {
-        "requests": len(audits),
-        "over": sum(a["prompt_tokens"] > BUDGET for a in after),
-        "over_share": sum(a["prompt_tokens"] > BUDGET for a in after) / len(after),
-        "warmup_over": sum(a["prompt_tokens"] > BUDGET for a in audits[:WARMUP]),
-        "trimmed_share": sum(bool(a["context_dropped"]) for a in after) / len(after),
-        "mean_use": sum(a["prompt_tokens"] for a in after) / len(after) / BUDGET,
-        "over_by_estimate": sum(a["over_budget"] for a in audits),
-        "factor": calibration.factor("sim-1"),
-        "estimate_ok": all(a["prompt_tokens_estimate"] <= BUDGET for a in after),
-    }
-
-
 @pytest.mark.timeout(300)
 def test_calibrated_budget_holds_where_the_raw_estimate_does_not(
     llm_sim_factory: Any, tmp_path: Path
@@ -80,12 +52,16 @@ def test_calibrated_budget_holds_where_the_raw_estimate_does_not(
     calibrated requests exceed the budget (as the endpoint counts) in under 1 % of cases,
     the raw estimate in most."""
     sim = llm_sim_factory(latency_ms=0, max_concurrency=64)
-    cal = _over_budget(sim, tmp_path / "cal", TokenCalibration())
-    raw = _over_budget(sim, tmp_path / "raw", FixedCalibration(1.0))
+    cal, raw = (
+        budget_run(
+            sim.base_url, c, tmp_path / name, budget=BUDGET, requests=REQUESTS, warmup=WARMUP
+        )
+        for c, name in ((TokenCalibration(), "cal"), (FixedCalibration(1.0), "raw"))
+    )
     print("\ncalibrated", json.dumps(cal), "\nuncalibrated", json.dumps(raw))
     # The budget is really tested: nearly every request had context to drop.
     assert cal["trimmed_share"] > 0.8
-    assert cal["over_by_estimate"] == 0 and cal["estimate_ok"]
+    assert cal["over_by_estimate"] == 0 and cal["estimate_within_budget"]
     assert cal["over_share"] < 0.01
     assert raw["over_share"] > 0.5
     assert raw["over_share"] > 20 * max(cal["over_share"], 1 / (REQUESTS - WARMUP))
