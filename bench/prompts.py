@@ -2,14 +2,14 @@
 
     python -m bench.prompts [--repeat 500] [--requests 700] [--quick]
 
-Part 1, in-process: µs to build one request, the plain `prompts.build_messages` (no
-redaction, no budget: what the executor called before) against `prompts.assemble` with the
-deployment's `RegexRedactor` (all kinds) over every string of data and context, without and
-with a budget. Two request shapes: `typical`, 8 chat items with 8 short memory turns and a
-small profile each (the shape the pipeline builds today), and `rich`, 1-4 items with
-profile, summary, up to 12 turns and 6 knowledge chunks in varied languages
-(`support.contexts`), where the 1500-token budget trims nearly every request. Each figure
-is the best of 5 rounds.
+Part 1, in-process: µs to build one request, the executor's old prompt builder (a verbatim
+copy of `build_messages` before this change: no redaction, no budget) and today's
+`build_messages`, against `prompts.assemble` with the deployment's `RegexRedactor` (all
+kinds) over every string of data and context, without and with a budget. Two request
+shapes: `typical`, 8 chat items with 8 short memory turns and a small profile each (the
+shape the pipeline builds today), and `rich`, 1-4 items with profile, summary, up to 12
+turns and 6 knowledge chunks in varied languages (`support.contexts`), where the
+1500-token budget trims nearly every request. Each figure is the best of 5 rounds.
 
 Part 2, through the LLM simulator over HTTP (its token count differs from the client's
 estimate): the share of requests whose reported prompt tokens exceed the budget after warm-up,
@@ -64,6 +64,18 @@ def typical_requests(count: int, seed: int = 3) -> list[list[WorkItem]]:
     return [[item(r, k) for k in range(8)] for r in range(count)]
 
 
+def old_build_messages(schema_name: str, items: list[WorkItem]) -> list[dict[str, str]]:
+    """`prompts.build_messages` as the executor called it before prompt assembly (verbatim,
+    with a `json.dumps` per call): the baseline."""
+    body = json.dumps(
+        [prompts.item_payload(i) for i in items], separators=(",", ":"), ensure_ascii=False
+    ).replace("<", "\\u003c")
+    return [
+        {"role": "system", "content": prompts.system_prompt(schema_name)},
+        {"role": "user", "content": f"<events>\n{body}\n</events>"},
+    ]
+
+
 def per_request_us(build: Callable[[list[WorkItem]], Any], reqs: list[list[WorkItem]]) -> float:
     """Mean µs per request over `reqs`, the best of 5 rounds (the cores may be shared)."""
     for items in reqs[:20]:
@@ -81,8 +93,8 @@ def build_costs(reqs: list[list[WorkItem]]) -> dict[str, float]:
     redactor = RegexRedactor(PII_KINDS)
     limit = budget.limit_chars(BUDGET, FACTOR)
     return {
-        "old": per_request_us(lambda items: prompts.build_messages(SCHEMA, items), reqs),
-        "plain": per_request_us(lambda items: prompts.assemble(SCHEMA, items), reqs),
+        "old": per_request_us(lambda items: old_build_messages(SCHEMA, items), reqs),
+        "plain": per_request_us(lambda items: prompts.build_messages(SCHEMA, items), reqs),
         "redact": per_request_us(
             lambda items: prompts.assemble(SCHEMA, items, redactor=redactor), reqs
         ),
@@ -113,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         costs = build_costs(reqs)
         items = sum(len(r) for r in reqs) / len(reqs)
         print(
-            f"{shape:8s} ({items:.1f} items/request): build_messages {costs['old']:7.1f} µs, "
-            f"assemble {costs['plain']:7.1f}, + redaction {costs['redact']:7.1f}, "
+            f"{shape:8s} ({items:.1f} items/request): old build_messages {costs['old']:6.1f} µs, "
+            f"now {costs['plain']:6.1f}; assemble with redaction {costs['redact']:7.1f}, "
             f"+ budget {costs['budget']:7.1f} µs/request "
             f"(+{costs['budget'] - costs['old']:.1f} µs, "
             f"{(costs['budget'] - costs['old']) / items:.1f} µs/item)"

@@ -51,8 +51,11 @@ ELLIPSIS = "…"
 Dumps = Callable[[Any], str]
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _plain_dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(obj)
 
 
 def limit_chars(budget_tokens: int, factor: float) -> int:

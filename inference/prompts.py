@@ -72,9 +72,14 @@ def item_payload(item: WorkItem) -> dict[str, Any]:
     return out
 
 
+# One encoder for every prompt (thread-safe: it keeps no state between calls): `json.dumps`
+# with arguments builds a new one per call, and the budget sizes each unit it drops with it.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _dumps(obj: Any) -> str:
     # `<` escaped as \u003c: the item text cannot close or open a tag of the prompt.
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).replace("<", "\\u003c")
+    return _ENCODER.encode(obj).replace("<", "\\u003c")
 
 
 def build_messages(schema_name: str, items: list[WorkItem]) -> list[dict[str, str]]:
