@@ -408,6 +408,10 @@ class KnowledgeUse(Frozen):
     """Only documents carrying every one of these tags."""
 
 
+CONTEXT_PRIORITY: tuple[str, ...] = ("item", "profile", "summary", "memory", "knowledge")
+"""Default order of a prompt's sections, most important first (`TaskConfig.context_priority`)."""
+
+
 class TaskConfig(Frozen):
     """One LLM task: which answer schema, which model, how its requests are batched."""
 
@@ -423,6 +427,34 @@ class TaskConfig(Frozen):
     temperature: float = Field(default=0.0, ge=0, le=2)
     knowledge: KnowledgeUse | None = None
     """Retrieval from the knowledge documents for this task's prompts (None: none)."""
+
+    prompt_budget_tokens: int | None = Field(default=None, ge=256)
+    """Most prompt tokens one request may use, as the endpoint counts them: the system prompt
+    and every item of the request (a pack shares it; a fanout request is one item). Context is
+    trimmed to fit, in reverse `context_priority`, with the offline estimate calibrated from
+    reported usage (`inference.budget`). None: no budget, context is sent whole."""
+    context_priority: tuple[str, ...] = CONTEXT_PRIORITY
+    """Prompt sections from most to least important: "item" (the item's own data, never
+    dropped) first, then context keys. Keys not listed are dropped before any listed one."""
+
+    @model_validator(mode="after")
+    def _priority_starts_with_item(self) -> TaskConfig:
+        p = self.context_priority
+        if not p or p[0] != "item" or len(set(p)) != len(p) or not all(p):
+            msg = (
+                f"llm.tasks[{self.name}].context_priority must start with 'item' and name "
+                f"each section once, got {list(p)}"
+            )
+            raise ValueError(msg)
+        return self
+
+    @property
+    def batch_tokens(self) -> int:
+        """Estimated tokens at which a micro-batch is cut: `max_batch_tokens`, or the prompt
+        budget when that is smaller, so a pack is not formed only to lose its context."""
+        if self.prompt_budget_tokens is None:
+            return self.max_batch_tokens
+        return min(self.max_batch_tokens, self.prompt_budget_tokens)
 
 
 class RouteRule(Frozen):

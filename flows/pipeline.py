@@ -224,6 +224,7 @@ def build_flow(
     live in their own directory (`StoreLayout`), and it reads the other processes' LLM caches.
     """
     layout = StoreLayout(settings.stores.dir, process[0])
+    redactor = RegexRedactor(settings.redaction.kinds) if settings.redaction.enabled else None
     if executor is None:
         base_url = llm_base_url(settings)
         llm_cfg = settings.llm.process_share(*process)
@@ -231,14 +232,14 @@ def build_flow(
         def executor() -> LLMExecutor:
             peers = tuple(str(p) for p in layout.peer_caches())
             chars = settings.memory.max_chars_per_turn
-            return shared_executor(llm_cfg, base_url, str(layout.llm_cache), peers, chars)
+            cache = str(layout.llm_cache)
+            return shared_executor(llm_cfg, base_url, cache, peers, redactor, chars)
 
     backpressure.configure(settings.llm.max_pending_items)
     summary_task = settings.memory.summary_task if settings.memory.max_tokens else None
     router = Router(settings.llm.routes, summary_task)
     out = settings.output
     sources = {s.name: s for s in settings.input.sources}
-    redactor = RegexRedactor(settings.redaction.kinds) if settings.redaction.enabled else None
 
     flow = Dataflow(FLOW_ID)
     raw = op.input("ingest", flow, _source(settings))

@@ -11,11 +11,19 @@ dead letters, with the raw answer attached.
 
 Valid answers are written to the cache *before* `run` returns, so an answer that reaches the
 output has always been persisted first: a replay after a crash finds it and pays nothing.
+
+Prompts are assembled here, on the pool thread (`prompts.assemble`): every string of the items'
+data and context passes the configured redactor, and a task with `prompt_budget_tokens` has
+its context trimmed to fit. The budget is in the endpoint's tokens; the offline estimate is
+multiplied by the model's calibration factor (`budget.TokenCalibration`, learned from each
+answer's `usage.prompt_tokens`). A pack whose items' own data would not fit is split into
+several requests first.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -28,7 +36,7 @@ import openai
 
 from config.models import LLMConfig, TaskConfig
 from core.records import WorkItem
-from inference import prompts
+from inference import budget, prompts
 from inference.conversation import prepare, reply_of, summary_of
 from inference.limits import BreakerState, Limiter, Outcome
 from runtime import metrics
@@ -87,6 +95,8 @@ class LLMExecutor:
         base_url: str | None,
         cache: ResponseCache,
         *,
+        redactor: prompts.Redactor | None = None,
+        calibration: budget.TokenCalibration | None = None,
         sleep: Sleep = time.sleep,
         rng: random.Random | None = None,
         reply_chars: int = 1000,
@@ -94,6 +104,8 @@ class LLMExecutor:
         self.cfg = cfg
         self.cache = cache
         self.reply_chars = reply_chars
+        self.redactor = redactor
+        self.calibration = calibration or budget.TokenCalibration()
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.client = openai.OpenAI(
@@ -150,7 +162,11 @@ class LLMExecutor:
             out.audits.append(self._audit(task, hits, outcome="cache_hit", cache_hit=True))
         if not todo:
             return out
-        groups = [[i] for i in todo] if task.mode == "fanout" else [todo]
+        if task.mode == "fanout":
+            groups = [[i] for i in todo]
+        else:
+            limit = self._limit(task)[1]
+            groups = prompts.split_for_budget(task.schema_name, todo, limit)
         for group in groups:
             self._ask(task, group, fps, out, reask=True)
         return out
@@ -166,10 +182,23 @@ class LLMExecutor:
     ) -> None:
         ids = [i.item_id for i in items]
         shown = [prepare(task.schema_name, i, self.cache, self.reply_chars) for i in items]
-        messages = prompts.build_messages(task.schema_name, shown)
+        factor, limit = self._limit(task)
+        prompt = prompts.assemble(
+            task.schema_name,
+            shown,
+            redactor=self.redactor,
+            limit_chars=limit,
+            priority=task.context_priority,
+        )
+        messages = prompt.messages
+        estimate = math.ceil(prompt.estimate * factor)
+        for section, n in prompt.dropped.items():
+            metrics.LLM_CONTEXT_DROPPED.labels(task.name, section).inc(n)
+        if prompt.over_budget:
+            metrics.LLM_OVER_BUDGET.labels(task.name, "estimate").inc()
         started = time.monotonic()
         try:
-            content, usage, attempts = self._call_with_retries(task, messages, ids)
+            content, usage, attempts = self._call_with_retries(task, messages, ids, estimate)
         except Exception as exc:
             attempts = getattr(exc, "attempts", self.cfg.max_attempts)
             reason = f"LLM request failed after {attempts} attempt(s): {exc}"
@@ -179,13 +208,18 @@ class LLMExecutor:
                     task,
                     items,
                     outcome="error",
-                    messages=messages,
+                    prompt=prompt,
+                    estimate=estimate,
                     attempts=attempts,
                     latency_s=time.monotonic() - started,
                     error=str(exc)[:500],
                 )
             )
             return
+        actual = usage["prompt_tokens"]
+        self.calibration.observe(task.model, prompt.estimate, actual)
+        if task.prompt_budget_tokens is not None and actual > task.prompt_budget_tokens:
+            metrics.LLM_OVER_BUDGET.labels(task.name, "actual").inc()
         ok, bad = prompts.parse_answers(task.schema_name, content, ids)
         by_id = {i.item_id: i for i in items}
         # Persist before anything is emitted: this is what makes a replay free, and what puts
@@ -203,7 +237,8 @@ class LLMExecutor:
                 task,
                 items,
                 outcome="ok" if not bad else "partial",
-                messages=messages,
+                prompt=prompt,
+                estimate=estimate,
                 attempts=attempts,
                 latency_s=time.monotonic() - started,
                 usage=usage,
@@ -217,18 +252,25 @@ class LLMExecutor:
             else:
                 out.failed.append(Failed(by_id[item_id], reason, raw_answer=content))
 
+    def _limit(self, task: TaskConfig) -> tuple[float, int | None]:
+        """The model's calibration factor and the prompt size (characters) the budget allows."""
+        factor = self.calibration.factor(task.model)
+        if task.prompt_budget_tokens is None:
+            return factor, None
+        return factor, budget.limit_chars(task.prompt_budget_tokens, factor)
+
     def _call_with_retries(
-        self, task: TaskConfig, messages: list[dict[str, str]], ids: list[str]
+        self, task: TaskConfig, messages: list[dict[str, str]], ids: list[str], estimate: int
     ) -> tuple[str | None, dict[str, int], int]:
         """Send one request until it succeeds or its budget is spent.
 
         An attempt counts against `max_attempts` unless the circuit breaker is open after it
         fails (the endpoint is down: the request is held, not charged) or it was a 429 (those
         have their own, larger budget, `max_rate_limited`); the attempt timeout is ours.
+        `estimate` (calibrated prompt tokens) is what the tokens-per-minute budget reserves,
+        with 64 completion tokens per item; the reported usage is given back.
         """
-        tokens = prompts.estimate_tokens(messages[0]["content"] + messages[1]["content"]) + (
-            64 * len(ids)
-        )
+        tokens = estimate + 64 * len(ids)
         limiter = self.limiter
         counted = 0
         limited = 0
@@ -329,7 +371,8 @@ class LLMExecutor:
         *,
         outcome: str,
         cache_hit: bool = False,
-        messages: list[dict[str, str]] | None = None,
+        prompt: prompts.Prompt | None = None,
+        estimate: int = 0,
         attempts: int = 0,
         latency_s: float = 0.0,
         usage: dict[str, int] | None = None,
@@ -337,6 +380,8 @@ class LLMExecutor:
         error: str | None = None,
     ) -> dict[str, Any]:
         usage = usage or {}
+        messages = prompt.messages if prompt else None
+        prompt_redactions = prompt.redactions if prompt else 0
         return {
             "type": "audit",
             "request_id": self._request_id(),
@@ -351,11 +396,17 @@ class LLMExecutor:
                 prompts.messages_fingerprint(task.model, messages) if messages else None
             ),
             "prompt_tokens": usage.get("prompt_tokens", 0),
+            "prompt_tokens_estimate": estimate,
+            "prompt_budget_tokens": task.prompt_budget_tokens,
+            "over_budget": prompt.over_budget if prompt else False,
+            "context_dropped": dict(prompt.dropped) if prompt else {},
+            "context_truncated": dict(prompt.truncated) if prompt else {},
             "completion_tokens": usage.get("completion_tokens", 0),
             "latency_ms": round(latency_s * 1000, 1),
             "attempts": attempts,
             "cache_hit": cache_hit,
-            "redactions": sum(i.redactions for i in items),
+            "redactions": sum(i.redactions for i in items) + prompt_redactions,
+            "prompt_redactions": prompt_redactions,
             "invalid_items": invalid,
             "outcome": outcome,
             "error": error,
@@ -372,18 +423,21 @@ def shared_executor(
     base_url: str | None,
     cache_path: str,
     peers: tuple[str, ...] = (),
+    redactor: prompts.Redactor | None = None,
     reply_chars: int = 1000,
 ) -> LLMExecutor:
     """The process-wide executor for this config (one pool, so one concurrency cap).
 
-    `peers` are other processes' caches, consulted read-only on a miss (`ResponseCache`);
+    `peers` are other processes' caches, consulted read-only on a miss (`ResponseCache`).
+    `redactor` (the deployment's, from `settings.redaction`; None: disabled) redacts every
+    string that enters a prompt; it must compare equal by configuration (part of the key).
     `reply_chars` cuts the replies put into prompts' memory (`memory.max_chars_per_turn`).
     """
-    key = (cfg, base_url, cache_path, peers, reply_chars)
+    key = (cfg, base_url, cache_path, peers, redactor, reply_chars)
     with _exec_lock:
         ex = _executors.get(key)
         if ex is None:
             cache = ResponseCache(cache_path, cfg.cache_ttl_s, peers=peers)
-            ex = LLMExecutor(cfg, base_url, cache, reply_chars=reply_chars)
+            ex = LLMExecutor(cfg, base_url, cache, redactor=redactor, reply_chars=reply_chars)
             _executors[key] = ex
         return ex

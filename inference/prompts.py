@@ -7,18 +7,26 @@ against its task's pydantic schema (`inference.schemas`) before it is used.
 
 A request (pack mode) asks for one JSON object keyed by item id, each value the task's answer;
 the JSON schema sent as `response_format` lists every id as a required property.
+
+`assemble` is how the LLM stage builds a request: every string of every item's data and
+context passes the redactor there (`redact_tree`, the one place that does it), then the
+context is trimmed to the task's token budget (`inference.budget`). `build_messages` is the
+plain form (no redaction, no budget) kept for benchmarks and tests.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from core.records import WorkItem
 from core.tokens import estimate_tokens
+from inference import budget
 from inference.schemas import SCHEMAS
 
 PROMPT_VERSION = "v1"
@@ -52,6 +60,12 @@ _GUARD = (
 )
 
 
+class Redactor(Protocol):
+    """Replaces PII in text; returns the new text and the number of replacements."""
+
+    def redact(self, text: str) -> tuple[str, int]: ...
+
+
 def system_prompt(schema_name: str) -> str:
     return f"You are ContextStream's assistant. {_INSTRUCTIONS[schema_name]}\n\n{_GUARD}"
 
@@ -65,17 +79,201 @@ def item_payload(item: WorkItem) -> dict[str, Any]:
     return out
 
 
+# One encoder for every prompt (thread-safe: it keeps no state between calls): `json.dumps`
+# with arguments builds a new one per call, and the budget sizes each unit it drops with it.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _dumps(obj: Any) -> str:
     # `<` escaped as \u003c: the item text cannot close or open a tag of the prompt.
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).replace("<", "\\u003c")
+    return _ENCODER.encode(obj).replace("<", "\\u003c")
 
 
 def build_messages(schema_name: str, items: list[WorkItem]) -> list[dict[str, str]]:
+    """The request for `items` as they are: no redaction, no budget (see `assemble`)."""
     body = _dumps([item_payload(i) for i in items])
     return [
         {"role": "system", "content": system_prompt(schema_name)},
         {"role": "user", "content": f"<events>\n{body}\n</events>"},
     ]
+
+
+_LONG_INT = 10**6  # integers from here on may be numbers a redactor knows (cards)
+_MEMO_CHARS = 40
+
+
+def redact_tree(
+    value: Any, redactor: Redactor | None, memo: dict[str, tuple[str, int]] | None = None
+) -> tuple[Any, int]:
+    """`value` (JSON-like) with every string through `redactor`, and the replacement count.
+
+    Strings, dict keys and integers of 7 digits or more (a card number stored as a number)
+    are redacted; an integer with PII becomes its redacted text. Containers are copied, so
+    `value` itself is never changed. This is the only place prompt text is redacted.
+    `memo` (shared over one request) remembers short strings: keys and values such as
+    "role" or "assistant" repeat in every turn.
+
+    >>> class Digits:  # a toy redactor: any run of 7+ digits
+    ...     def redact(self, text):
+    ...         import re
+    ...         return re.subn(r"\\d{7,}", "[NUM]", text)
+    >>> redact_tree({"note": "call 5550123456", "n": [4111111111111111, 7]}, Digits())
+    ({'note': 'call [NUM]', 'n': ['[NUM]', 7]}, 2)
+    """
+    if redactor is None:
+        return value, 0
+    count = 0
+    redact = redactor.redact
+    seen: dict[str, tuple[str, int]] = {} if memo is None else memo
+
+    def text(v: str) -> str:
+        nonlocal count
+        done = seen.get(v)
+        if done is None:
+            done = redact(v)
+            if len(v) <= _MEMO_CHARS:
+                seen[v] = done
+        if done[1]:
+            count += done[1]
+        return done[0]
+
+    def walk(v: Any) -> Any:
+        nonlocal count
+        t = type(v)  # exact types first: this runs for every value of every prompt
+        if t is str:
+            return text(v)
+        if t is float or v is None or t is bool:
+            return v
+        if t is dict:
+            return {text(k) if type(k) is str else k: walk(x) for k, x in v.items()}
+        if t is list or t is tuple:
+            return [walk(x) for x in v]
+        if isinstance(v, str):
+            return text(v)
+        if isinstance(v, dict):
+            return {text(k) if isinstance(k, str) else k: walk(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [walk(x) for x in v]
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= _LONG_INT:
+            red, n = redact(str(v))
+            if n:
+                count += n
+                return red
+        return v
+
+    return walk(value), count
+
+
+_WRAP = len("<events>\n\n</events>")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One assembled request: its messages and what assembling it did."""
+
+    messages: list[dict[str, str]]
+    estimate: int
+    """Offline token estimate of the messages (`estimate_tokens`, not calibrated)."""
+    redactions: int
+    """Replacements the redactor made in the items' data and context as sent (whole units
+    the budget drops are dropped before redaction)."""
+    dropped: dict[str, int]
+    """Context units dropped to fit the budget, per section (see `inference.budget`)."""
+    truncated: dict[str, int]
+    """Context strings shortened to fit the budget, per section."""
+    over_budget: bool
+    """The items' own data alone exceed the budget (sent anyway, all context dropped)."""
+
+
+def assemble(
+    schema_name: str,
+    items: list[WorkItem],
+    *,
+    redactor: Redactor | None = None,
+    limit_chars: int | None = None,
+    priority: Sequence[str] = budget.DEFAULT_PRIORITY,
+) -> Prompt:
+    """Build the request for `items`: every string redacted, the context fitted to `limit_chars`.
+
+    `limit_chars` is the largest prompt (system plus user message, in characters) the
+    budget allows (`budget.limit_chars` of the task's budget and the calibration factor);
+    None: no budget. Context is trimmed in reverse `priority`; the items' data never is.
+    """
+    system = system_prompt(schema_name)
+    fixed = len(system) + _WRAP
+    # Trim whole units first, on the items' own values (`fit` copies what it changes), so
+    # only what is sent is redacted; strings are truncated after redaction (second `fit`).
+    payloads = [item_payload(i) for i in items]
+    dropped: dict[str, int] = {}
+    truncated: dict[str, int] = {}
+    body: str | None = None
+    if limit_chars is not None:
+        body = _dumps(payloads)
+        if fixed + len(body) > limit_chars:
+            first = budget.fit(
+                payloads,
+                fixed,
+                limit_chars,
+                priority,
+                _dumps,
+                size=len(body),
+                stop_at_strings=redactor is not None,
+            )
+            _add(dropped, first.dropped)
+            _add(truncated, first.truncated)
+            body = None
+    redactions = 0
+    if redactor is not None:
+        memo: dict[str, tuple[str, int]] = {}
+        for p in payloads:
+            p["data"], n = redact_tree(p["data"], redactor, memo)
+            redactions += n
+            if "context" in p:
+                p["context"], n = redact_tree(p["context"], redactor, memo)
+                redactions += n
+        body = None
+    if body is None:
+        body = _dumps(payloads)
+    over = False
+    if limit_chars is not None and fixed + len(body) > limit_chars:
+        second = budget.fit(payloads, fixed, limit_chars, priority, _dumps, size=len(body))
+        _add(dropped, second.dropped)
+        _add(truncated, second.truncated)
+        over = second.over_budget
+        body = _dumps(payloads)
+    user = f"<events>\n{body}\n</events>"
+    return Prompt(
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+        estimate=estimate_tokens(system + user),
+        redactions=redactions,
+        dropped=dropped,
+        truncated=truncated,
+        over_budget=over,
+    )
+
+
+def _add(into: dict[str, int], counts: dict[str, int]) -> None:
+    for key, n in counts.items():
+        into[key] = into.get(key, 0) + n
+
+
+def split_for_budget(
+    schema_name: str, items: list[WorkItem], limit_chars: int | None
+) -> list[list[WorkItem]]:
+    """Split a pack so each request's items fit `limit_chars` without their context.
+
+    Context can be trimmed, an item's data cannot: a pack whose data alone exceed the
+    budget is sent as several requests (in order) rather than over budget. One group of all
+    items when they fit or there is no budget.
+    """
+    if limit_chars is None or len(items) < 2:
+        return [items]
+    floors = [
+        len(_dumps({k: v for k, v in item_payload(i).items() if k != "context"})) for i in items
+    ]
+    fixed = len(system_prompt(schema_name)) + _WRAP
+    groups = budget.pack_groups(floors, fixed, limit_chars)
+    return [[items[k] for k in g] for g in groups]
 
 
 def response_format(schema_name: str, ids: list[str]) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 Work items are keyed by `task/tenant/shard` (one tenant per prompt, so tenants never share a
 request). Per key, a `stateful_batch` logic buffers items and cuts a micro-batch when it has
-`max_batch` items, when their estimated prompt tokens reach `max_batch_tokens`, when the oldest
-has waited `max_wait_ms`, or at once for an `urgent` task. Each batch is handed to the shared
+`max_batch` items, when their estimated prompt tokens reach `max_batch_tokens` (or the task's
+`prompt_budget_tokens`, if smaller), when the oldest has waited `max_wait_ms`, or at once for
+an `urgent` task. Each batch is handed to the shared
 `LLMExecutor` pool; while requests are in flight the logic asks to be woken every `poll_ms`
 (`notify_at`) and emits finished answers from `on_notify`, so answers flow out even while the
 input is idle and a slow request delays only its own items. At the end of a finite input,
@@ -65,7 +66,7 @@ class MicroBatcher:
         return (
             t.urgent
             or len(self.pending) >= t.max_batch
-            or self.pending_tokens >= t.max_batch_tokens
+            or self.pending_tokens >= t.batch_tokens
             or (self.oldest is not None and (now - self.oldest) * 1000 >= t.max_wait_ms)
         )
 
@@ -76,7 +77,7 @@ class MicroBatcher:
         for item in self.pending:
             cost = self.tokens(item)
             if batch and (
-                len(batch) >= self.task.max_batch or used + cost > self.task.max_batch_tokens
+                len(batch) >= self.task.max_batch or used + cost > self.task.batch_tokens
             ):
                 break
             batch.append(item)

@@ -1,6 +1,7 @@
 """Redact PII from free text and flag prompt-injection attempts before text is stored or prompted.
 
-`Redactor` is the interface; `RegexRedactor` is the built-in engine: regular expressions with
+`Redactor` (`inference.prompts.Redactor`) is the interface; `RegexRedactor` is the built-in
+engine: regular expressions with
 checksum validators where a format has one (Luhn for card numbers, ISO 13616 mod-97 for IBANs),
 so order numbers and timestamps are not taken for cards. A heavier engine (an NER model)
 can implement the same protocol.
@@ -8,6 +9,10 @@ can implement the same protocol.
 Text is replaced by typed placeholders (`[EMAIL]`, `[CARD]` ...); the event keeps a count of
 redactions (reported in the audit trail) and a flag `prompt_injection` when its text tries to
 override instructions. Flagged text is still processed, delimited as data in prompts.
+
+This step redacts chat text before it is kept in memory; the same redactor runs again over
+every string of a prompt when the LLM stage assembles it (`inference.prompts.redact_tree`),
+so profile and business attributes, summaries and knowledge are covered too.
 """
 
 from __future__ import annotations
@@ -15,18 +20,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Iterable
-from typing import Protocol
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 
 from core.records import Event, Kind
-
-
-class Redactor(Protocol):
-    """Replaces PII in text; returns the new text and the number of replacements."""
-
-    def redact(self, text: str) -> tuple[str, int]: ...
+from inference.prompts import Redactor
 
 
 def luhn_ok(digits: str) -> bool:
@@ -66,15 +65,33 @@ _PHONE = re.compile(
     r"(?![ .-]?\d)"
 )
 _IP = re.compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b")
+# Every kind needs a digit or an "@": text with neither is returned at once (most profile
+# and memory strings a prompt carries).
+_MAYBE_PII = re.compile(r"[\d@]")
 
 
 class RegexRedactor:
-    """Regex and checksum based redaction of the configured PII kinds."""
+    """Regex and checksum based redaction of the configured PII kinds.
+
+    Two redactors of the same kinds are equal (the LLM executor shared by a process is
+    keyed by its redactor).
+    """
 
     def __init__(self, kinds: Iterable[str]) -> None:
         self.kinds = frozenset(kinds)
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RegexRedactor) and other.kinds == self.kinds
+
+    def __hash__(self) -> int:
+        return hash(("RegexRedactor", self.kinds))
+
+    def __repr__(self) -> str:
+        return f"RegexRedactor({sorted(self.kinds)})"
+
     def redact(self, text: str) -> tuple[str, int]:
+        if _MAYBE_PII.search(text) is None:
+            return text, 0
         count = 0
 
         def sub(
@@ -92,15 +109,16 @@ class RegexRedactor:
             text = pattern.sub(repl, text)
 
         # Order matters: the most specific patterns first, so a card is not read as a phone.
-        if "email" in self.kinds:
+        # (An email needs an "@", an SSN a "-", an IP a ".": cheap tests that skip a pass.)
+        if "email" in self.kinds and "@" in text:
             sub(_EMAIL, "[EMAIL]")
         if "iban" in self.kinds:
             sub(_IBAN, "[IBAN]", iban_ok)
         if "credit_card" in self.kinds:
             sub(_CARD, "[CARD]", lambda s: luhn_ok(re.sub(r"[ -]", "", s)))
-        if "ssn" in self.kinds:
+        if "ssn" in self.kinds and "-" in text:
             sub(_SSN, "[SSN]")
-        if "ip" in self.kinds:
+        if "ip" in self.kinds and "." in text:
             sub(_IP, "[IP]")
         if "phone" in self.kinds:
             sub(_PHONE, "[PHONE]")

@@ -54,6 +54,17 @@ EVENTS_INVALID = EVENTS.labels("invalid")
 EVENTS_DUPLICATE = EVENTS.labels("duplicate")
 EVENTS_LATE = EVENTS.labels("late")
 
+LLM_CONTEXT_DROPPED = Counter(
+    "contextstream_llm_context_dropped_total",
+    "Context units (turns, chunks, profiles, summaries) left out of prompts by the budget.",
+    ["route", "section"],
+)
+LLM_OVER_BUDGET = Counter(
+    "contextstream_llm_over_budget_total",
+    "Requests over their prompt budget: by the estimate (the items alone exceed it) or by "
+    "the tokens the endpoint reported.",
+    ["route", "basis"],
+)
 LLM_RATE_LIMITED = Counter(
     "contextstream_llm_rate_limited_total", "429 answers from the endpoint.", ["route"]
 )

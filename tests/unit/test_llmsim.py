@@ -23,7 +23,7 @@ from openai import OpenAI
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from llmsim import LLMSimulator, SimConfig
-from llmsim.server import SchemaError, fake_from_schema
+from llmsim.server import SchemaError, count_tokens, fake_from_schema
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MESSAGES: list[Any] = [
@@ -232,9 +232,9 @@ def test_usage_token_counts(client: OpenAI) -> None:
     resp = ask(client)
     usage = resp.usage
     assert usage is not None
-    expected_prompt = sum(-(-len(m["content"]) // 4) + 4 for m in MESSAGES)
+    expected_prompt = sum(count_tokens(m["content"]) + 4 for m in MESSAGES)
     assert usage.prompt_tokens == expected_prompt
-    assert usage.completion_tokens == -(-len(resp.choices[0].message.content) // 4)
+    assert usage.completion_tokens == count_tokens(resp.choices[0].message.content)
     assert usage.completion_tokens > 0
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
