@@ -275,6 +275,9 @@ class Response:
     answer: dict[str, Any]
     cached: bool
     emitted_at: float
+    citations: tuple[dict[str, Any], ...] = ()
+    """The knowledge chunks the answer's prompt carried: `{doc_id, version, chunk_id,
+    score}` each, best first."""
 
     def to_json(self) -> dict[str, Any]:
         i = self.item
@@ -288,6 +291,7 @@ class Response:
             "model": self.model,
             "answer": self.answer,
             "cached": self.cached,
+            "citations": list(self.citations),
             "source": i.source,
             "flags": list(i.flags),
             "latency_ms": round((self.emitted_at - i.ingest_ts) * 1000, 1),

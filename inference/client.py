@@ -52,6 +52,8 @@ class Answered:
     item: WorkItem
     answer: dict[str, Any]
     cached: bool
+    citations: tuple[dict[str, Any], ...] = ()
+    """The knowledge chunks the answer's prompt carried (`prompts.Prompt.citations`)."""
 
 
 @dataclass(frozen=True)
@@ -147,9 +149,10 @@ class LLMExecutor:
         todo: list[WorkItem] = []
         hits: list[WorkItem] = []
         for item in items:
-            cached = self.cache.get(fps[item.item_id])
+            cached = self.cache.lookup(fps[item.item_id])
             if cached is not None:
-                out.answered.append(Answered(item, cached, cached=True))
+                answer, chunks = cached
+                out.answered.append(Answered(item, answer, cached=True, citations=tuple(chunks)))
                 hits.append(item)
             else:
                 todo.append(item)
@@ -159,7 +162,10 @@ class LLMExecutor:
             replies = [reply_of(task.schema_name, i, a) for i, a in answers]
             summaries = [summary_of(task.schema_name, i, a) for i, a in answers]
             self.cache.put_many({}, [r for r in replies if r], [s for s in summaries if s])
-            out.audits.append(self._audit(task, hits, outcome="cache_hit", cache_hit=True))
+            hit_cites = {a.item.item_id: list(a.citations) for a in out.answered if a.citations}
+            out.audits.append(
+                self._audit(task, hits, outcome="cache_hit", cache_hit=True, citations=hit_cites)
+            )
         if not todo:
             return out
         if task.mode == "fanout":
@@ -226,12 +232,17 @@ class LLMExecutor:
         # the replies into the memory of the session's next prompts.
         replies = [reply_of(task.schema_name, by_id[i], a) for i, a in ok.items()]
         summaries = [summary_of(task.schema_name, by_id[i], a) for i, a in ok.items()]
+        cited = prompt.citations
         self.cache.put_many(
             {fps[i]: a for i, a in ok.items()},
             [r for r in replies if r],
             [s for s in summaries if s],
+            {fps[i]: cited[i] for i in ok if i in cited},
         )
-        out.answered.extend(Answered(by_id[i], a, cached=False) for i, a in ok.items())
+        out.answered.extend(
+            Answered(by_id[i], a, cached=False, citations=tuple(cited.get(i, ())))
+            for i, a in ok.items()
+        )
         out.audits.append(
             self._audit(
                 task,
@@ -372,6 +383,7 @@ class LLMExecutor:
         outcome: str,
         cache_hit: bool = False,
         prompt: prompts.Prompt | None = None,
+        citations: dict[str, list[dict[str, Any]]] | None = None,
         estimate: int = 0,
         attempts: int = 0,
         latency_s: float = 0.0,
@@ -401,6 +413,9 @@ class LLMExecutor:
             "over_budget": prompt.over_budget if prompt else False,
             "context_dropped": dict(prompt.dropped) if prompt else {},
             "context_truncated": dict(prompt.truncated) if prompt else {},
+            "citations": citations
+            if citations is not None
+            else (prompt.citations if prompt else {}),
             "completion_tokens": usage.get("completion_tokens", 0),
             "latency_ms": round(latency_s * 1000, 1),
             "attempts": attempts,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -183,6 +183,9 @@ class Prompt:
     """Context strings shortened to fit the budget, per section."""
     over_budget: bool
     """The items' own data alone exceed the budget (sent anyway, all context dropped)."""
+    citations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Per item id, the knowledge chunks its payload carries as sent (after the budget):
+    `{doc_id, version, chunk_id, score}` each, best first; items without any are absent."""
 
 
 def assemble(
@@ -249,7 +252,20 @@ def assemble(
         dropped=dropped,
         truncated=truncated,
         over_budget=over,
+        citations=_citations(payloads),
     )
+
+
+_CITED = ("doc_id", "version", "chunk_id", "score")
+
+
+def _citations(payloads: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for p in payloads:
+        chunks = p.get("context", {}).get("knowledge")
+        if isinstance(chunks, list) and chunks:
+            out[p["id"]] = [{k: c.get(k) for k in _CITED} for c in chunks if isinstance(c, dict)]
+    return out
 
 
 def _add(into: dict[str, int], counts: dict[str, int]) -> None:

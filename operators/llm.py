@@ -189,7 +189,9 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
                 continue
             now = self.clock()
             out.extend(
-                Response(a.item, self.task.name, self.task.model, a.answer, a.cached, now)
+                Response(
+                    a.item, self.task.name, self.task.model, a.answer, a.cached, now, a.citations
+                )
                 for a in outcome.answered
             )
             out.extend(self._dead(f.item, f.reason, f.raw_answer) for f in outcome.failed)

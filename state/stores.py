@@ -446,6 +446,11 @@ class ResponseCache:
         self.db.write(wb)
 
     def get(self, fingerprint: str) -> dict[str, Any] | None:
+        found = self.lookup(fingerprint)
+        return None if found is None else found[0]
+
+    def lookup(self, fingerprint: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """The cached answer and the knowledge chunks its prompt cited (see `put_many`)."""
         key = fingerprint.encode()
         raw = self.db.get(key)
         if raw is None:
@@ -460,21 +465,27 @@ class ResponseCache:
         if self.clock() - doc["t"] > self.ttl_s:
             return None  # expired, not yet compacted away
         answer: dict[str, Any] = doc["a"]
-        return answer
+        return answer, doc.get("c", [])
 
     def put_many(
         self,
         entries: dict[str, dict[str, Any]],
         replies: Iterable[Reply] = (),
         summaries: Iterable[Summary] = (),
+        citations: dict[str, list[dict[str, Any]]] | None = None,
     ) -> None:
-        """Write answers by fingerprint and, in the same batch, the conversation replies
-        and summaries among them (first reply per turn wins, see `Reply`; a summary only
+        """Write answers by fingerprint (with the knowledge chunks each one's prompt cited,
+        by fingerprint) and, in the same batch, the conversation replies and summaries among
+        them (first reply per turn wins, see `Reply`; a summary only
         over an older one, see `Summary`)."""
         now = self.clock()
         wb = WriteBatch(raw_mode=True)
+        cited = citations or {}
         for fp, answer in entries.items():
-            wb.put(fp.encode(), _dump({"a": answer, "t": now}))
+            doc = {"a": answer, "t": now}
+            if cited.get(fp):
+                doc["c"] = cited[fp]  # a replay re-emits the answer with what it cited
+            wb.put(fp.encode(), _dump(doc))
         added = 0
         for reply in replies:
             key = reply.key()
