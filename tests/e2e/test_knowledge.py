@@ -117,7 +117,11 @@ def test_prompts_carry_their_tenants_current_documents(
         knowledge=True,
         extra_toml=TASKS,
     )
-    password = "Open Settings and choose Reset password to reset your password."
+    # The article carries PII, which must not reach a prompt (redaction at prompt assembly).
+    password = (
+        "Open Settings and choose Reset password to reset your password, or write to "
+        "jane.doe@example.com or call +1 415 555 0199."
+    )
     docs = [doc("acme", "kb-password", 1, password), doc("acme", "kb-export", 1, "CSV export")]
     docs += [doc(t, "kb-password", 1, f"{t} resets the password by mail") for t in FOREIGN]
     docs.append(("bad", b'{"tenant": "acme", "version": 1, "text": "no id"}'))  # dead letter
@@ -151,7 +155,9 @@ def test_prompts_carry_their_tenants_current_documents(
     expected_version = {"a": 1, "b": 2, "c": None}
     for item_id, item in items.items():
         chunks = item.get("context", {}).get("knowledge", [])
-        assert all("globex" not in c["text"] and "mail" not in c["text"] for c in chunks), item
+        assert all("globex" not in c["text"] and "by mail" not in c["text"] for c in chunks), item
+        assert all("jane.doe@example.com" not in c["text"] for c in chunks), item
+        assert all("555 0199" not in c["text"] for c in chunks), item
         password_chunks = [c for c in chunks if c["doc_id"] == "kb-password"]
         version = expected_version[item_id[0]]
         if version is None:
@@ -161,6 +167,8 @@ def test_prompts_carry_their_tenants_current_documents(
         cited = [(c["doc_id"], c["version"], c["chunk_id"]) for c in answered[item_id]["citations"]]
         assert cited == [(c["doc_id"], c["version"], c["chunk_id"]) for c in chunks]
     assert len(items) == 18
+    first = [c for c in items["a-0"]["context"]["knowledge"] if c["doc_id"] == "kb-password"]
+    assert "[EMAIL]" in first[0]["text"] and "[PHONE]" in first[0]["text"], first
 
     dead = [d for d in dep.drain("dead_letters", idle_s=0.5) if d["step_id"] == "knowledge_in"]
     assert sorted(d["reason"] for d in dead) == [
