@@ -222,32 +222,23 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
-_PIECES = re.compile(r"[A-Za-z]+|\d{1,3}|[\u3000-\U0002ffff]|[^\W\d_]+|\s+|.", re.DOTALL)
+_TOKENS = re.compile(
+    r"[A-Za-z]{1,6}|\d{1,3}|[\u3000-\U0002ffff]|[^\W\d_]{1,2}|\s{2,}|[^\S ]|[^\w\s]|_"
+)
 
 
 def count_tokens(text: str) -> int:
     """Tokens of ``text`` as ``usage`` reports them: a stand-in for a BPE tokenizer.
 
     An ASCII word is a token per 6 letters (started), a number a token per 3 digits, a CJK
-    (or other wide) character a token, another run of letters a token per 2, a single space
-    nothing (it joins the next word), any other whitespace run or symbol a token each.
+    (or other wide) character a token, other letters a token per 2, a single space nothing
+    (it joins the next word), any other whitespace run or symbol a token each. One regular
+    expression, counted in C: a request's prompt is counted in well under a millisecond.
 
     >>> count_tokens("Where is my order?"), count_tokens('{"id":"m1"}'), count_tokens("注文はどこ")
     (5, 10, 5)
     """
-    n = 0
-    for m in _PIECES.finditer(text):
-        piece = m.group()
-        c = piece[0]
-        if c.isascii() and c.isalpha():
-            n += (len(piece) + 5) // 6
-        elif c.isdigit() or c >= "\u3000":
-            n += 1
-        elif c.isalpha():
-            n += (len(piece) + 1) // 2
-        elif piece != " ":
-            n += 1
-    return n
+    return len(_TOKENS.findall(text))
 
 
 def _prompt_tokens(messages: list[dict[str, Any]]) -> int:
