@@ -9,10 +9,10 @@ after every remembered user turn the reply recorded for it (`with_replies`).
 
 Ordering rule: a prompt carries the reply to an earlier turn of its session when that reply
 was recorded before the prompt was built. Both turns of a session go to the same LLM worker
-(the stage is keyed by task, tenant and a shard of the entity), which records a reply before
-it emits it, so a turn answered before the next turn's request is built is always in that
-request. A turn still waiting for its answer (in flight, or in the same packed request) is
-there without its reply.
+(the stage is keyed by tenant and a shard of the entity, whatever the task: summarize items
+too), which records a reply before it emits it, so a turn answered before the next turn's
+request is built is always in that request. A turn still waiting for its answer (in flight,
+or in the same packed request) is there without its reply.
 
 Replays and restarts: the cache is not rewound, a reply is recorded once per turn (the first
 wins, so a replay that emits the answer again adds no second reply), and the memory itself is

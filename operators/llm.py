@@ -1,7 +1,8 @@
 """The batched LLM stage: micro-batches per route, requests off the dataflow thread.
 
-Work items are keyed by `task/tenant/shard` (one tenant per prompt, so tenants never share a
-request). Per key, a `stateful_batch` logic buffers items and cuts a micro-batch when it has
+Work items are keyed by `tenant/shard` (one tenant per prompt, so tenants never share a
+request; the shard is of the entity, so every task of one conversation runs on one worker).
+Per key and task, a `stateful_batch` logic buffers items and cuts a micro-batch when it has
 `max_batch` items, when their estimated prompt tokens reach `max_batch_tokens` (or the task's
 `prompt_budget_tokens`, if smaller), when the oldest has waited `max_wait_ms`, or at once for
 an `urgent` task. Each batch is handed to the shared
@@ -287,8 +288,12 @@ class LLMOut:
 
 
 def shard_key(item: WorkItem, shards: int) -> str:
+    """The stage's key of `item`: its tenant and a shard of its entity, whatever its task, so
+    every task of one conversation runs on one worker (the replies and summaries its prompts
+    read are recorded there, `inference.conversation`). One tenant per key: no request mixes
+    tenants."""
     shard = zlib.crc32(item.entity.encode()) % shards if shards > 1 else 0
-    return f"{item.task}/{item.tenant}/{shard}"
+    return f"{item.tenant}/{shard}"
 
 
 @operator
@@ -338,10 +343,9 @@ def call_llm(
     tasks = {t.name: t for t in cfg.tasks}
     keyed = op.key_on("key", up, lambda i: shard_key(i, cfg.shards_per_task))
 
-    def builder(resume: tuple[WorkItem, ...] | None) -> _LazyTaskLogic:
-        # Bytewax does not pass the key to the builder; every item of a key has one task,
-        # so the logic learns its task from the first item (or from the resumed items).
-        return _LazyTaskLogic(tasks, executor, cfg.poll_ms / 1000, clock, resume)
+    def builder(resume: tuple[WorkItem, ...] | None) -> _TasksLogic:
+        # Bytewax does not pass the key to the builder; each item names its task.
+        return _TasksLogic(tasks, executor, cfg.poll_ms / 1000, clock, resume)
 
     emitted = op.stateful_batch("batch", keyed, builder)
     values = op.map("unkey", emitted, lambda kv: kv[1])
@@ -353,8 +357,13 @@ def call_llm(
     return LLMOut(answers=is_resp.trues, audit=rest.trues, errs=errs)
 
 
-class _LazyTaskLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
-    """Builds the real logic once the key's task is known."""
+class _TasksLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
+    """The stage of one key (tenant and shard): one `_LLMLogic` per task, built with the
+    task's first item and dropped once it holds nothing; discarded when none is left.
+
+    The snapshot is every task's pending items in one tuple (each item names its task), the
+    same layout a key of one task had, so older snapshots resume as they are.
+    """
 
     def __init__(
         self,
@@ -366,27 +375,48 @@ class _LazyTaskLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]
     ) -> None:
         self.tasks = tasks
         self.args = (executor, poll_s, clock)
-        self.inner: _LLMLogic | None = None
-        if resume:
-            self.inner = self._build(resume[0].task, resume)
+        self.logics: dict[str, _LLMLogic] = {}
+        for task, items in _by_task(resume or ()).items():
+            self.logics[task] = self._build(task, tuple(items))
 
     def _build(self, task: str, resume: tuple[WorkItem, ...] | None) -> _LLMLogic:
         executor, poll_s, clock = self.args
         return _LLMLogic(self.tasks[task], executor, poll_s, clock, resume)
 
     def on_batch(self, values: list[WorkItem]) -> tuple[Iterable[LLMEmit], bool]:
-        if self.inner is None:
-            self.inner = self._build(values[0].task, None)
-        return self.inner.on_batch(values)
+        out: list[LLMEmit] = []
+        for task, items in _by_task(values).items():
+            logic = self.logics.get(task)
+            if logic is None:
+                logic = self.logics[task] = self._build(task, None)
+            out.extend(logic.on_batch(items)[0])
+        return out, self.RETAIN
+
+    def _each(self, step: str) -> tuple[Iterable[LLMEmit], bool]:
+        out: list[LLMEmit] = []
+        for task, logic in list(self.logics.items()):
+            emitted, keep = getattr(logic, step)()
+            out.extend(emitted)
+            if keep == self.DISCARD:
+                del self.logics[task]
+        return out, self.RETAIN if self.logics else self.DISCARD
 
     def on_notify(self) -> tuple[Iterable[LLMEmit], bool]:
-        return ((), self.DISCARD) if self.inner is None else self.inner.on_notify()
+        return self._each("on_notify")
 
     def on_eof(self) -> tuple[Iterable[LLMEmit], bool]:
-        return ((), self.DISCARD) if self.inner is None else self.inner.on_eof()
+        return self._each("on_eof")
 
     def notify_at(self) -> datetime | None:
-        return None if self.inner is None else self.inner.notify_at()
+        times = [t for t in (logic.notify_at() for logic in self.logics.values()) if t]
+        return min(times, default=None)
 
     def snapshot(self) -> tuple[WorkItem, ...]:
-        return () if self.inner is None else self.inner.snapshot()
+        return tuple(i for logic in self.logics.values() for i in logic.snapshot())
+
+
+def _by_task(items: Iterable[WorkItem]) -> dict[str, list[WorkItem]]:
+    grouped: dict[str, list[WorkItem]] = {}
+    for item in items:
+        grouped.setdefault(item.task, []).append(item)
+    return grouped

@@ -127,3 +127,101 @@ def test_prompts_carry_the_assistants_earlier_replies(
                 expected.append(("assistant", emitted[f"r{earlier}-s{s}"]))
             assert [(t["role"], t["text"]) for t in memory] == expected, eid
             assert all("id" not in t for t in memory), "turn ids reached the prompt"
+
+
+SUMMARIES = """shards_per_task = 4
+
+[[llm.tasks]]
+name = "chat_reply"
+schema_name = "chat_reply"
+
+[[llm.tasks]]
+name = "explain_anomaly"
+schema_name = "anomaly_explanation"
+
+[[llm.tasks]]
+name = "summarize_memory"
+schema_name = "conversation_summary"
+max_wait_ms = 0
+
+[memory]
+max_turns = 2
+max_tokens = 100000
+"""
+
+
+def summaries_done(dep: Deployment, n: int) -> bool:
+    """Whether `n` summarize items have been answered (the audit records them)."""
+    done = {
+        i
+        for a in dep.drain("audit", idle_s=0.3)
+        if a["route"] == "summarize_memory" and a["outcome"] in ("ok", "cache_hit")
+        for i in a["item_ids"]
+    }
+    return len(done) >= n
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 1)], ids=["2-then-1"])
+def test_older_turns_fold_into_summaries_across_a_restart(
+    kafka_bootstrap: str, llm_sim: LLMSimulator, tmp_path: Path, before: int, after: int
+) -> None:
+    """Memory of 2 turns with summaries, on 2 processes then 1: round 2 folds round 0 into
+    summary 1, round 3 (after the restart) folds round 1 into summary 2, which extends
+    summary 1; round 4's prompt carries summary 2 and the turns since. No summarize item is
+    requested twice and none reaches the responses topic."""
+    dep = Deployment(
+        kafka_bootstrap, tmp_path, llm_sim.base_url, partitions=2, tail=True, extra_toml=SUMMARIES
+    )
+
+    def wait_summaries(n: int) -> None:
+        deadline = time.monotonic() + 60
+        while not summaries_done(dep, n):
+            assert time.monotonic() < deadline, f"{n} summaries were not written"
+            time.sleep(0.3)
+
+    procs = dep.start_cluster(before, log_name="gen0")
+    try:
+        for r in range(3):
+            play_round(dep, r, procs)
+        wait_summaries(SESSIONS)
+    finally:
+        stop(dep, procs, "gen0")
+    procs = dep.start_cluster(after, log_name="gen1")
+    try:
+        play_round(dep, 3, procs)
+        wait_summaries(2 * SESSIONS)
+        play_round(dep, 4, procs)
+    finally:
+        stop(dep, procs, "gen1")
+
+    emitted = replies(dep)
+    seen = prompts_by_item(llm_sim)
+    assert all(len(v) == 1 for v in seen.values()), "an item was requested twice"
+    summary_answers = {
+        i: None
+        for a in dep.drain("audit", idle_s=0.3)
+        if a["route"] == "summarize_memory"
+        for i in a["item_ids"]
+    }
+    assert not any(k.endswith("#summary") for k in emitted), "a summary was published"
+    for s in range(SESSIONS):
+        first = seen[f"r2-s{s}#summary"][0]
+        assert [t["text"] for t in first["data"]["turns"]] == [
+            f"question 0 of session {s}",
+            emitted[f"r0-s{s}"],
+        ]
+        second = seen[f"r3-s{s}#summary"][0]
+        assert "summary" in second["context"], "summary 2 does not extend summary 1"
+        assert [t["text"] for t in second["data"]["turns"]] == [
+            f"question 1 of session {s}",
+            emitted[f"r1-s{s}"],
+        ]
+        last = seen[f"r4-s{s}"][0]["context"]
+        assert last["summary"] and last["summary"] != second["context"]["summary"]
+        assert [(t["role"], t["text"]) for t in last["memory"]] == [
+            ("user", f"question 2 of session {s}"),
+            ("assistant", emitted[f"r2-s{s}"]),
+            ("user", f"question 3 of session {s}"),
+            ("assistant", emitted[f"r3-s{s}"]),
+        ]
+    assert len(summary_answers) == 3 * SESSIONS  # rounds 2, 3 and 4 each fold one turn
