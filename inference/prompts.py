@@ -225,6 +225,9 @@ def assemble(
             _add(dropped, first.dropped)
             _add(truncated, first.truncated)
             body = None
+    # Citations name the chunks as retrieved: taken before redaction (an id or version may
+    # look like a phone number to the redactor), cut below to what the second fit kept.
+    cited = _citations(payloads)
     redactions = 0
     if redactor is not None:
         memo: dict[str, tuple[str, int]] = {}
@@ -252,11 +255,24 @@ def assemble(
         dropped=dropped,
         truncated=truncated,
         over_budget=over,
-        citations=_citations(payloads),
+        citations=_kept(cited, payloads),
     )
 
 
 _CITED = ("doc_id", "version", "chunk_id", "score")
+
+
+def _kept(
+    cited: dict[str, list[dict[str, Any]]], payloads: list[dict[str, Any]]
+) -> dict[str, list[dict[str, Any]]]:
+    """`cited` cut to the chunks each payload still carries: the budget drops a payload's
+    lowest-scored chunks first, the end of its best-first list."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for p in payloads:
+        chunks = p.get("context", {}).get("knowledge")
+        if p["id"] in cited and isinstance(chunks, list) and chunks:
+            out[p["id"]] = cited[p["id"]][: len(chunks)]
+    return out
 
 
 def _citations(payloads: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

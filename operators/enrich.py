@@ -9,6 +9,7 @@ lookup and opened lazily on the worker, never at build time.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -86,19 +87,23 @@ def attach_profiles(
     return op.map("lookup", up, ProfileLookup(store_path, ready).apply)
 
 
+_PLACEHOLDER = re.compile(r"\[[A-Z_]+\]")
+
+
 def knowledge_query(item: WorkItem) -> str:
     """What an item searches the knowledge for: a chat message's text, an alert's message,
     else the item's data values (a business event's type and attributes).
 
     >>> knowledge_query(WorkItem("m1", (), "acme", "s1", "u1", "t", "x",
-    ...                          {"text": "reset my password"}, {}, 0.0))
-    'reset my password'
+    ...                          {"text": "reset my password, mail [EMAIL]"}, {}, 0.0))
+    'reset my password, mail  '
     """
     data = item.data
     for key in ("text", "message"):
         value = data.get(key)
         if isinstance(value, str):
-            return value
+            # A redaction placeholder ("[EMAIL]") is not a search term.
+            return _PLACEHOLDER.sub(" ", value)
     parts: list[str] = []
     for value in data.values():
         if isinstance(value, dict):

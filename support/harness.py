@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -444,6 +444,25 @@ def wait_exit(
         proc.wait()
         msg = f"flow did not finish in {timeout} s; log:\n{dep.log(log_name)[-3000:]}"
         raise AssertionError(msg) from exc
+
+
+def wait_until(
+    pred: Callable[[], bool],
+    what: str,
+    procs: Iterable[subprocess.Popen[bytes]] = (),
+    *,
+    timeout_s: float = 120.0,
+    every_s: float = 0.3,
+) -> None:
+    """Poll `pred` until it holds; fail naming `what` after `timeout_s`, or as soon as one of
+    the flow processes `procs` has exited."""
+    procs = list(procs)
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        for p in procs:
+            assert p.poll() is None, f"a flow process exited ({p.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:g} s: {what}"
+        time.sleep(every_s)
 
 
 def prompt_items(request: dict[str, Any]) -> list[dict[str, Any]]:

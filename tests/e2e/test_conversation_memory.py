@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +18,7 @@ from connectors.reference import close_references
 from llmsim import LLMSimulator
 from state.stores import close_all
 from support.broker import produce
-from support.harness import Deployment, prompt_items, wait_exit
+from support.harness import Deployment, prompt_items, wait_exit, wait_until
 
 SESSIONS = 6
 
@@ -58,12 +57,7 @@ def play_round(dep: Deployment, round_: int, procs: list[Any]) -> None:
     """Produce one turn per session and wait until every one is answered."""
     produce(dep.bootstrap, dep.topics["chat"], [turn(round_, s) for s in range(SESSIONS)])
     want = {f"r{round_}-s{s}" for s in range(SESSIONS)}
-    deadline = time.monotonic() + 120
-    while not want <= set(replies(dep)):
-        for p in procs:
-            assert p.poll() is None, dep.workdir
-        assert time.monotonic() < deadline, f"round {round_} was not answered"
-        time.sleep(0.3)
+    wait_until(lambda: want <= set(replies(dep)), f"round {round_} answered", procs)
 
 
 def stop(dep: Deployment, procs: list[Any], gen: str) -> None:
@@ -174,10 +168,7 @@ def test_older_turns_fold_into_summaries_across_a_restart(
     )
 
     def wait_summaries(n: int) -> None:
-        deadline = time.monotonic() + 60
-        while not summaries_done(dep, n):
-            assert time.monotonic() < deadline, f"{n} summaries were not written"
-            time.sleep(0.3)
+        wait_until(lambda: summaries_done(dep, n), f"{n} summaries written", timeout_s=60)
 
     procs = dep.start_cluster(before, log_name="gen0")
     try:

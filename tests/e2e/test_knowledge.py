@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,7 @@ from connectors.reference import close_knowledge, close_references
 from llmsim import LLMSimulator
 from state.stores import StoreLayout, close_all
 from support.broker import produce
-from support.harness import Deployment, prompt_items, wait_exit
+from support.harness import Deployment, prompt_items, wait_exit, wait_until
 
 TASKS = """
 [[llm.tasks]]
@@ -73,12 +72,7 @@ def responses(dep: Deployment) -> dict[str, dict[str, Any]]:
 def ask(dep: Deployment, prefix: str, procs: list[Any], n: int = 6) -> None:
     produce(dep.bootstrap, dep.topics["chat"], [chat(f"{prefix}-{i}", i) for i in range(n)])
     want = {f"{prefix}-{i}" for i in range(n)}
-    deadline = time.monotonic() + 120
-    while not want <= set(responses(dep)):
-        for p in procs:
-            assert p.poll() is None, dep.workdir
-        assert time.monotonic() < deadline, f"chats {prefix}-* were not answered"
-        time.sleep(0.3)
+    wait_until(lambda: want <= set(responses(dep)), f"chats {prefix}-* answered", procs)
 
 
 def indexes_hold(dep: Deployment, processes: int, version: int | None) -> bool:
@@ -98,10 +92,12 @@ def indexes_hold(dep: Deployment, processes: int, version: int | None) -> bool:
 
 
 def wait_indexes(dep: Deployment, processes: int, version: int | None) -> None:
-    deadline = time.monotonic() + 60
-    while not indexes_hold(dep, processes, version):
-        assert time.monotonic() < deadline, f"an index never reached version {version}"
-        time.sleep(0.2)
+    wait_until(
+        lambda: indexes_hold(dep, processes, version),
+        f"every index at version {version}",
+        timeout_s=60,
+        every_s=0.2,
+    )
 
 
 @pytest.mark.parametrize("processes", [1, 2], ids=["1-process", "2-processes"])

@@ -21,7 +21,7 @@ from llmsim import LLMSimulator
 from state.stores import ProfileStore, StoreLayout, close_all
 from support import workload
 from support.broker import create_topic, produce
-from support.harness import Deployment, prompt_items, wait_exit
+from support.harness import Deployment, prompt_items, wait_exit, wait_until
 
 USERS = 12
 
@@ -119,12 +119,9 @@ def _answered(dep: Deployment, prefix: str) -> Counter[str]:
 
 
 def _wait_answered(dep: Deployment, prefix: str, n: int, procs: list[Any]) -> None:
-    deadline = time.monotonic() + 120
-    while len(_answered(dep, prefix)) < n:
-        for p in procs:
-            assert p.poll() is None, dep.workdir
-        assert time.monotonic() < deadline, f"chats {prefix}-* not all answered"
-        time.sleep(0.5)
+    wait_until(
+        lambda: len(_answered(dep, prefix)) >= n, f"chats {prefix}-* answered", procs, every_s=0.5
+    )
 
 
 @pytest.mark.parametrize(

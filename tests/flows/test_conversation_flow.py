@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -41,26 +42,31 @@ def chat(round_: int, session: int) -> Event:
     )
 
 
-class _Rounds(StatelessSourcePartition[Event]):
+@dataclass(frozen=True)
+class Rounds(DynamicSource[Event]):
     """Round r's turns, once `answered` holds `need(r)` answers (by default every turn of
-    the rounds before)."""
+    the rounds before), read by worker 0; the other workers read nothing (they run the
+    keyed steps some sessions go to)."""
 
-    def __init__(
-        self,
-        answered: list[Any],
-        rounds: int = ROUNDS,
-        need: Callable[[int], int] = lambda r: r * SESSIONS,
-    ) -> None:
-        self.answered = answered
+    answered: list[Any]
+    rounds: int = ROUNDS
+    need: Callable[[int], int] = lambda r: r * SESSIONS
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Rounds:
+        return _Rounds(self, self.rounds if worker_index == 0 else 0)
+
+
+class _Rounds(StatelessSourcePartition[Event]):
+    def __init__(self, spec: Rounds, rounds: int) -> None:
+        self.spec = spec
         self.rounds = rounds
-        self.need = need
         self.round = 0
         self.deadline = time.monotonic() + 60
 
     def next_batch(self) -> list[Event]:
         if self.round >= self.rounds:
             raise StopIteration
-        if len(self.answered) < self.need(self.round):
+        if len(self.spec.answered) < self.spec.need(self.round):
             assert time.monotonic() < self.deadline, "a round was never answered"
             return []
         batch = [chat(self.round, s) for s in range(SESSIONS)]
@@ -69,24 +75,6 @@ class _Rounds(StatelessSourcePartition[Event]):
 
     def next_awake(self) -> datetime | None:
         return None
-
-
-class Rounds(DynamicSource[Event]):
-    def __init__(
-        self,
-        answered: list[Any],
-        rounds: int = ROUNDS,
-        need: Callable[[int], int] = lambda r: r * SESSIONS,
-    ) -> None:
-        self.answered = answered
-        self.rounds = rounds
-        self.need = need
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Rounds:
-        if worker_index == 0:
-            return _Rounds(self.answered, self.rounds, self.need)
-        # The other workers read nothing; they run the keyed steps some sessions go to.
-        return _Rounds(self.answered, rounds=0)
 
 
 @pytest.fixture

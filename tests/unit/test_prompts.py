@@ -19,6 +19,7 @@ from inference.prompts import (
     split_for_budget,
     system_prompt,
 )
+from operators.redact import RegexRedactor
 from support.contexts import PII, PII_IN_ITEM, PII_KINDS, pii_item
 
 HOSTILE = (
@@ -357,3 +358,28 @@ def test_a_truncated_summary_never_keeps_a_piece_of_pii() -> None:
         assert "415" not in text and "0132" not in text and "ann.lee" not in text
         seen_cut |= prompt.truncated == {"summary": 1}
     assert seen_cut
+
+
+def test_citations_name_chunks_as_retrieved_not_as_redacted() -> None:
+    """Ids and versions that look like PII are redacted in the prompt, never in citations;
+    chunks the budget drops (lowest score first) are not cited."""
+    chunks = [
+        {"doc_id": "kb/555-123-4567", "version": 4111111111111111, "chunk_id": "kb/555-123-4567#0",
+         "score": 3.0, "title": "t", "text": "call 555-123-4567"},
+        {"doc_id": "10.0.0.1", "version": 1, "chunk_id": "10.0.0.1#0", "score": 1.0,
+         "title": "t", "text": "x"},
+    ]  # fmt: skip
+    item = WorkItem(
+        "m1", ("m1",), "acme", "s1", "u1", "chat_reply", "x", {"text": "hi"},
+        {"knowledge": chunks}, 0.0,
+    )  # fmt: skip
+    redactor = RegexRedactor(["phone", "credit_card", "ip"])
+    whole = assemble("chat_reply", [item], redactor=redactor)
+    assert "555-123-4567" not in whole.messages[1]["content"]
+    want = [{k: c[k] for k in ("doc_id", "version", "chunk_id", "score")} for c in chunks]
+    assert whole.citations == {"m1": want}
+    fitted = assemble(
+        "chat_reply", [item], redactor=redactor, limit_chars=len(whole.messages[0]["content"]) + 250
+    )
+    assert fitted.dropped == {"knowledge": 1}
+    assert fitted.citations == {"m1": want[:1]}
