@@ -195,6 +195,8 @@ def _text_files() -> Iterator[Path]:
         rel = path.relative_to(REPO).parts
         if any(p in skip or p.startswith(".") or p.endswith(".egg-info") for p in rel[:-1]):
             continue
+        if rel == (".git",):
+            continue  # a git worktree's `.git` is a file naming the main repository's path
         if path.is_file() and path.suffix in {".py", ".md", ".toml", ".txt", ".cfg", ".sh", ""}:
             yield path
 
