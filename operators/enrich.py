@@ -90,6 +90,12 @@ def attach_profiles(
 _PLACEHOLDER = re.compile(r"\[[A-Z_]+\]")
 
 
+def search_text(text: str) -> str:
+    """`text` as the knowledge is searched with it: a redaction placeholder ("[EMAIL]") is
+    not a search term."""
+    return _PLACEHOLDER.sub(" ", text)
+
+
 def knowledge_query(item: WorkItem) -> str:
     """What an item searches the knowledge for: a chat message's text, an alert's message,
     else the item's data values (a business event's type and attributes).
@@ -102,8 +108,7 @@ def knowledge_query(item: WorkItem) -> str:
     for key in ("text", "message"):
         value = data.get(key)
         if isinstance(value, str):
-            # A redaction placeholder ("[EMAIL]") is not a search term.
-            return _PLACEHOLDER.sub(" ", value)
+            return search_text(value)
     parts: list[str] = []
     for value in data.values():
         if isinstance(value, dict):
