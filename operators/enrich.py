@@ -132,7 +132,16 @@ def citation(hit: Hit) -> dict[str, Any]:
 
 class KnowledgeLookup:
     """Adds `context["knowledge"]` (the best chunks, best first) to the work items of tasks
-    that retrieve; the search is always within the item's tenant."""
+    that retrieve; the search is always within the item's tenant.
+
+    Results are cached by tenant, query text and the task's retrieval settings while the
+    index's `generation` is unchanged (any applied document invalidates every entry), so
+    a question asked again (support chats repeat) costs a dictionary lookup; at most
+    `CACHE_ENTRIES` entries, cleared when full. Shared by the process's workers (dict
+    reads and writes are atomic).
+    """
+
+    CACHE_ENTRIES = 10_000
 
     def __init__(
         self,
@@ -144,6 +153,9 @@ class KnowledgeLookup:
         self.tasks = dict(tasks)
         self.ready = ready
         self._index: KnowledgeIndex | None = None
+        self._cache: dict[
+            tuple[str, str, KnowledgeUse], tuple[int, tuple[dict[str, Any], ...]]
+        ] = {}
 
     def apply(self, item: WorkItem) -> WorkItem:
         use = self.tasks.get(item.task)
@@ -154,12 +166,24 @@ class KnowledgeLookup:
                 self.ready()  # once per process: the documents are read to their end
             self._index = self.open()
         query = knowledge_query(item)
-        hits = self._index.search(
-            item.tenant, query, use.top_k, min_score=use.min_score, tags=use.tags
-        )
-        if not hits:
+        index = self._index
+        generation = getattr(index, "generation", None)
+        key = (item.tenant, query, use)
+        found = self._cache.get(key) if generation is not None else None
+        if found is not None and found[0] == generation:
+            chunks = found[1]
+        else:
+            hits = index.search(
+                item.tenant, query, use.top_k, min_score=use.min_score, tags=use.tags
+            )
+            chunks = tuple(citation(h) for h in hits)
+            if generation is not None:
+                if len(self._cache) >= self.CACHE_ENTRIES:
+                    self._cache.clear()
+                self._cache[key] = (generation, chunks)
+        if not chunks:
             return item
-        return replace(item, context={**item.context, "knowledge": [citation(h) for h in hits]})
+        return replace(item, context={**item.context, "knowledge": [dict(c) for c in chunks]})
 
 
 @operator

@@ -488,6 +488,9 @@ class SqliteKnowledgeIndex:
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self.generation = 0
+        """Counts the `apply` calls that changed documents: a cached search result is valid
+        while it is unchanged (one process writes its own index)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open_checked()
 
@@ -593,6 +596,8 @@ class SqliteKnowledgeIndex:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            if changed:
+                self.generation += 1
         return changed
 
     def _apply(
