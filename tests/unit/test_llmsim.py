@@ -579,7 +579,8 @@ def test_embeddings_shape_and_marked_simulated(sim: LLMSimulator, client: OpenAI
 
 
 def test_embeddings_bad_requests_and_faults(sim: LLMSimulator, client: OpenAI) -> None:
-    for bad in ({"input": []}, {"input": [""]}, {"input": [1, 2]}, {"dimensions": 0}):
+    bads: list[dict[str, Any]] = [{"input": []}, {"input": [""]}, {"input": [1]}, {"dimensions": 0}]
+    for bad in bads:
         with pytest.raises(openai.BadRequestError):
             client.embeddings.create(**{"model": "m", "input": "x", **bad})
     sim.configure(down=True)
