@@ -38,6 +38,7 @@ import sqlite3
 import threading
 import time
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -510,11 +511,17 @@ CREATE TABLE vectors (
 CREATE INDEX vectors_sha ON vectors (model, sha);
 CREATE TABLE embedding_cache (
     model TEXT NOT NULL, sha BLOB NOT NULL, vec BLOB NOT NULL, created_at REAL NOT NULL,
-    PRIMARY KEY (model, sha)) WITHOUT ROWID
+    PRIMARY KEY (model, sha)) WITHOUT ROWID;
+CREATE TABLE vector_gen (tid INTEGER PRIMARY KEY, gen INTEGER NOT NULL)
 """
 """The tables knowledge-v2 adds to v1 (the upgrade at open creates them): `vectors` chunk
 rowid -> (model key, SHA-256 of the embedded text, float32 vector), deleted with the chunk;
-`embedding_cache` (model key, SHA-256 of a text) -> vector, for chunks and queries alike."""
+`embedding_cache` (model key, SHA-256 of a text) -> vector, for chunks and queries alike;
+`vector_gen` tid -> a counter bumped by every change of the tenant's vectors, in the same
+transaction (searches keep each tenant's vectors in memory while it is unchanged)."""
+
+VECTOR_CACHE_TENANTS = 32
+"""Tenants whose vector matrices a process keeps in memory (least recently searched out)."""
 
 _SCHEMA += _V2_TABLES
 
@@ -614,6 +621,8 @@ class SqliteKnowledgeIndex:
         self._closing = threading.Event()
         self._query_failures = 0
         self._query_down_until = 0.0
+        self._vectors: OrderedDict[tuple[str, int], _Vectors] = OrderedDict()
+        self._vectors_lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open_checked()
         if embedder is not None and self.pending_vectors():
@@ -851,6 +860,8 @@ class SqliteKnowledgeIndex:
                     "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
                     (first + c.n, key, sha, row[0]),
                 )
+        if len(missing) < len(chunks):
+            _bump_vectors(conn, [lo])
         return missing
 
     @staticmethod
@@ -863,6 +874,7 @@ class SqliteKnowledgeIndex:
         ]
         conn.executemany("DELETE FROM chunk_text WHERE rowid = ?", ids)
         conn.executemany("DELETE FROM vectors WHERE id = ?", ids)
+        _bump_vectors(conn, [i for (i,) in ids])
         conn.executemany("DELETE FROM chunks WHERE id = ?", ids)
         conn.execute("DELETE FROM doc_tags WHERE tenant = ? AND doc_id = ?", (tenant, doc_id))
 
@@ -1020,6 +1032,7 @@ class SqliteKnowledgeIndex:
                     if sha == shas[rid]:  # the chunk is still the one embedded
                         rows.append((rid, key, sha, vecs[sha]))
                 conn.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)", rows)
+                _bump_vectors(conn, [r[0] for r in rows])
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -1220,16 +1233,12 @@ class SqliteKnowledgeIndex:
     ) -> list[tuple[str, int, int, float]]:
         """The `want` documents of `tenant` whose best chunk vector is the closest to `qvec`
         (cosine > 0), best first: a brute-force scan of the tenant's rowid range."""
-        assert self.embedder is not None
-        rows = conn.execute(
-            "SELECT c.doc_id, c.n, v.id, v.vec FROM vectors AS v JOIN chunks AS c ON c.id = v.id "
-            "WHERE v.id BETWEEN ? AND ? AND v.model = ? AND c.tenant = ?",
-            (rowids[0], rowids[1], self.embedder.key, tenant),
-        ).fetchall()
-        size = qvec.shape[0] * 4
-        rows = [r for r in rows if len(r[3]) == size]
+        vectors = self._tenant_vectors(conn, tenant, rowids, qvec.shape[0])
+        if vectors is None:
+            return []
+        allowed: set[str] | None = None
         tag_list = list(dict.fromkeys(tags))
-        if tag_list and rows:
+        if tag_list:
             marks = ", ".join("?" * len(tag_list))
             allowed = {
                 d
@@ -1239,22 +1248,51 @@ class SqliteKnowledgeIndex:
                     (tenant, *tag_list, len(tag_list)),
                 )
             }
-            rows = [r for r in rows if r[0] in allowed]
-        if not rows:
-            return []
-        matrix = np.frombuffer(b"".join(r[3] for r in rows), dtype="<f4").reshape(len(rows), -1)
-        sims = matrix @ qvec
+        sims = vectors.matrix @ qvec
         out: list[tuple[str, int, int, float]] = []
         seen: set[str] = set()
         for i in np.argsort(-sims, kind="stable"):
             sim = float(sims[i])
             if sim <= 0 or len(out) >= want:
                 break
-            doc_id, n, rid, _ = rows[i]
-            if doc_id not in seen:
+            doc_id = vectors.doc_ids[i]
+            if doc_id not in seen and (allowed is None or doc_id in allowed):
                 seen.add(doc_id)
-                out.append((doc_id, n, rid, sim))
+                out.append((doc_id, vectors.ns[i], vectors.rids[i], sim))
         return out
+
+    def _tenant_vectors(
+        self, conn: sqlite3.Connection, tenant: str, rowids: tuple[int, int], dim: int
+    ) -> _Vectors | None:
+        """`tenant`'s vectors of the embedder's model and length `dim` (None: none), read in
+        the caller's transaction, from memory while the tenant's `vector_gen` is unchanged."""
+        assert self.embedder is not None
+        tid = rowids[0] >> _TENANT_BITS
+        row = conn.execute("SELECT gen FROM vector_gen WHERE tid = ?", (tid,)).fetchone()
+        gen = -1 if row is None else int(row[0])
+        with self._vectors_lock:
+            cached = self._vectors.get((tenant, dim))
+            if cached is not None and cached.gen == gen:
+                self._vectors.move_to_end((tenant, dim))
+                return cached
+        rows = conn.execute(
+            "SELECT c.doc_id, c.n, v.id, v.vec FROM vectors AS v JOIN chunks AS c ON c.id = v.id "
+            "WHERE v.id BETWEEN ? AND ? AND v.model = ? AND c.tenant = ? "
+            "AND length(v.vec) = ?",
+            (rowids[0], rowids[1], self.embedder.key, tenant, dim * 4),
+        ).fetchall()
+        if not rows:
+            return None
+        matrix = np.frombuffer(b"".join(r[3] for r in rows), dtype="<f4").reshape(len(rows), dim)
+        vectors = _Vectors(
+            gen, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], matrix
+        )
+        with self._vectors_lock:
+            self._vectors[(tenant, dim)] = vectors
+            self._vectors.move_to_end((tenant, dim))
+            while len(self._vectors) > VECTOR_CACHE_TENANTS:
+                self._vectors.popitem(last=False)
+        return vectors
 
     @staticmethod
     def _more(conn: sqlite3.Connection, terms: list[str], lo: int, hi: int, depth: int) -> bool:
@@ -1281,6 +1319,26 @@ class SqliteKnowledgeIndex:
             sql = f"SELECT doc_id, version FROM docs WHERE tenant = ? AND doc_id IN ({marks})"
             out.update(dict(conn.execute(sql, [tenant, *part])))
         return out
+
+
+def _bump_vectors(conn: sqlite3.Connection, rowids: Iterable[int]) -> None:
+    """Bump the vector generation of the tenants of `rowids` (chunk rowids)."""
+    conn.executemany(
+        "INSERT INTO vector_gen VALUES (?, 1) ON CONFLICT (tid) DO UPDATE SET gen = gen + 1",
+        [(tid,) for tid in {r >> _TENANT_BITS for r in rowids}],
+    )
+
+
+@dataclass(frozen=True)
+class _Vectors:
+    """One tenant's chunk vectors as of generation `gen`: row i is chunk `rids[i]` of
+    `doc_ids[i]` (its number `ns[i]`); `matrix` is read-only."""
+
+    gen: int
+    doc_ids: list[str]
+    ns: list[int]
+    rids: list[int]
+    matrix: np.ndarray[Any, np.dtype[np.float32]]
 
 
 def _fuse(

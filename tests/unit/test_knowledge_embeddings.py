@@ -327,6 +327,7 @@ def test_v1_files_are_upgraded_in_place_and_newer_refused(tmp_path: Path) -> Non
     with sqlite3.connect(path) as conn:  # what knowledge-v1 wrote: no vector tables
         conn.execute("DROP TABLE vectors")
         conn.execute("DROP TABLE embedding_cache")
+        conn.execute("DROP TABLE vector_gen")
         conn.execute("UPDATE meta SET value = 'knowledge-v1' WHERE key = 'format'")
     v1 = SqliteKnowledgeIndex(path)
     v1.apply([doc("router", 1, ROUTER)])
