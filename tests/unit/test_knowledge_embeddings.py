@@ -386,3 +386,25 @@ def test_config_reads_the_key_from_the_environment_and_masks_it(
     assert "sk-very-secret" not in repr(client) + repr(cfg) + str(cfg)
     with pytest.raises(ValueError, match="extra"):
         KnowledgeConfig.model_validate({"embeddings": {"base_url": "u", "model": "m", "key": "x"}})
+
+
+def test_vectors_in_memory_follow_every_change(
+    open_index: Callable[..., SqliteKnowledgeIndex], tmp_path: Path
+) -> None:
+    """A searcher keeps the tenant's vectors in memory; documents added, replaced and deleted
+    afterwards (by this handle or by another one on the same file, as another process would)
+    are what its next vector ranking sees. `min_score` shuts the lexical side out."""
+    index = open_index()
+    index.apply([doc("router", 1, ROUTER)])
+
+    def by_vector(query: str) -> list[str]:
+        return ids(index.search("acme", query, top_k=10, min_score=1e9))
+
+    assert by_vector("router reset") == ["router"]
+    index.apply([doc("invoice", 1, INVOICE)])
+    assert by_vector("monthly invoices refunds") == ["invoice"]
+    other = open_index()  # the same file
+    other.apply([doc("pumps", 1, "Coolant pumps and valves.")])
+    other.apply([KnowledgeUpdate("acme", "invoice", 2, deleted=True)])
+    assert by_vector("coolant pumps") == ["pumps"]
+    assert by_vector("monthly invoices refunds") == []
