@@ -663,6 +663,12 @@ def check_production(settings: Settings) -> None:
         problems.append(
             f"environment variable {settings.llm.api_key_env} is unset or a placeholder"
         )
+    embeddings = settings.knowledge.embeddings
+    if embeddings is not None and _looks_placeholder(embeddings.api_key().get_secret_value()):
+        problems.append(
+            f"environment variable {embeddings.api_key_env} (knowledge.embeddings) is unset "
+            "or a placeholder"
+        )
     if problems:
         msg = "production profile refused:\n  - " + "\n  - ".join(problems)
         raise ConfigError(msg)

@@ -17,7 +17,13 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from config.models import EmbeddingsConfig, KnowledgeConfig
+from config.models import (
+    ConfigError,
+    EmbeddingsConfig,
+    KnowledgeConfig,
+    Settings,
+    check_production,
+)
 from core.records import RawRecord
 from inference.embeddings import EmbeddingsClient
 from llmsim import LLMSimulator
@@ -359,7 +365,7 @@ def test_client_batches_retries_and_names_failures(
     with pytest.raises(EmbeddingsUnavailable, match=r"after 1 attempt"):
         client.embed(["h"], attempts=1)
     sim.configure(down=False)
-    with pytest.raises(EmbeddingsUnavailable, match="refused the request \\(400\\)"):
+    with pytest.raises(EmbeddingsUnavailable, match=r"refused the request \(400\)"):
         embedder_factory(dimensions=5000).embed(["x"])  # the simulator's limit is 4096
     sim.stop()
     with pytest.raises(EmbeddingsUnavailable, match="connection error"):
@@ -408,3 +414,17 @@ def test_vectors_in_memory_follow_every_change(
     other.apply([KnowledgeUpdate("acme", "invoice", 2, deleted=True)])
     assert by_vector("coolant pumps") == ["pumps"]
     assert by_vector("monthly invoices refunds") == []
+
+
+def test_production_refuses_a_placeholder_embeddings_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-real-looking-key")
+    monkeypatch.setenv("EMBED_KEY", "changeme")
+    raw = {
+        "app": {"profile": "production"},
+        "input": {"kind": "file", "sources": [{"name": "chat", "path": "in.jsonl"}]},
+        "knowledge": {"embeddings": {"base_url": "u", "model": "m", "api_key_env": "EMBED_KEY"}},
+    }
+    with pytest.raises(ConfigError, match=r"EMBED_KEY \(knowledge\.embeddings\) is unset"):
+        check_production(Settings.model_validate(raw))
+    monkeypatch.setenv("EMBED_KEY", "sk-another-real-key")
+    check_production(Settings.model_validate(raw))
