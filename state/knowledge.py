@@ -390,8 +390,8 @@ def rrf_fuse(rankings: Iterable[Sequence[str]], k: int = 60) -> list[tuple[str, 
     """Reciprocal-rank fusion: each key scores the sum of `1 / (k + rank)` over the rankings
     it appears in (rank 1 is the best), best first, ties by key.
 
-    >>> rrf_fuse([["a", "b", "c"], ["c", "a"]], k=1)
-    [('a', 0.8333333333333333), ('c', 0.8333333333333333), ('b', 0.3333333333333333)]
+    >>> rrf_fuse([["a", "b", "c"], ["c", "a"]], k=1)  # a: 1/2 + 1/3, c: 1/4 + 1/2, b: 1/3
+    [('a', 0.8333333333333333), ('c', 0.75), ('b', 0.3333333333333333)]
     """
     scores: dict[str, float] = {}
     for ranking in rankings:
