@@ -428,3 +428,51 @@ def test_production_refuses_a_placeholder_embeddings_key(monkeypatch: pytest.Mon
         check_production(Settings.model_validate(raw))
     monkeypatch.setenv("EMBED_KEY", "sk-another-real-key")
     check_production(Settings.model_validate(raw))
+
+
+def test_pipeline_knowledge_table_wires_the_embeddings(sim: LLMSimulator, tmp_path: Path) -> None:
+    """`flows.pipeline.knowledge_table` with `[knowledge.embeddings]`: the knowledge file read
+    at bootstrap is embedded through the configured endpoint, and the process's index (the
+    one the enrich step opens) searches hybrid; a second bootstrap embeds nothing."""
+    from connectors.reference import (
+        close_knowledge,
+        close_references,
+        ensure_reference,
+        open_knowledge,
+    )
+    from flows.pipeline import knowledge_table
+
+    docs = tmp_path / "knowledge.jsonl"
+    docs.write_text(
+        json.dumps({"tenant": "acme", "doc_id": "router", "version": 1, "text": ROUTER}) + "\n"
+    )
+    raw = {
+        "input": {
+            "kind": "file",
+            "sources": [{"name": "chat", "path": str(tmp_path / "in.jsonl")}],
+            "knowledge": {"name": "knowledge", "path": str(docs)},
+        },
+        "stores": {"dir": str(tmp_path / "stores")},
+        "knowledge": {"embeddings": {"base_url": sim.base_url, "model": "sim-embed", "rrf_k": 10}},
+    }
+    settings = Settings.model_validate(raw)
+    try:
+        table = knowledge_table(settings)
+        assert table is not None
+        ensure_reference(table)
+        index = open_knowledge(table.store_path)
+        assert index.embedder is not None and index.settings.rrf_k == 10
+        assert index.pending_vectors() == 0 and embedded_texts(sim) == [ROUTER]
+        hits = index.search("acme", "reset router", min_score=1e9)  # the vector side alone
+        assert ids(hits) == ["router"] and hits[0].score == pytest.approx(1 / 11)
+    finally:
+        close_references()
+        close_knowledge()
+    again = knowledge_table(settings)
+    assert again is not None
+    try:
+        ensure_reference(again)
+    finally:
+        close_references()
+        close_knowledge()
+    assert embedded_texts(sim) == [ROUTER, "reset router"]
