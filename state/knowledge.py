@@ -563,7 +563,8 @@ _TAGS = """ AND (SELECT COUNT(*) FROM doc_tags AS t
 
 class SqliteKnowledgeIndex:
     """Knowledge documents in one SQLite file: a versioned document table and an FTS5 index of
-    their chunks (format `knowledge-v1`).
+    their chunks, with an `embedder` also their vectors (format `knowledge-v2`; a
+    `knowledge-v1` file is upgraded at open).
 
     Tables: `docs` (tenant, doc_id) -> version, deleted flag, source position, title, tags:
     one row per document seen, a deleted one kept as a tombstone (no chunks, no text);
@@ -596,6 +597,14 @@ class SqliteKnowledgeIndex:
     serialised by a lock; searches run in a read transaction and see the last committed
     `apply`. Positions assume a source's
     offsets only grow: a re-created topic needs a fresh index.
+
+    Embeddings (`embedder` given; docs/KNOWLEDGE.md, "Embeddings"): `vectors` chunk rowid ->
+    vector, written with or right after the apply that adds the chunk and deleted with it;
+    `embedding_cache` (model key, SHA-256 of the text) -> vector, consulted before any
+    request, so no text is embedded twice. When the endpoint fails, `apply` still commits
+    (the chunks are searchable lexically) and a daemon thread of the index ("backfill")
+    embeds what is missing, with backoff, until nothing is; `close()` stops it. A search
+    whose query vector cannot be had is lexical only.
     """
 
     def __init__(
