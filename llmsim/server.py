@@ -173,7 +173,7 @@ class SimConfig:
     fail_next: int = 0
     """The next N admitted requests get HTTP 500 (decremented per request)."""
     down: bool = False
-    """While true, every chat request gets HTTP 503 at once (outage)."""
+    """While true, every chat and embeddings request gets HTTP 503 at once (outage)."""
     seed: int = 0
     """Seed of the fault-injection RNG; setting it via ``configure`` reseeds the RNG."""
 
@@ -1018,7 +1018,7 @@ class LLMSimulator:
 
     @property
     def in_flight(self) -> int:
-        """Number of chat requests currently admitted and not yet answered."""
+        """Number of requests (chat and embeddings) currently admitted and not yet answered."""
         with self._lock:
             return self._in_flight
 
