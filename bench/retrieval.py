@@ -2,6 +2,7 @@
 
     python -m bench.retrieval --corpus FILE --queries FILE --qrels FILE --out RUN
         [--index PATH] [--top-k 100] [--set NAME=VALUE ...] [--sensitivity] [--cv]
+        [--embeddings-url URL --embeddings-model M [--embeddings-key-env VAR] | --embeddings-sim]
 
 `--corpus` is JSONL `{"doc_id", "title", "text"}`, `--queries` JSONL `{"query_id", "text"}`,
 `--qrels` TSV `query_id<TAB>doc_id<TAB>relevance` with a header line. Every document goes
@@ -25,11 +26,21 @@ with each kept parameter at 0.75x and 1.25x its value (chunk sizes re-index the 
 `--cv` picks the query-side parameters on one half of the queries (alternate query ids in
 sorted order) from a small generic grid and reports them on the other half, both ways.
 The index is a temporary file unless `--index` names one (which must not exist yet).
+
+`--embeddings-url URL --embeddings-model M` (the key from the environment variable
+`--embeddings-key-env`, default OPENAI_API_KEY) also builds a hybrid index of the same
+documents (a second file, every chunk embedded through `inference.embeddings`) and reports
+it next to the lexical one: its line `hybrid`, and `hybrid_...` keys in the JSON (ingestion
+docs/s including the embedding requests; query latency including each query's embedding
+request, but for the 20 of the warm-up pass). `--embeddings-sim` does the same against the
+LLM simulator started in this process (its hashed word-stem vectors: a smoke test of the
+hybrid path, not a quality claim).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -41,6 +52,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from config.models import EmbeddingsConfig
+from inference.embeddings import EmbeddingsClient
+from llmsim import LLMSimulator, SimConfig
 from state.knowledge import (
     BASELINE,
     KnowledgeUpdate,
@@ -264,6 +278,48 @@ def _figures(name: str, m: Mapping[str, float]) -> str:
     )
 
 
+def hybrid_run(
+    args: argparse.Namespace,
+    settings: RetrievalSettings,
+    workdir: Path,
+    records: Sequence[bytes],
+    queries: Sequence[Mapping[str, Any]],
+    qrels: Qrels,
+) -> dict[str, float]:
+    """Index and search the collection again with embeddings; prints and returns the
+    `hybrid_...` figures."""
+    with contextlib.ExitStack() as stack:
+        url = args.embeddings_url
+        if args.embeddings_sim:
+            sim = stack.enter_context(LLMSimulator(SimConfig(latency_ms=1, max_concurrency=256)))
+            url = sim.base_url
+        cfg = EmbeddingsConfig(
+            base_url=url, model=args.embeddings_model, api_key_env=args.embeddings_key_env
+        )
+        client = EmbeddingsClient(cfg)
+        stack.callback(client.close)
+        index = SqliteKnowledgeIndex(workdir / "hybrid.sqlite", settings, embedder=client)
+        stack.callback(index.close)
+        indexed, ingest_s = ingest(index, records)
+        pending = index.pending_vectors()
+        ranking, seconds = search_all(index, queries, args.top_k)
+    figures = evaluate(qrels, ranking)
+    docs_per_s = indexed / ingest_s if ingest_s > 0 else 0.0
+    p50, p99 = percentile_ms(seconds, 50), percentile_ms(seconds, 99)
+    where = "the in-process simulator" if args.embeddings_sim else url
+    print(f"hybrid: embeddings {cfg.model} at {where}; chunks left without a vector: {pending}")
+    print(f"hybrid: {indexed} documents in {ingest_s:.2f} s ({docs_per_s:.0f} docs/s)")
+    print(_figures("hybrid", figures))
+    print(f"hybrid query latency p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+    return {
+        **{f"hybrid_{k}": round(v, 4) for k, v in figures.items()},
+        "hybrid_docs_per_s": round(docs_per_s, 1),
+        "hybrid_query_p50_ms": round(p50, 3),
+        "hybrid_query_p99_ms": round(p99, 3),
+        "hybrid_pending_vectors": pending,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.retrieval", description=(__doc__ or "").split("\n")[0]
@@ -277,7 +333,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--sensitivity", action="store_true")
     p.add_argument("--cv", action="store_true")
+    p.add_argument("--embeddings-url", help="also a hybrid run with this embeddings endpoint")
+    p.add_argument("--embeddings-model", default="text-embedding-3-small")
+    p.add_argument("--embeddings-key-env", default="OPENAI_API_KEY")
+    p.add_argument(
+        "--embeddings-sim", action="store_true", help="hybrid run on the in-process simulator"
+    )
     args = p.parse_args(argv)
+    if args.embeddings_url and args.embeddings_sim:
+        raise SystemExit("give --embeddings-url or --embeddings-sim, not both")
 
     settings = _override(RetrievalSettings(), args.set)
     records = corpus_records(read_jsonl(args.corpus))
@@ -311,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         bp50, bp99 = percentile_ms(base_seconds, 50), percentile_ms(base_seconds, 99)
         print(f"query latency p50 {p50:.2f} ms, p99 {p99:.2f} ms (baseline {bp50:.2f}, {bp99:.2f})")
         print(f"mean query {1000 * statistics.fmean(seconds or [0.0]):.2f} ms; run: {args.out}")
+        hybrid: dict[str, float] = {}
+        if args.embeddings_url or args.embeddings_sim:
+            hybrid = hybrid_run(args, settings, Path(tmp), records, queries, qrels)
         if args.cv or args.sensitivity:
             study = Study(Path(tmp), records, queries, qrels, args.top_k)
             study.adopt(settings, path)
@@ -326,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         **{f"baseline_{k}": round(v, 4) for k, v in base.items()},
         "baseline_query_p50_ms": round(bp50, 3),
         "baseline_query_p99_ms": round(bp99, 3),
+        **hybrid,
         "documents": indexed,
         "queries": len(queries),
     }

@@ -377,6 +377,35 @@ class StoresConfig(Frozen):
     end offsets before the flow enriches any event; past it the run stops with the reason."""
 
 
+class EmbeddingsConfig(Frozen):
+    """An OpenAI-compatible embeddings endpoint (`[knowledge.embeddings]`): every chunk also
+    gets a vector, and searches fuse the lexical and the vector ranking (docs/KNOWLEDGE.md)."""
+
+    base_url: str
+    """e.g. `https://api.openai.com/v1` (the `/embeddings` path is the client's)."""
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    """The environment variable holding the key (never in TOML; empty: no key sent)."""
+    dimensions: int | None = Field(default=None, ge=1, le=8192)
+    """Vector length asked of the endpoint (`text-embedding-3-*` accept it); None: its own."""
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    """Attempts per batch while indexing (429, 5xx, timeouts); a query's vector gets one."""
+    backoff_base_s: float = Field(default=0.25, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    """Longest wait between attempts, and between backfill rounds while the endpoint is down."""
+    batch_size: int = Field(default=64, ge=1, le=2048)
+    """Texts per request."""
+    rrf_k: int = Field(default=60, ge=1)
+    """Reciprocal-rank fusion constant: a document scores sum(1 / (rrf_k + rank))."""
+    vector_candidates: int = Field(default=100, ge=1, le=10_000)
+    """Documents taken from each ranking (lexical, vector) into the fusion (at least top_k)."""
+
+    def api_key(self) -> SecretStr:
+        """The API key from the environment (empty when unset)."""
+        return SecretStr(os.environ.get(self.api_key_env, ""))
+
+
 class KnowledgeConfig(Frozen):
     """How knowledge documents are chunked and searched (docs/KNOWLEDGE.md has the figures
     behind the defaults). Chunk settings apply to documents written after a change."""
@@ -388,6 +417,8 @@ class KnowledgeConfig(Frozen):
     title_weight: float = Field(default=2.0, ge=0)
     proximity_weight: float = Field(default=0.3, ge=0)
     proximity_window: int = Field(default=3, ge=0)
+    embeddings: EmbeddingsConfig | None = None
+    """Hybrid retrieval with vectors from this endpoint (None: lexical only)."""
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> KnowledgeConfig:
@@ -403,7 +434,8 @@ class KnowledgeUse(Frozen):
 
     top_k: int = Field(default=3, ge=1, le=50)
     min_score: float = Field(default=0.0, ge=0)
-    """Chunks scoring below this (FTS5 bm25, higher is better) are left out."""
+    """Chunks scoring below this (FTS5 bm25, higher is better) are left out; with embeddings it
+    filters the lexical candidates, and the hits' scores are the fused (RRF) ones."""
     tags: tuple[str, ...] = ()
     """Only documents carrying every one of these tags."""
 
@@ -630,6 +662,12 @@ def check_production(settings: Settings) -> None:
     if _looks_placeholder(settings.llm.api_key().get_secret_value()):
         problems.append(
             f"environment variable {settings.llm.api_key_env} is unset or a placeholder"
+        )
+    embeddings = settings.knowledge.embeddings
+    if embeddings is not None and _looks_placeholder(embeddings.api_key().get_secret_value()):
+        problems.append(
+            f"environment variable {embeddings.api_key_env} (knowledge.embeddings) is unset "
+            "or a placeholder"
         )
     if problems:
         msg = "production profile refused:\n  - " + "\n  - ".join(problems)

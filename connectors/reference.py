@@ -30,7 +30,7 @@ from connectors.kafka_source import check_topics
 from core.records import RawRecord
 from runtime.metrics import REFERENCE_BOOTSTRAP_SECONDS, REFERENCE_FRESHNESS, REFERENCE_UPDATES
 from runtime.signals import stop_requested
-from state.knowledge import RetrievalSettings, SqliteKnowledgeIndex
+from state.knowledge import Embedder, RetrievalSettings, SqliteKnowledgeIndex
 from state.knowledge import apply_records as knowledge_apply
 from state.stores import META, SEED_PREFIX, ProfileStore, ProfileUpdate
 
@@ -122,8 +122,14 @@ class KnowledgeTable:
     """The knowledge index as a reference table (`state.knowledge.apply_records`; invalid
     documents are the flow's dead letters, through its `knowledge_in` input)."""
 
-    def __init__(self, path: str, settings: RetrievalSettings, max_doc_bytes: int) -> None:
-        self.index = open_knowledge(path, settings)
+    def __init__(
+        self,
+        path: str,
+        settings: RetrievalSettings,
+        max_doc_bytes: int,
+        embedder: Embedder | None = None,
+    ) -> None:
+        self.index = open_knowledge(path, settings, embedder)
         self.max_doc_bytes = max_doc_bytes
 
     def positions(self) -> dict[str, int]:
@@ -140,15 +146,15 @@ _indexes_lock = threading.Lock()
 
 
 def open_knowledge(
-    path: str | Path, settings: RetrievalSettings | None = None
+    path: str | Path, settings: RetrievalSettings | None = None, embedder: Embedder | None = None
 ) -> SqliteKnowledgeIndex:
     """The process-wide handle of the knowledge index at `path` (each thread of the process
-    gets its own connection from it)."""
+    gets its own connection from it); `embedder` (hybrid search) applies to the first open."""
     key = str(Path(path).resolve())
     with _indexes_lock:
         index = _indexes.get(key)
         if index is None:
-            index = _indexes[key] = SqliteKnowledgeIndex(key, settings)
+            index = _indexes[key] = SqliteKnowledgeIndex(key, settings, embedder=embedder)
         return index
 
 

@@ -24,13 +24,14 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource
 from bytewax.outputs import DynamicSink
 
-from config.models import ConfigError, Settings, SourceConfig, load_config
+from config.models import ConfigError, EmbeddingsConfig, Settings, SourceConfig, load_config
 from connectors.files import JsonlFileSink, JsonlFileSource, file_map
 from connectors.kafka_sink import ReliableKafkaSink
 from connectors.kafka_source import KafkaUnavailable, RawKafkaSource
@@ -46,6 +47,7 @@ from connectors.reference import (
 from core.clock import Clock
 from core.records import KV, DeadLetter, Event, Kind, LedgerEntry, RawRecord, coords
 from inference.client import LLMExecutor, shared_executor
+from inference.embeddings import shared_embeddings
 from operators.anomaly import detect_anomalies
 from operators.dedup import dedup
 from operators.enrich import attach_knowledge, attach_profiles
@@ -404,12 +406,14 @@ def knowledge_table(settings: Settings, process: int = 0) -> ReferenceTable | No
     if source is None:
         return None
     k = settings.knowledge
+    e = k.embeddings
     retrieval = RetrievalSettings(
         chunk_tokens=k.chunk_tokens,
         overlap_tokens=k.overlap_tokens,
         title_weight=k.title_weight,
         proximity_weight=k.proximity_weight,
         proximity_window=k.proximity_window,
+        **({} if e is None else _hybrid_settings(e)),
     )
     return ReferenceTable(
         source,
@@ -417,8 +421,19 @@ def knowledge_table(settings: Settings, process: int = 0) -> ReferenceTable | No
         settings.kafka.client_settings() if settings.input.kind == "kafka" else {},
         timeout_s=settings.stores.bootstrap_timeout_s,
         tail=settings.input.tail,
-        table=lambda path: KnowledgeTable(path, retrieval, k.max_doc_bytes),
+        table=lambda path: KnowledgeTable(
+            path, retrieval, k.max_doc_bytes, None if e is None else shared_embeddings(e)
+        ),
     )
+
+
+def _hybrid_settings(e: EmbeddingsConfig) -> dict[str, Any]:
+    return {
+        "rrf_k": e.rrf_k,
+        "vector_candidates": e.vector_candidates,
+        "embed_retry_s": min(1.0, e.backoff_max_s),
+        "embed_retry_max_s": e.backoff_max_s,
+    }
 
 
 def prepare_stores(settings: Settings, process: int = 0) -> None:

@@ -17,9 +17,22 @@ Endpoints
     :func:`fake_from_schema`); with ``json_object`` it is ``{"answer": "[simulated] ..."}``;
     otherwise it is plain text. Every generated text starts with ``"[simulated] "``.
     ``max_tokens`` is accepted and ignored; ``stream=true`` and ``n>1`` are rejected (400).
+``POST /v1/embeddings``
+    Deterministic, simulated embeddings of ``input`` (a string or a list of strings; token
+    arrays are rejected): each text's lower-cased words (a few English stopwords dropped,
+    common suffixes stripped: a crude stem) are feature-hashed into ``dimensions`` (default
+    :data:`EMBEDDING_DIMENSIONS`) signed buckets, weighted ``1 + log(tf)``, and the vector is
+    L2-normalised, so texts sharing words are close and the same text always gets the same
+    vector (see :func:`embed_text`). ``encoding_format`` ``float`` or ``base64`` (the
+    ``openai`` client's default: little-endian float32). The response's ``model`` is the
+    requested one suffixed ``" (simulated)"`` and it carries ``x-llmsim: simulated``. The
+    same faults and latency model apply as for chat (outage, concurrency and RPM limits,
+    500s, hangs; the prompt tokens are the inputs' tokens); logged apart from the chat
+    requests (``requests("embeddings")``).
 ``GET /v1/models``
     Lists the single model ``sim-1`` (any model name is accepted and echoed back).
-``GET /_sim/health``, ``GET /_sim/requests``, ``GET /_sim/config``,
+``GET /_sim/health``, ``GET /_sim/requests``, ``GET /_sim/embedding-requests``,
+``GET /_sim/config``,
 ``POST /_sim/config`` (JSON body of :class:`SimConfig` field changes), ``POST /_sim/reset``
     Admin endpoints so a simulator running in another process can be observed and driven.
 
@@ -41,13 +54,15 @@ concurrency limit (429), requests-per-minute limit (429), ``fail_next``/``error_
 (500), then ``timeout_rate`` (hang), ``malformed_rate`` and ``drop_item_rate``. Only the
 fault injection uses randomness, from an RNG seeded with ``SimConfig.seed``.
 
-Every response carries ``x-llm-simulator: true``, and the ``x-ratelimit-*-requests``
-headers when an RPM limit is set; 429 responses also carry ``retry-after``. Error bodies are
-OpenAI-style ``{"error": {"message", "type", "param", "code"}}``.
+Every response carries ``x-llm-simulator: true`` (embeddings also ``x-llmsim: simulated``),
+and the ``x-ratelimit-*-requests`` headers when an RPM limit is set; 429 responses also
+carry ``retry-after``. Error bodies are OpenAI-style
+``{"error": {"message", "type", "param", "code"}}``.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import dataclasses
@@ -58,6 +73,7 @@ import math
 import random
 import re
 import socket
+import struct
 import sys
 import threading
 import time
@@ -66,7 +82,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, TypeGuard, cast
+from typing import Any, Literal, TypeGuard, cast
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -75,6 +91,7 @@ __all__ = [
     "LLMSimulator",
     "SimConfig",
     "count_tokens",
+    "embed_text",
     "estimate_tokens",
     "fake_from_schema",
 ]
@@ -86,6 +103,12 @@ MODEL_ID = "sim-1"
 
 SIMULATED_PREFIX = "[simulated] "
 """Every generated text starts with this marker."""
+
+EMBEDDING_DIMENSIONS = 256
+"""Length of a simulated embedding when the request gives no ``dimensions``."""
+
+MAX_EMBEDDING_DIMENSIONS = 4096
+MAX_EMBEDDING_INPUTS = 2048
 
 _MAX_DEPTH = 12  # beyond this, optional parts of a schema are left out (recursive models)
 _HARD_DEPTH = 64  # beyond this, the schema is rejected as unsatisfiable recursion
@@ -150,7 +173,7 @@ class SimConfig:
     fail_next: int = 0
     """The next N admitted requests get HTTP 500 (decremented per request)."""
     down: bool = False
-    """While true, every chat request gets HTTP 503 at once (outage)."""
+    """While true, every chat and embeddings request gets HTTP 503 at once (outage)."""
     seed: int = 0
     """Seed of the fault-injection RNG; setting it via ``configure`` reseeds the RNG."""
 
@@ -243,6 +266,102 @@ def count_tokens(text: str) -> int:
 
 def _prompt_tokens(messages: list[dict[str, Any]]) -> int:
     return sum(count_tokens(_content_text(m.get("content"))) + 4 for m in messages)
+
+
+# --------------------------------------------------------------------------- embeddings
+
+_STOPWORDS_TEXT = """a an and are as at be by do does for from has have how i in is it its my
+    of on or our so that the their this to was we were what when which who why will with you
+    your"""
+_EMBED_STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
+_EMBED_WORD = re.compile(r"[^\W_]+")
+_SUFFIXES = ("ingly", "edly", "ation", "ness", "ment", "ing", "ies", "ied", "ed", "es", "ly", "s")
+
+
+def _stem(word: str) -> str:
+    """A crude suffix stripper (good enough for "reset", "resets", "resetting" to meet)."""
+    for suffix in _SUFFIXES:
+        if len(word) > len(suffix) + 2 and word.endswith(suffix):
+            word = word[: -len(suffix)]
+            break
+    if len(word) > 3 and word[-1] == word[-2]:  # resett -> reset
+        word = word[:-1]
+    return word
+
+
+def embed_text(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """The simulated embedding of ``text``: a feature-hashed bag of word stems, L2-normalised.
+
+    Each lower-cased word (stopwords dropped) is stemmed and hashed (BLAKE2b) to a bucket and
+    a sign; a stem occurring ``tf`` times adds ``1 + log(tf)``. A text without words gets a
+    fixed unit vector of its own bucket. Deterministic, no model: a fair smoke test of vector
+    retrieval (texts sharing words are close), not a semantic embedding.
+
+    >>> a, b, c = (embed_text(t, 64) for t in ("reset the router", "resetting routers", "tax"))
+    >>> round(sum(x * y for x, y in zip(a, b)), 3), round(sum(x * y for x, y in zip(a, c)), 3)
+    (1.0, 0.0)
+    """
+    counts: dict[str, int] = {}
+    for word in _EMBED_WORD.findall(text.lower()):
+        if word not in _EMBED_STOPWORDS:
+            stem = _stem(word)
+            counts[stem] = counts.get(stem, 0) + 1
+    vec = [0.0] * dimensions
+    for stem, tf in (counts or {"": 1}).items():
+        h = int.from_bytes(hashlib.blake2b(stem.encode(), digest_size=8).digest(), "little")
+        vec[h % dimensions] += (1.0 if (h >> 32) & 1 else -1.0) * (1.0 + math.log(tf))
+    norm = math.sqrt(sum(x * x for x in vec)) or 1.0
+    return [x / norm for x in vec]
+
+
+@dataclass
+class _EmbeddingRequest:
+    model: str
+    inputs: list[str]
+    dimensions: int
+    encoding: str  # "float" | "base64"
+
+
+def _parse_embedding_request(raw: bytes) -> _EmbeddingRequest:
+    try:
+        body = json.loads(raw or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _BadRequest(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise _BadRequest("request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _BadRequest("'model' must be a non-empty string")
+    inputs = body.get("input")
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if (
+        not isinstance(inputs, list)
+        or not inputs
+        or not all(isinstance(t, str) and t for t in inputs)
+    ):
+        raise _BadRequest("'input' must be a non-empty string or a list of non-empty strings")
+    if len(inputs) > MAX_EMBEDDING_INPUTS:
+        raise _BadRequest(f"'input' holds more than {MAX_EMBEDDING_INPUTS} texts")
+    dims = body.get("dimensions")
+    if dims is None:
+        dims = EMBEDDING_DIMENSIONS
+    if (
+        isinstance(dims, bool)
+        or not isinstance(dims, int)
+        or not 1 <= dims <= MAX_EMBEDDING_DIMENSIONS
+    ):
+        raise _BadRequest(f"'dimensions' must be an integer in 1..{MAX_EMBEDDING_DIMENSIONS}")
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise _BadRequest("'encoding_format' must be 'float' or 'base64'")
+    return _EmbeddingRequest(model, inputs, dims, encoding)
+
+
+def _encode_embedding(vec: list[float], encoding: str) -> list[float] | str:
+    if encoding == "float":
+        return vec
+    return base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
 
 
 # --------------------------------------------------------------------------- schema faker
@@ -745,6 +864,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if method == "POST" and path == "/v1/chat/completions":
                 resp = sim._chat(body)
+            elif method == "POST" and path == "/v1/embeddings":
+                resp = sim._embeddings(body)
             elif method == "GET" and path == "/v1/models":
                 model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "llmsim"}
                 resp = _Response(200, {"object": "list", "data": [model]})
@@ -799,6 +920,7 @@ class LLMSimulator:
         self._in_flight = 0
         self._window: deque[float] = deque()
         self._log: list[dict[str, Any]] = []
+        self._embed_log: list[dict[str, Any]] = []
         self._counter = 0
         self._server: _SimHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -887,12 +1009,17 @@ class LLMSimulator:
 
     @property
     def in_flight(self) -> int:
-        """Number of chat requests currently admitted and not yet answered."""
+        """Number of requests (chat and embeddings) currently admitted and not yet answered."""
         with self._lock:
             return self._in_flight
 
-    def requests(self) -> list[dict[str, Any]]:
-        """Copy of the request log, oldest first.
+    def requests(self, endpoint: Literal["chat", "embeddings"] = "chat") -> list[dict[str, Any]]:
+        """Copy of the request log of ``endpoint``, oldest first.
+
+        ``requests("embeddings")``: one dict per ``/v1/embeddings`` request, appended when it
+        finished: ``ts``, ``model``, ``inputs`` (the texts), ``dimensions``, ``status``,
+        ``prompt_tokens``, ``service_ms``, ``latency_s``, ``fault`` (None, "429", "500",
+        "503" or "timeout"); requests answered 400 have ``inputs`` None.
 
         One dict per ``/v1/chat/completions`` request, appended when it finished:
         ``ts`` (arrival, epoch seconds), ``model``, ``messages``, ``response_format_name``
@@ -906,12 +1033,13 @@ class LLMSimulator:
         already given up.
         """
         with self._lock:
-            return copy.deepcopy(self._log)
+            return copy.deepcopy(self._log if endpoint == "chat" else self._embed_log)
 
     def reset_log(self) -> None:
-        """Clear the request log (configuration, RNG and rate windows are untouched)."""
+        """Clear the request logs (configuration, RNG and rate windows are untouched)."""
         with self._lock:
             self._log.clear()
+            self._embed_log.clear()
 
     # ----- internals used by the handler
 
@@ -959,6 +1087,8 @@ class LLMSimulator:
             return _Response(200, {"status": "ok", "in_flight": n_in_flight, "requests": n_log})
         if method == "GET" and path == "/_sim/requests":
             return _Response(200, self.requests())
+        if method == "GET" and path == "/_sim/embedding-requests":
+            return _Response(200, self.requests("embeddings"))
         if method == "GET" and path == "/_sim/config":
             return _Response(200, self.config.to_dict())
         if method == "POST" and path == "/_sim/config":
@@ -1034,10 +1164,11 @@ class LLMSimulator:
                 self._in_flight -= 1
 
     def _admit(
-        self, req: _ChatRequest, content_obj: Any, entry: dict[str, Any]
+        self, req: _ChatRequest | None, content_obj: Any, entry: dict[str, Any]
     ) -> _Response | _Plan:
         """Apply outage and rate limits; on admission count the request in flight and draw
-        its faults. Returns the rejection response or the plan for serving it."""
+        its faults. Returns the rejection response or the plan for serving it. `req` is None
+        for an embeddings request (no malformed or dropped answers)."""
         with self._lock:
             cfg = self._config
             if cfg.down:
@@ -1070,9 +1201,9 @@ class LLMSimulator:
             fail = rng.random() < cfg.error_rate or fail
             hang = rng.random() < cfg.timeout_rate
             jitter_ms = rng.uniform(0.0, cfg.jitter_ms) if cfg.jitter_ms > 0 else 0.0
-            malformed = req.mode != "text" and rng.random() < cfg.malformed_rate
+            malformed = req is not None and req.mode != "text" and rng.random() < cfg.malformed_rate
             dropped: list[str] = []
-            if isinstance(content_obj, dict) and req.mode == "json_schema":
+            if req is not None and isinstance(content_obj, dict) and req.mode == "json_schema":
                 dropped = [
                     k for k in _top_required(req.schema) if rng.random() < cfg.drop_item_rate
                 ]
@@ -1149,3 +1280,80 @@ class LLMSimulator:
             },
         }
         return _Response(200, payload, {"x-request-id": f"req_sim_{plan.seq}"})
+
+    def _embeddings(self, raw: bytes) -> _Response | None:
+        """Answer one embeddings request (faults and latency as for chat) and log it."""
+        started = time.monotonic()
+        entry: dict[str, Any] = {
+            "ts": time.time(),
+            "model": None,
+            "inputs": None,
+            "dimensions": None,
+            "status": 0,
+            "prompt_tokens": 0,
+            "service_ms": 0.0,
+            "latency_s": 0.0,
+            "fault": None,
+        }
+        resp: _Response | None = None
+        try:
+            resp = self._answer_embeddings(raw, entry)
+            return resp
+        except Exception:
+            log.exception("llmsim: internal error while answering an embeddings request")
+            resp = _error(500, "llmsim internal error", "server_error", "internal_error")
+            return resp
+        finally:
+            entry["status"] = resp.status if resp is not None else 0
+            entry["latency_s"] = time.monotonic() - started
+            with self._lock:
+                self._embed_log.append(entry)
+
+    def _answer_embeddings(self, raw: bytes, entry: dict[str, Any]) -> _Response | None:
+        try:
+            req = _parse_embedding_request(raw)
+        except _BadRequest as exc:
+            return _error(400, str(exc), "invalid_request_error", None)
+        tokens = sum(count_tokens(t) for t in req.inputs)
+        entry.update(
+            model=req.model,
+            inputs=list(req.inputs),
+            dimensions=req.dimensions,
+            prompt_tokens=tokens,
+        )
+        plan = self._admit(None, None, entry)
+        if isinstance(plan, _Response):
+            return plan
+        try:
+            entry["service_ms"] = plan.base_ms + plan.ms_per_prompt_token * tokens
+            if plan.fail:
+                entry["fault"] = "500"
+                if not self._sleep(entry["service_ms"] / 1000.0):
+                    return None
+                msg = "The simulated server had an error while processing your request."
+                return _error(500, msg, "server_error", "internal_error")
+            if plan.hang:
+                entry["fault"] = "timeout"
+                if not self._sleep(plan.hang_s):
+                    return None
+            if not self._sleep(entry["service_ms"] / 1000.0):
+                return None
+            data = [
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": _encode_embedding(embed_text(t, req.dimensions), req.encoding),
+                }
+                for i, t in enumerate(req.inputs)
+            ]
+            payload = {
+                "object": "list",
+                "data": data,
+                "model": f"{req.model} (simulated)",
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+            headers = {"x-request-id": f"req_sim_{plan.seq}", "x-llmsim": "simulated"}
+            return _Response(200, payload, headers)
+        finally:
+            with self._lock:
+                self._in_flight -= 1

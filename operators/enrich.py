@@ -135,8 +135,9 @@ class KnowledgeLookup:
     that retrieve; the search is always within the item's tenant.
 
     Results are cached by tenant, query text and the task's retrieval settings while the
-    index's `generation` is unchanged (any applied document invalidates every entry), so
-    a question asked again (support chats repeat) costs a dictionary lookup; at most
+    index's `generation` is unchanged (any applied document or vector invalidates every
+    entry; a search made lexical-only by an embeddings outage is not kept), so a question
+    asked again (support chats repeat) costs a dictionary lookup; at most
     `CACHE_ENTRIES` entries, cleared when full. Shared by the process's workers (dict
     reads and writes are atomic).
     """
@@ -177,7 +178,7 @@ class KnowledgeLookup:
                 item.tenant, query, use.top_k, min_score=use.min_score, tags=use.tags
             )
             chunks = tuple(citation(h) for h in hits)
-            if generation is not None:
+            if generation is not None and not getattr(index, "degraded", False):
                 if len(self._cache) >= self.CACHE_ENTRIES:
                     self._cache.clear()
                 self._cache[key] = (generation, chunks)

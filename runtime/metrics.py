@@ -95,6 +95,17 @@ REFERENCE_UPDATES = Counter(
     "Reference records applied after the bootstrap (followed as they arrive).",
     ["input"],
 )
+KNOWLEDGE_EMBEDDING_FAILURES = Counter(
+    "contextstream_knowledge_embedding_failures_total",
+    "Embeddings requests of the knowledge index that failed (ingest: the chunks stay lexical "
+    "until the backfill embeds them; query: that search was lexical only).",
+    ["stage"],
+)
+KNOWLEDGE_LEXICAL_ONLY = Counter(
+    "contextstream_knowledge_lexical_only_searches_total",
+    "Searches of an index with embeddings answered lexically only (no query vector: the "
+    "endpoint failed, or is backed off after a failure).",
+)
 LLM_PENDING = Gauge("contextstream_llm_pending_items", "Items buffered or in flight.")
 
 OUTPUT_STALLED = Gauge(

@@ -11,7 +11,11 @@ flow dead-letters those). `chunk_document` splits a document's text into overlap
 a bounded estimated token count (`core.tokens.estimate_tokens`). `SqliteKnowledgeIndex`
 implements `KnowledgeIndex`: `apply` commits updates and the source positions they cover in
 one transaction, `search` ranks the chunks of one tenant with FTS5's `bm25()` and returns one
-`Hit` per document (its best chunk).
+`Hit` per document (its best chunk). With an `Embedder` (an OpenAI-compatible embeddings
+endpoint, `inference.embeddings`) every chunk also gets a vector, cached by text, and a search
+fuses the lexical ranking with the vector ranking (reciprocal-rank fusion, `rrf_fuse`); when
+the endpoint is down, documents are indexed lexically at once and embedded later, and
+searches are lexical for what has no vector.
 
 The index is a versioned table like `state.stores.ProfileStore` (see `SqliteKnowledgeIndex`
 for the ordering rule): it is NOT rewound when Bytewax resumes, so a replay, a re-read topic or
@@ -24,23 +28,39 @@ Nothing is opened at import time; the index is opened by whoever owns it.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import logging
+import random
 import re
 import sqlite3
 import threading
+import time
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from core.records import RawRecord
 from core.tokens import estimate_tokens
+from runtime.metrics import KNOWLEDGE_EMBEDDING_FAILURES, KNOWLEDGE_LEXICAL_ONLY
 from state.stores import StoreError
 
-FORMAT = "knowledge-v1"
+log = logging.getLogger(__name__)
+
+FORMAT = "knowledge-v2"
 """The schema this code reads and writes; stored under `meta.format`, checked at open."""
+
+UPGRADES = ("knowledge-v1",)
+"""Older formats this code upgrades in place at open (v1 -> v2 adds the vector tables)."""
+
+MAX_EMBED_QUERY_CHARS = 8000
+"""A query's text is cut to this many characters before it is embedded."""
 
 MAX_DOC_BYTES = 1 << 20
 """Records larger than this (bytes of the raw record) are dead-lettered, not indexed."""
@@ -113,6 +133,12 @@ class RetrievalSettings:
     consecutive term pairs found within `proximity_window` tokens of each other (`NEAR`) added
     to their score: a sequential-dependence feature, rewarding chunks where the query's words
     appear together.
+
+    With an embedder (hybrid search): the lexical and the vector ranking each give their best
+    `vector_candidates` documents (at least `top_k`), fused by reciprocal rank with `rrf_k`.
+    Chunks whose embedding failed are retried after `embed_retry_s`, doubling up to
+    `embed_retry_max_s`; `compact()` drops cached embeddings older than
+    `embedding_cache_ttl_s` that no chunk uses.
     """
 
     chunk_tokens: int = 512
@@ -124,6 +150,11 @@ class RetrievalSettings:
     proximity_weight: float = 0.3
     proximity_window: int = 3
     rerank_depth: int = 200
+    rrf_k: int = 60
+    vector_candidates: int = 100
+    embed_retry_s: float = 1.0
+    embed_retry_max_s: float = 30.0
+    embedding_cache_ttl_s: float = 30 * 24 * 3600.0
 
     def __post_init__(self) -> None:
         if self.chunk_tokens < 16 or not 0 <= self.overlap_tokens < self.chunk_tokens // 2:
@@ -137,6 +168,13 @@ class RetrievalSettings:
             raise ValueError(msg)
         if self.max_query_terms < 1 or self.rerank_depth < 1 or self.proximity_window < 0:
             msg = "max_query_terms and rerank_depth must be >= 1, proximity_window >= 0"
+            raise ValueError(msg)
+        if (
+            self.rrf_k < 1
+            or self.vector_candidates < 1
+            or not (0 < self.embed_retry_s <= self.embed_retry_max_s)
+        ):
+            msg = "rrf_k and vector_candidates must be >= 1, 0 < embed_retry_s <= embed_retry_max_s"
             raise ValueError(msg)
 
 
@@ -348,6 +386,62 @@ def proximity_query(terms: Sequence[str], window: int = 0) -> str:
     return " OR ".join(f'NEAR("{a}" "{b}", {window})' for a, b in pairs)
 
 
+def rrf_fuse(rankings: Iterable[Sequence[str]], k: int = 60) -> list[tuple[str, float]]:
+    """Reciprocal-rank fusion: each key scores the sum of `1 / (k + rank)` over the rankings
+    it appears in (rank 1 is the best), best first, ties by key.
+
+    >>> rrf_fuse([["a", "b", "c"], ["c", "a"]], k=1)  # a: 1/2 + 1/3, c: 1/4 + 1/2, b: 1/3
+    [('a', 0.8333333333333333), ('c', 0.75), ('b', 0.3333333333333333)]
+    """
+    scores: dict[str, float] = {}
+    for ranking in rankings:
+        for rank, key in enumerate(ranking, 1):
+            scores[key] = scores.get(key, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda p: (-p[1], p[0]))
+
+
+def embedding_text(title: str, text: str) -> str:
+    """What a chunk is embedded as: its title and text."""
+    return f"{title}\n{text}" if title.strip() else text
+
+
+def text_key(text: str) -> bytes:
+    """The embedding cache's key of a text (with the model): its SHA-256."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+def vector_blob(vec: Sequence[float]) -> bytes:
+    """`vec` L2-normalised as little-endian float32 (a zero vector stays zero)."""
+    arr = np.asarray(vec, dtype="<f4")
+    norm = float(np.linalg.norm(arr))
+    return (arr / norm if norm > 0 else arr).astype("<f4").tobytes()
+
+
+class EmbeddingsUnavailable(Exception):
+    """The embeddings endpoint gave no usable answer (down, refusing, timing out, or answering
+    something else than one vector per text).
+
+    The index carries on: documents are searchable lexically at once and their chunks are
+    embedded by the index's backfill once the endpoint answers again; a search without its
+    query's vector is lexical only. Check the endpoint, its key and `[knowledge.embeddings]`.
+    """
+
+
+class Embedder(Protocol):
+    """What the index needs of an embeddings client (`inference.embeddings`)."""
+
+    @property
+    def key(self) -> str:
+        """The model (and dimensions) the vectors come from: vectors of another key are not
+        used, and the embedding cache is keyed by it."""
+        ...
+
+    def embed(self, texts: Sequence[str], *, attempts: int | None = None) -> list[list[float]]:
+        """One vector per text, in order; raises `EmbeddingsUnavailable` after `attempts`
+        (None: the client's own budget)."""
+        ...
+
+
 # --- the index ----------------------------------------------------------------------------
 
 
@@ -408,7 +502,33 @@ CREATE TABLE doc_tags (
     tenant TEXT NOT NULL, doc_id TEXT NOT NULL, tag TEXT NOT NULL,
     PRIMARY KEY (tenant, doc_id, tag)) WITHOUT ROWID;
 CREATE VIRTUAL TABLE chunk_text USING fts5 (
-    title, text, tokenize = 'porter unicode61 remove_diacritics 2')
+    title, text, tokenize = 'porter unicode61 remove_diacritics 2');
+"""
+
+_V2_TABLES = """
+CREATE TABLE vectors (
+    id INTEGER PRIMARY KEY, model TEXT NOT NULL, sha BLOB NOT NULL, vec BLOB NOT NULL);
+CREATE INDEX vectors_sha ON vectors (model, sha);
+CREATE TABLE embedding_cache (
+    model TEXT NOT NULL, sha BLOB NOT NULL, vec BLOB NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (model, sha)) WITHOUT ROWID;
+CREATE TABLE vector_gen (tid INTEGER PRIMARY KEY, gen INTEGER NOT NULL)
+"""
+"""The tables knowledge-v2 adds to v1 (the upgrade at open creates them): `vectors` chunk
+rowid -> (model key, SHA-256 of the embedded text, float32 vector), deleted with the chunk;
+`embedding_cache` (model key, SHA-256 of a text) -> vector, for chunks and queries alike;
+`vector_gen` tid -> a counter bumped by every change of the tenant's vectors, in the same
+transaction (searches keep each tenant's vectors in memory while it is unchanged)."""
+
+VECTOR_CACHE_TENANTS = 32
+"""Tenants whose vector matrices a process keeps in memory (least recently searched out)."""
+
+_SCHEMA += _V2_TABLES
+
+_PENDING = """
+SELECT c.id, t.title, t.text FROM chunks AS c JOIN chunk_text AS t ON t.rowid = c.id
+LEFT JOIN vectors AS v ON v.id = c.id AND v.model = ?
+WHERE v.id IS NULL{ids} ORDER BY c.id LIMIT ?
 """
 
 _TENANT_BITS = 32
@@ -443,7 +563,8 @@ _TAGS = """ AND (SELECT COUNT(*) FROM doc_tags AS t
 
 class SqliteKnowledgeIndex:
     """Knowledge documents in one SQLite file: a versioned document table and an FTS5 index of
-    their chunks (format `knowledge-v1`).
+    their chunks, with an `embedder` also their vectors (format `knowledge-v2`; a
+    `knowledge-v1` file is upgraded at open).
 
     Tables: `docs` (tenant, doc_id) -> version, deleted flag, source position, title, tags:
     one row per document seen, a deleted one kept as a tombstone (no chunks, no text);
@@ -476,23 +597,48 @@ class SqliteKnowledgeIndex:
     serialised by a lock; searches run in a read transaction and see the last committed
     `apply`. Positions assume a source's
     offsets only grow: a re-created topic needs a fresh index.
+
+    Embeddings (`embedder` given; docs/KNOWLEDGE.md, "Embeddings"): `vectors` chunk rowid ->
+    vector, written with or right after the apply that adds the chunk and deleted with it;
+    `embedding_cache` (model key, SHA-256 of the text) -> vector, consulted before any
+    request, so no text is embedded twice. When the endpoint fails, `apply` still commits
+    (the chunks are searchable lexically) and a daemon thread of the index ("backfill")
+    embeds what is missing, with backoff, until nothing is; `close()` stops it. A search
+    whose query vector cannot be had is lexical only.
     """
 
     def __init__(
-        self, path: str | Path, settings: RetrievalSettings | None = None, *, busy_s: float = 30.0
+        self,
+        path: str | Path,
+        settings: RetrievalSettings | None = None,
+        *,
+        busy_s: float = 30.0,
+        embedder: Embedder | None = None,
     ) -> None:
         self.path = Path(path)
         self.settings = settings or RetrievalSettings()
         self.busy_s = busy_s
+        self.embedder = embedder
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self.generation = 0
-        """Counts the `apply` calls that changed documents: a cached search result is valid
-        while it is unchanged (one process writes its own index)."""
+        """Counts the commits that changed documents or vectors: a cached search result is
+        valid while it is unchanged (one process writes its own index)."""
+        self._embed_lock = threading.Lock()  # one embedding round at a time
+        self._backfill_lock = threading.Lock()  # guards the two fields below
+        self._backfill: threading.Thread | None = None
+        self._dirty = False  # chunks may lack vectors: the running backfill must look again
+        self._closing = threading.Event()
+        self._query_failures = 0
+        self._query_down_until = 0.0
+        self._vectors: OrderedDict[tuple[str, int], _Vectors] = OrderedDict()
+        self._vectors_lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open_checked()
+        if embedder is not None and self.pending_vectors():
+            self._start_backfill(failures=0)  # chunks left without vectors by an earlier run
 
     # connections
 
@@ -543,6 +689,16 @@ class SqliteKnowledgeIndex:
                 if "meta" in names:
                     row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
                     found = None if row is None else str(row[0])
+                if found in UPGRADES and "vectors" not in names:
+                    # v1 -> v2 adds empty tables, in one transaction; v1 code refuses the
+                    # file afterwards (KnowledgeFormatMismatch), as it would drop chunks
+                    # without their vectors.
+                    for statement in _V2_TABLES.split(";"):
+                        conn.execute(statement)
+                    conn.execute("UPDATE meta SET value = ? WHERE key = 'format'", (FORMAT,))
+                    conn.execute("COMMIT")
+                    log.info("knowledge index %s upgraded from %s to %s", self.path, found, FORMAT)
+                    return
             finally:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -561,7 +717,13 @@ class SqliteKnowledgeIndex:
         raise self._mismatch(f"format {found!r}")
 
     def close(self) -> None:
-        """Close every thread's connection (once no thread uses the index any more)."""
+        """Stop the embedding backfill and close every thread's connection (once no thread
+        uses the index any more)."""
+        self._closing.set()
+        with self._backfill_lock:
+            backfill = self._backfill
+        if backfill is not None:
+            backfill.join(timeout=10)
         with self._conns_lock:
             for conn in self._conns:
                 conn.close()
@@ -587,17 +749,22 @@ class SqliteKnowledgeIndex:
             for u in batch
             if not u.deleted
         }
+        missing: list[int] = []
         with self._write_lock:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
-                changed = self._apply(conn, batch, chunked, positions or {})
+                changed = self._apply(conn, batch, chunked, positions or {}, missing)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
+                missing.clear()
                 raise
             if changed:
                 self.generation += 1
+        if missing:
+            # Committed and searchable lexically; now the vectors, outside any transaction.
+            self._after_apply(missing)
         return changed
 
     def _apply(
@@ -606,6 +773,7 @@ class SqliteKnowledgeIndex:
         batch: list[KnowledgeUpdate],
         chunked: dict[int, list[Chunk]],
         positions: Mapping[Position, int],
+        missing: list[int],
     ) -> int:
         committed = self.positions()
         changed = 0
@@ -641,7 +809,7 @@ class SqliteKnowledgeIndex:
             )
             changed += 1
             if not u.deleted:
-                self._add_chunks(conn, u, chunked[id(u)])
+                missing.extend(self._add_chunks(conn, u, chunked[id(u)]))
         for (origin, partition), nxt in positions.items():
             conn.execute(
                 "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT (origin, partition) "
@@ -670,7 +838,9 @@ class SqliteKnowledgeIndex:
 
     def _add_chunks(
         self, conn: sqlite3.Connection, u: KnowledgeUpdate, chunks: list[Chunk]
-    ) -> None:
+    ) -> list[int]:
+        """Insert `u`'s chunks (and, with an embedder, the vectors the cache holds for their
+        texts); returns the rowids of the chunks still without a vector."""
         conn.executemany(
             "INSERT INTO doc_tags VALUES (?, ?, ?)", [(u.tenant, u.doc_id, t) for t in u.tags]
         )
@@ -688,6 +858,25 @@ class SqliteKnowledgeIndex:
             "INSERT INTO chunk_text (rowid, title, text) VALUES (?, ?, ?)",
             [(first + c.n, c.title, c.text) for c in chunks],
         )
+        if self.embedder is None:
+            return []
+        key = self.embedder.key
+        missing = []
+        for c in chunks:
+            sha = text_key(embedding_text(c.title, c.text))
+            row = conn.execute(
+                "SELECT vec FROM embedding_cache WHERE model = ? AND sha = ?", (key, sha)
+            ).fetchone()
+            if row is None:
+                missing.append(first + c.n)
+            else:
+                conn.execute(
+                    "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
+                    (first + c.n, key, sha, row[0]),
+                )
+        if len(missing) < len(chunks):
+            _bump_vectors(conn, [lo])
+        return missing
 
     @staticmethod
     def _drop_chunks(conn: sqlite3.Connection, tenant: str, doc_id: str) -> None:
@@ -698,17 +887,232 @@ class SqliteKnowledgeIndex:
             )
         ]
         conn.executemany("DELETE FROM chunk_text WHERE rowid = ?", ids)
+        conn.executemany("DELETE FROM vectors WHERE id = ?", ids)
+        _bump_vectors(conn, [i for (i,) in ids])
         conn.executemany("DELETE FROM chunks WHERE id = ?", ids)
         conn.execute("DELETE FROM doc_tags WHERE tenant = ? AND doc_id = ?", (tenant, doc_id))
 
     def compact(self) -> None:
-        """Merge the FTS5 index's segments (dropping deleted rows' entries) and give free
-        pages back to the file system; for idle moments: it rewrites the whole index."""
+        """Merge the FTS5 index's segments (dropping deleted rows' entries), drop cached
+        embeddings older than `embedding_cache_ttl_s` that no chunk uses, and give free pages
+        back to the file system; for idle moments: it rewrites the whole index."""
         with self._write_lock:
             conn = self._conn
+            conn.execute(
+                "DELETE FROM embedding_cache WHERE created_at < ? AND NOT EXISTS (SELECT 1 "
+                "FROM vectors AS v WHERE v.model = embedding_cache.model "
+                "AND v.sha = embedding_cache.sha)",
+                (time.time() - self.settings.embedding_cache_ttl_s,),
+            )
             conn.execute("INSERT INTO chunk_text (chunk_text) VALUES ('optimize')")
             conn.execute("PRAGMA incremental_vacuum")
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # embeddings
+
+    def _after_apply(self, missing: list[int]) -> None:
+        """Embed the chunks an apply left without vectors, unless the backfill (running while
+        the endpoint is down) is on it; a failure hands them to the backfill."""
+        with self._backfill_lock:
+            if self._backfill is not None:
+                self._dirty = True
+                return
+        if not self._embed_round(missing):
+            self._start_backfill(failures=1)
+
+    def _embed_round(self, ids: list[int] | None = None) -> bool:
+        """`embed_pending(ids)`, False (counted, logged) when the endpoint failed."""
+        with self._embed_lock:
+            try:
+                self.embed_pending(ids)
+            except EmbeddingsUnavailable as exc:
+                KNOWLEDGE_EMBEDDING_FAILURES.labels("ingest").inc()
+                log.warning(
+                    "knowledge index %s: embedding failed (%s); documents stay searchable "
+                    "lexically, their chunks are embedded when the endpoint answers",
+                    self.path,
+                    exc,
+                )
+                return False
+        return True
+
+    def _retry_delay(self, failures: int) -> float:
+        s = self.settings
+        cap = min(s.embed_retry_max_s, s.embed_retry_s * 2 ** (failures - 1))
+        return random.uniform(cap / 2, cap)
+
+    def _start_backfill(self, failures: int) -> None:
+        with self._backfill_lock:
+            self._dirty = True
+            if self._backfill is not None or self._closing.is_set():
+                return
+            self._backfill = threading.Thread(
+                target=self._backfill_loop, args=(failures,), name="knowledge-embed", daemon=True
+            )
+            self._backfill.start()
+
+    def _backfill_loop(self, failures: int) -> None:
+        """Embed every chunk without a vector until none is left, waiting `embed_retry_s`
+        (doubling, jittered, up to `embed_retry_max_s`) after each failed round; exits when
+        nothing is pending (an apply that finds it gone embeds its chunks itself)."""
+        try:
+            while not self._closing.is_set():
+                if failures and self._closing.wait(self._retry_delay(failures)):
+                    break
+                with self._backfill_lock:
+                    if not self._dirty:
+                        self._backfill = None
+                        return
+                    self._dirty = False
+                if self._embed_round():
+                    failures = 0
+                else:
+                    failures += 1
+                    with self._backfill_lock:
+                        self._dirty = True
+        except Exception:
+            log.exception("knowledge index %s: embedding backfill stopped", self.path)
+        with self._backfill_lock:
+            self._backfill = None
+
+    def embed_pending(self, ids: Sequence[int] | None = None, batch: int = 256) -> int:
+        """Embed the chunks (of `ids`, else all) that have no vector of the embedder's model,
+        texts the cache holds taken from it; returns the vectors written.
+
+        Each round of `batch` chunks reads the texts, asks the endpoint for the texts the
+        cache lacks (no transaction held meanwhile), then writes the cache and the vectors in
+        one transaction, skipping a chunk whose text changed in between. Raises
+        `EmbeddingsUnavailable` when the endpoint fails (what was written stays).
+        """
+        embedder = self.embedder
+        if embedder is None:
+            return 0
+        key = embedder.key
+        written = 0
+        todo = None if ids is None else list(ids)
+        while True:
+            if todo is None:
+                rows = self._conn.execute(_PENDING.format(ids=""), (key, batch)).fetchall()
+            elif todo:
+                part, todo = todo[:batch], todo[batch:]
+                marks = ", ".join("?" * len(part))
+                sql = _PENDING.format(ids=f" AND c.id IN ({marks})")
+                rows = self._conn.execute(sql, (key, *part, batch)).fetchall()
+            else:
+                return written
+            if not rows:
+                if todo is None:
+                    return written
+                continue
+            texts = {rid: embedding_text(title, text) for rid, title, text in rows}
+            shas = {rid: text_key(t) for rid, t in texts.items()}
+            vecs = self._cached(key, set(shas.values()))
+            asked = {shas[rid]: t for rid, t in texts.items() if shas[rid] not in vecs}
+            new = {}
+            if asked:
+                answers = embedder.embed(list(asked.values()))
+                if len(answers) != len(asked):
+                    msg = f"{len(answers)} vectors for {len(asked)} texts"
+                    raise EmbeddingsUnavailable(msg)
+                new = {sha: vector_blob(v) for sha, v in zip(asked, answers, strict=True)}
+                vecs.update(new)
+            written += self._write_vectors(key, shas, vecs, new)
+
+    def _cached(self, key: str, shas: set[bytes]) -> dict[bytes, bytes]:
+        out: dict[bytes, bytes] = {}
+        items = list(shas)
+        for i in range(0, len(items), 500):
+            part = items[i : i + 500]
+            marks = ", ".join("?" * len(part))
+            sql = f"SELECT sha, vec FROM embedding_cache WHERE model = ? AND sha IN ({marks})"
+            out.update(dict(self._conn.execute(sql, (key, *part))))
+        return out
+
+    def _write_vectors(
+        self, key: str, shas: dict[int, bytes], vecs: dict[bytes, bytes], new: dict[bytes, bytes]
+    ) -> int:
+        now = time.time()
+        with self._write_lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO embedding_cache VALUES (?, ?, ?, ?)",
+                    [(key, sha, vec, now) for sha, vec in new.items()],
+                )
+                rows = []
+                for rid, (title, text) in self._texts(conn, list(shas)).items():
+                    sha = text_key(embedding_text(title, text))
+                    if sha == shas[rid]:  # the chunk is still the one embedded
+                        rows.append((rid, key, sha, vecs[sha]))
+                conn.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)", rows)
+                _bump_vectors(conn, [r[0] for r in rows])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            if rows:
+                self.generation += 1  # new vectors change hybrid results
+        return len(rows)
+
+    @property
+    def degraded(self) -> bool:
+        """Whether searches are lexical only for now because the embeddings endpoint failed
+        (their results should not be kept as the hybrid ones)."""
+        return self.embedder is not None and time.monotonic() < self._query_down_until
+
+    def pending_vectors(self) -> int:
+        """Chunks without a vector of the embedder's model (0 without an embedder)."""
+        if self.embedder is None:
+            return 0
+        sql = (
+            "SELECT COUNT(*) FROM chunks AS c LEFT JOIN vectors AS v "
+            "ON v.id = c.id AND v.model = ? WHERE v.id IS NULL"
+        )
+        count: int = self._conn.execute(sql, (self.embedder.key,)).fetchone()[0]
+        return count
+
+    def _query_vector(self, query: str) -> np.ndarray[Any, np.dtype[np.float32]] | None:
+        """The query's vector: from the cache, else asked once (cached); None when the
+        endpoint fails or is backed off after a failure (counted: a lexical-only search)."""
+        embedder = self.embedder
+        assert embedder is not None
+        text = " ".join(query.split())[:MAX_EMBED_QUERY_CHARS]
+        key, sha = embedder.key, text_key(text)
+        row = self._conn.execute(
+            "SELECT vec FROM embedding_cache WHERE model = ? AND sha = ?", (key, sha)
+        ).fetchone()
+        if row is not None:
+            return np.frombuffer(row[0], dtype="<f4")
+        if time.monotonic() < self._query_down_until:
+            KNOWLEDGE_LEXICAL_ONLY.inc()
+            return None
+        try:
+            answers = embedder.embed([text], attempts=1)
+            if len(answers) != 1:
+                raise EmbeddingsUnavailable(f"{len(answers)} vectors for 1 text")
+        except EmbeddingsUnavailable as exc:
+            self._query_failures += 1
+            self._query_down_until = time.monotonic() + self._retry_delay(self._query_failures)
+            KNOWLEDGE_EMBEDDING_FAILURES.labels("query").inc()
+            KNOWLEDGE_LEXICAL_ONLY.inc()
+            log.warning("knowledge search: query embedding failed (%s); lexical only", exc)
+            return None
+        self._query_failures = 0
+        blob = vector_blob(answers[0])
+        with self._write_lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT OR IGNORE INTO embedding_cache VALUES (?, ?, ?, ?)",
+                    (key, sha, blob, time.time()),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return np.frombuffer(blob, dtype="<f4")
 
     # reads
 
@@ -759,11 +1163,21 @@ class SqliteKnowledgeIndex:
         alone (`top_k` when that is more, all of them when `tags` filter; more when those
         hold fewer than `top_k` documents): a chunk further down could only have risen into
         the results by its proximity score.
+
+        With an embedder, the best `vector_candidates` documents (at least `top_k`) of the
+        lexical ranking (`min_score` filtering it) and of the vector ranking (cosine of the
+        query's vector with the tenant's chunk vectors, each document by its best chunk) are
+        fused by reciprocal rank (`rrf_fuse`, `rrf_k`); a hit's chunk is the one of the
+        ranking where its document ranks better, its score the fused one. Without the
+        query's vector (the endpoint failing) the search is lexical only; chunks without a
+        vector take part through the lexical ranking.
         """
         s = self.settings
         terms = query_terms(query, s.stopwords, s.max_query_terms)
         if not terms or top_k <= 0:
             return []
+        qvec = self._query_vector(query) if self.embedder is not None else None
+        want = top_k if qvec is None else max(top_k, s.vector_candidates)
         near = None
         if s.proximity_weight > 0 and len(terms) > 1:
             near = proximity_query(terms, s.proximity_window)
@@ -771,15 +1185,16 @@ class SqliteKnowledgeIndex:
         conn.execute("BEGIN")  # one snapshot for the ranking and the texts
         try:
             lo, hi = self._tenant_range(conn, tenant, create=False)
-            depth = -1 if tags else max(s.rerank_depth, top_k)
+            depth = -1 if tags else max(s.rerank_depth, want)
             while True:
-                rows = self._rank(
-                    conn, tenant, (lo, hi), terms, near, depth, top_k, min_score, tags
-                )
+                rows = self._rank(conn, tenant, (lo, hi), terms, near, depth, want, min_score, tags)
                 # Fewer documents than asked from `depth` chunks: the next ones may hold more.
-                if len(rows) >= top_k or depth < 0 or not self._more(conn, terms, lo, hi, depth):
+                if len(rows) >= want or depth < 0 or not self._more(conn, terms, lo, hi, depth):
                     break
                 depth *= 4
+            if qvec is not None:
+                nearest = self._nearest(conn, tenant, (lo, hi), qvec, want, tags)
+                rows = _fuse(rows, nearest, top_k, s.rrf_k)
             texts = self._texts(conn, [r[2] for r in rows])
             versions = self._versions(conn, tenant, [r[0] for r in rows])
         finally:
@@ -829,6 +1244,78 @@ class SqliteKnowledgeIndex:
         )
         return [(d, n, rid, float(sc)) for d, n, rid, sc in conn.execute(sql, params)]
 
+    def _nearest(
+        self,
+        conn: sqlite3.Connection,
+        tenant: str,
+        rowids: tuple[int, int],
+        qvec: np.ndarray[Any, np.dtype[np.float32]],
+        want: int,
+        tags: Collection[str],
+    ) -> list[tuple[str, int, int, float]]:
+        """The `want` documents of `tenant` whose best chunk vector is the closest to `qvec`
+        (cosine > 0), best first: a brute-force scan of the tenant's rowid range."""
+        vectors = self._tenant_vectors(conn, tenant, rowids, qvec.shape[0])
+        if vectors is None:
+            return []
+        allowed: set[str] | None = None
+        tag_list = list(dict.fromkeys(tags))
+        if tag_list:
+            marks = ", ".join("?" * len(tag_list))
+            allowed = {
+                d
+                for (d,) in conn.execute(
+                    f"SELECT doc_id FROM doc_tags WHERE tenant = ? AND tag IN ({marks}) "
+                    "GROUP BY doc_id HAVING COUNT(*) = ?",
+                    (tenant, *tag_list, len(tag_list)),
+                )
+            }
+        sims = vectors.matrix @ qvec
+        out: list[tuple[str, int, int, float]] = []
+        seen: set[str] = set()
+        for i in np.argsort(-sims, kind="stable"):
+            sim = float(sims[i])
+            if sim <= 0 or len(out) >= want:
+                break
+            doc_id = vectors.doc_ids[i]
+            if doc_id not in seen and (allowed is None or doc_id in allowed):
+                seen.add(doc_id)
+                out.append((doc_id, vectors.ns[i], vectors.rids[i], sim))
+        return out
+
+    def _tenant_vectors(
+        self, conn: sqlite3.Connection, tenant: str, rowids: tuple[int, int], dim: int
+    ) -> _Vectors | None:
+        """`tenant`'s vectors of the embedder's model and length `dim` (None: none), read in
+        the caller's transaction, from memory while the tenant's `vector_gen` is unchanged."""
+        assert self.embedder is not None
+        tid = rowids[0] >> _TENANT_BITS
+        row = conn.execute("SELECT gen FROM vector_gen WHERE tid = ?", (tid,)).fetchone()
+        gen = -1 if row is None else int(row[0])
+        with self._vectors_lock:
+            cached = self._vectors.get((tenant, dim))
+            if cached is not None and cached.gen == gen:
+                self._vectors.move_to_end((tenant, dim))
+                return cached
+        rows = conn.execute(
+            "SELECT c.doc_id, c.n, v.id, v.vec FROM vectors AS v JOIN chunks AS c ON c.id = v.id "
+            "WHERE v.id BETWEEN ? AND ? AND v.model = ? AND c.tenant = ? "
+            "AND length(v.vec) = ?",
+            (rowids[0], rowids[1], self.embedder.key, tenant, dim * 4),
+        ).fetchall()
+        if not rows:
+            return None
+        matrix = np.frombuffer(b"".join(r[3] for r in rows), dtype="<f4").reshape(len(rows), dim)
+        vectors = _Vectors(
+            gen, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], matrix
+        )
+        with self._vectors_lock:
+            self._vectors[(tenant, dim)] = vectors
+            self._vectors.move_to_end((tenant, dim))
+            while len(self._vectors) > VECTOR_CACHE_TENANTS:
+                self._vectors.popitem(last=False)
+        return vectors
+
     @staticmethod
     def _more(conn: sqlite3.Connection, terms: list[str], lo: int, hi: int, depth: int) -> bool:
         sql = "SELECT COUNT(*) FROM chunk_text WHERE chunk_text MATCH ? AND rowid BETWEEN ? AND ?"
@@ -854,6 +1341,45 @@ class SqliteKnowledgeIndex:
             sql = f"SELECT doc_id, version FROM docs WHERE tenant = ? AND doc_id IN ({marks})"
             out.update(dict(conn.execute(sql, [tenant, *part])))
         return out
+
+
+def _bump_vectors(conn: sqlite3.Connection, rowids: Iterable[int]) -> None:
+    """Bump the vector generation of the tenants of `rowids` (chunk rowids)."""
+    conn.executemany(
+        "INSERT INTO vector_gen VALUES (?, 1) ON CONFLICT (tid) DO UPDATE SET gen = gen + 1",
+        [(tid,) for tid in {r >> _TENANT_BITS for r in rowids}],
+    )
+
+
+@dataclass(frozen=True)
+class _Vectors:
+    """One tenant's chunk vectors as of generation `gen`: row i is chunk `rids[i]` of
+    `doc_ids[i]` (its number `ns[i]`); `matrix` is read-only."""
+
+    gen: int
+    doc_ids: list[str]
+    ns: list[int]
+    rids: list[int]
+    matrix: np.ndarray[Any, np.dtype[np.float32]]
+
+
+def _fuse(
+    lexical: list[tuple[str, int, int, float]],
+    nearest: list[tuple[str, int, int, float]],
+    top_k: int,
+    k: int,
+) -> list[tuple[str, int, int, float]]:
+    """The `top_k` documents of two rankings (doc_id, n, rowid, score) by `rrf_fuse`, each
+    with the chunk of the ranking where it ranks better (the lexical one on a tie)."""
+    chunk: dict[str, tuple[str, int, int, float]] = {}
+    for row in [*lexical, *nearest]:
+        chunk.setdefault(row[0], row)
+    lex_rank = {r[0]: i for i, r in enumerate(lexical)}
+    for i, row in enumerate(nearest):
+        if i < lex_rank.get(row[0], len(lexical) + len(nearest)):
+            chunk[row[0]] = row
+    fused = rrf_fuse([[r[0] for r in lexical], [r[0] for r in nearest]], k)[:top_k]
+    return [(d, chunk[d][1], chunk[d][2], score) for d, score in fused]
 
 
 def apply_records(

@@ -110,6 +110,29 @@ def test_bench_runs_and_reports(tmp_path: Path) -> None:
     assert again["ndcg_at_10"] == pytest.approx(result["ndcg_at_10"], abs=1e-4)
 
 
+def test_bench_runs_the_hybrid_on_the_simulator(tmp_path: Path) -> None:
+    corpus, queries, qrels = write_collection(tmp_path)
+    args = ["--corpus", str(corpus), "--queries", str(queries), "--qrels", str(qrels)]
+    args += ["--out", str(tmp_path / "run.trec"), "--embeddings-sim", "--embeddings-model", "m"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.retrieval", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout.strip().splitlines()
+    result = json.loads(out[-1])
+    assert result["hybrid_pending_vectors"] == 0
+    assert result["hybrid_recall_at_100"] == 1.0 and result["hybrid_ndcg_at_10"] > 0.6
+    assert result["hybrid_docs_per_s"] > 0
+    assert 0 < result["hybrid_query_p50_ms"] <= result["hybrid_query_p99_ms"]
+    assert result["ndcg_at_10"] > 0.6  # the lexical run is still there
+    assert any(line.startswith("hybrid    nDCG@10") for line in out)
+
+
 def test_metrics_match_trec_eval_definitions() -> None:
     rels = {"a": 2, "b": 1, "c": 0}
     ranked = ["x", "b", "a", "c"]

@@ -23,7 +23,7 @@ from openai import OpenAI
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from llmsim import LLMSimulator, SimConfig
-from llmsim.server import SchemaError, count_tokens, fake_from_schema
+from llmsim.server import SchemaError, count_tokens, embed_text, fake_from_schema
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MESSAGES: list[Any] = [
@@ -537,3 +537,59 @@ def test_cli_ready_line_serves_and_stops_on_sigterm() -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def test_embeddings_shape_and_marked_simulated(sim: LLMSimulator, client: OpenAI) -> None:
+    raw = client.embeddings.with_raw_response.create(
+        model="text-embedding-3-small", input=["Reset the router", "resetting routers", "tax"]
+    )
+    assert raw.headers["x-llmsim"] == "simulated"
+    resp = raw.parse()
+    assert resp.model == "text-embedding-3-small (simulated)"
+    assert [d.index for d in resp.data] == [0, 1, 2]
+    vecs = [d.embedding for d in resp.data]
+    assert all(len(v) == 256 for v in vecs)
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-5 for v in vecs)  # L2-normalised
+
+    def cos(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    assert cos(vecs[0], vecs[1]) > 0.99  # shared stems
+    assert abs(cos(vecs[0], vecs[2])) < 0.5
+    assert resp.usage.prompt_tokens == sum(
+        count_tokens(t) for t in ("Reset the router", "resetting routers", "tax")
+    )
+    # one string, explicit dimensions and float encoding; deterministic
+    again = client.embeddings.create(
+        model="m", input="Reset the router", dimensions=32, encoding_format="float"
+    )
+    assert len(again.data) == 1 and len(again.data[0].embedding) == 32
+    assert again.data[0].embedding == embed_text("Reset the router", 32)
+    log = sim.requests("embeddings")
+    assert [e["inputs"] for e in log] == [
+        ["Reset the router", "resetting routers", "tax"],
+        ["Reset the router"],
+    ]
+    assert [e["dimensions"] for e in log] == [256, 32] and {e["status"] for e in log} == {200}
+    assert sim.requests() == []  # the chat log is apart
+    assert http_json(f"{sim.url}/_sim/embedding-requests") == sim.requests("embeddings")
+
+
+def test_embeddings_bad_requests_and_faults(sim: LLMSimulator, client: OpenAI) -> None:
+    bads: list[dict[str, Any]] = [{"input": []}, {"input": [""]}, {"input": [1]}, {"dimensions": 0}]
+    for bad in bads:
+        with pytest.raises(openai.BadRequestError):
+            client.embeddings.create(**{"model": "m", "input": "x", **bad})
+    sim.configure(down=True)
+    with pytest.raises(openai.InternalServerError) as err:
+        client.embeddings.create(model="m", input="x")
+    assert err.value.status_code == 503
+    sim.configure(down=False, fail_next=1)
+    with pytest.raises(openai.InternalServerError):
+        client.embeddings.create(model="m", input="x")
+    assert client.embeddings.create(model="m", input="x").data
+    faults = [e["fault"] for e in sim.requests("embeddings")]
+    assert faults[-3:] == ["503", "500", None]
