@@ -446,6 +446,24 @@ def wait_exit(
         raise AssertionError(msg) from exc
 
 
+def run_bench(module: str, *args: str, timeout: float = 300.0) -> tuple[dict[str, Any], list[str]]:
+    """`python -m <module> <args>` from the repository (a benchmark's short run in a test);
+    its last line parsed as the JSON object every benchmark ends with, and all its lines.
+    Fails with the tail of its output unless it exits 0."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result, lines
+
+
 def wait_until(
     pred: Callable[[], bool],
     what: str,

@@ -7,15 +7,12 @@ from __future__ import annotations
 import json
 import math
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from support import ir_metrics
-
-REPO = Path(__file__).resolve().parents[2]
+from support.harness import run_bench
 
 TOPICS = [
     ("reactor", "coolant pressure valve turbine"),
@@ -56,26 +53,7 @@ def test_bench_runs_and_reports(tmp_path: Path) -> None:
     corpus, queries, qrels = write_collection(tmp_path)
     run = tmp_path / "run.trec"
     args = ["--corpus", str(corpus), "--queries", str(queries), "--qrels", str(qrels)]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.retrieval",
-            *args,
-            "--out",
-            str(run),
-            "--cv",
-            "--sensitivity",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout.strip().splitlines()
-    result = json.loads(out[-1])
+    result, out = run_bench("bench.retrieval", *args, "--out", str(run), "--cv", "--sensitivity")
     for key in (
         "ndcg_at_10",
         "recall_at_10",
@@ -114,17 +92,7 @@ def test_bench_runs_the_hybrid_on_the_simulator(tmp_path: Path) -> None:
     corpus, queries, qrels = write_collection(tmp_path)
     args = ["--corpus", str(corpus), "--queries", str(queries), "--qrels", str(qrels)]
     args += ["--out", str(tmp_path / "run.trec"), "--embeddings-sim", "--embeddings-model", "m"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.retrieval", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout.strip().splitlines()
-    result = json.loads(out[-1])
+    result, out = run_bench("bench.retrieval", *args)
     assert result["hybrid_pending_vectors"] == 0
     assert result["hybrid_recall_at_100"] == 1.0 and result["hybrid_ndcg_at_10"] > 0.6
     assert result["hybrid_docs_per_s"] > 0

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from support.harness import run_bench
 
 TOPICS = [
     ("reactor", "coolant pressure valve turbine"),
@@ -50,22 +48,11 @@ def write_collection(root: Path) -> tuple[Path, Path, Path]:
 
 def test_citations_equal_the_bench_ranking(tmp_path: Path) -> None:
     corpus, queries, qrels = write_collection(tmp_path)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.retrieval_pipeline",
-            *("--corpus", str(corpus), "--queries", str(queries), "--qrels", str(qrels)),
-            *("--top-k", "3"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    result, _ = run_bench(
+        "bench.retrieval_pipeline",
+        *("--corpus", str(corpus), "--queries", str(queries), "--qrels", str(qrels)),
+        *("--top-k", "3"),
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
     n = len(TOPICS)
     assert result["queries"] == result["answered"] == n
     assert result["documents"] == result["pipeline_documents"] == n * 4 + 20

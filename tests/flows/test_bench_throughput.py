@@ -4,31 +4,17 @@ No timed assertions: the machine may be busy."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+from support.harness import run_bench
 
 
-def run_bench(*args: str) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.throughput", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+def run_throughput(*args: str) -> dict[str, Any]:
+    return run_bench("bench.throughput", *args)[0]
 
 
 def test_default_run_keeps_its_keys() -> None:
-    result = run_bench("--events", "3000", "--no-recovery")
+    result = run_throughput("--events", "3000", "--no-recovery")
     assert result["events"] == 3000
     for key in (
         "pipeline_events_per_s",
@@ -41,9 +27,11 @@ def test_default_run_keeps_its_keys() -> None:
 
 
 def test_context_run_retrieves_for_every_chat() -> None:
-    result = run_bench("--context", "--events", "3000", "--documents", "200", "--no-recovery")
+    result = run_throughput("--context", "--events", "3000", "--documents", "200", "--no-recovery")
     assert (result["events"], result["chats"], result["documents"]) == (3000, 300, 200)
-    assert result["searches"] == 300  # one per chat, none for other kinds
+    # At most one per chat (a question asked again is answered from the lookup cache), none
+    # for other kinds.
+    assert 0 < result["searches"] <= 300
     assert result["cited_share"] == 1.0
     assert 0 < result["search_p50_ms"] <= result["search_p99_ms"]
     assert result["pipeline_events_per_s"] > 0 and result["pipeline_events_per_s_no_retrieval"] > 0
