@@ -79,7 +79,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, TypeGuard, cast
@@ -1110,7 +1110,6 @@ class LLMSimulator:
 
         Returns None if the simulator stopped while the request was sleeping.
         """
-        started = time.monotonic()
         entry: dict[str, Any] = {
             "ts": time.time(),
             "model": None,
@@ -1123,19 +1122,32 @@ class LLMSimulator:
             "latency_s": 0.0,
             "fault": None,
         }
+        return self._served("a chat", self._answer_chat, raw, entry, self._log)
+
+    def _served(
+        self,
+        what: str,
+        answer: Callable[[bytes, dict[str, Any]], _Response | None],
+        raw: bytes,
+        entry: dict[str, Any],
+        into: list[dict[str, Any]],
+    ) -> _Response | None:
+        """`answer(raw, entry)`, a 500 if it fails, and `entry` logged `into` with the status
+        and latency either way."""
+        started = time.monotonic()
         resp: _Response | None = None
         try:
-            resp = self._answer_chat(raw, entry)
+            resp = answer(raw, entry)
             return resp
         except Exception:
-            log.exception("llmsim: internal error while answering a chat request")
+            log.exception("llmsim: internal error while answering %s request", what)
             resp = _error(500, "llmsim internal error", "server_error", "internal_error")
             return resp
         finally:
             entry["status"] = resp.status if resp is not None else 0
             entry["latency_s"] = time.monotonic() - started
             with self._lock:
-                self._log.append(entry)
+                into.append(entry)
 
     def _answer_chat(self, raw: bytes, entry: dict[str, Any]) -> _Response | None:
         try:
@@ -1283,7 +1295,6 @@ class LLMSimulator:
 
     def _embeddings(self, raw: bytes) -> _Response | None:
         """Answer one embeddings request (faults and latency as for chat) and log it."""
-        started = time.monotonic()
         entry: dict[str, Any] = {
             "ts": time.time(),
             "model": None,
@@ -1295,19 +1306,7 @@ class LLMSimulator:
             "latency_s": 0.0,
             "fault": None,
         }
-        resp: _Response | None = None
-        try:
-            resp = self._answer_embeddings(raw, entry)
-            return resp
-        except Exception:
-            log.exception("llmsim: internal error while answering an embeddings request")
-            resp = _error(500, "llmsim internal error", "server_error", "internal_error")
-            return resp
-        finally:
-            entry["status"] = resp.status if resp is not None else 0
-            entry["latency_s"] = time.monotonic() - started
-            with self._lock:
-                self._embed_log.append(entry)
+        return self._served("an embeddings", self._answer_embeddings, raw, entry, self._embed_log)
 
     def _answer_embeddings(self, raw: bytes, entry: dict[str, Any]) -> _Response | None:
         try:
