@@ -489,12 +489,162 @@ class TaskConfig(Frozen):
         return min(self.max_batch_tokens, self.prompt_budget_tokens)
 
 
-class RouteRule(Frozen):
-    """Events of `kind` (and, if set, of `tenant`) go to `task`; task "none" means context only."""
+RouteKind = Literal["chat", "metric", "business", "alert"]
+"""What a route rule matches: an event's kind, or an anomaly alert."""
 
-    kind: Literal["chat", "metric", "business", "alert"]
-    task: str
+ROUTE_KINDS: frozenset[str] = frozenset(("chat", "metric", "business", "alert"))
+
+RouteOp = Literal["==", "!=", "in", "not in", "<", "<=", ">", ">=", "exists", "missing", "contains"]
+"""A route condition's test (`Condition.op`)."""
+
+ROUTE_OPS: tuple[str, ...] = (
+    "==", "!=", "in", "not in", "<", "<=", ">", ">=", "exists", "missing", "contains"
+)  # fmt: skip
+
+_EVENTS = frozenset(("chat", "metric", "business"))
+
+ROUTE_FIELDS: dict[str, tuple[str, frozenset[str]]] = {
+    "kind": ("kind", ROUTE_KINDS),
+    "tenant": ("str", ROUTE_KINDS),
+    "entity": ("str", ROUTE_KINDS),
+    "source": ("str", ROUTE_KINDS),
+    "text": ("str", frozenset(("chat",))),
+    "value": ("number", frozenset(("metric",))),
+    "redactions": ("number", _EVENTS),
+    "flags.prompt_injection": ("bool", _EVENTS),
+    "alert.score": ("number", frozenset(("alert",))),
+    "alert.detector": ("str", frozenset(("alert",))),
+    "alert.value": ("number", frozenset(("alert",))),
+}
+"""The fields a route condition may test: name -> (type, the kinds that carry it). Besides
+these, `payload.<dotted path>` (type "any", events only) reads the event's payload. `source`
+is the event's origin: its Kafka topic or `file:<path>` (an alert's: its latest event's)."""
+
+_OPS_FOR: dict[str, frozenset[str]] = {
+    "kind": frozenset(("==", "!=", "in", "not in")),
+    "str": frozenset(("==", "!=", "in", "not in", "exists", "missing", "contains")),
+    "number": frozenset(("==", "!=", "in", "not in", "<", "<=", ">", ">=", "exists", "missing")),
+    "bool": frozenset(("==", "!=")),
+    "any": frozenset(ROUTE_OPS),
+}
+
+Scalar = str | int | float | bool
+
+
+def route_field(name: str) -> tuple[str, frozenset[str]] | None:
+    """The (type, kinds) of route field `name`, None when there is no such field.
+
+    >>> route_field("payload.order.total")
+    ('any', frozenset({'business', 'chat', 'metric'}))
+    >>> route_field("payload") is None, route_field("payload..x") is None
+    (True, True)
+    """
+    if name.startswith("payload."):
+        return ("any", _EVENTS) if all(name.split(".")) else None
+    return ROUTE_FIELDS.get(name)
+
+
+def _fits(ftype: str, value: object) -> bool:
+    """Whether scalar `value` can be compared with a field of type `ftype`."""
+    if ftype == "kind":
+        return value.__class__ is str and value in ROUTE_KINDS
+    if ftype == "str":
+        return value.__class__ is str
+    if ftype == "number":
+        return value.__class__ in (int, float)
+    if ftype == "bool":
+        return value.__class__ is bool
+    return True
+
+
+class Condition(Frozen):
+    """One test of a route rule: `field op value` (`exists`/`missing` take no value).
+
+    A test on a field the event does not carry (or carries as null) is false, except
+    `missing`, `!=` and `not in`, which are the negations of `exists`, `==` and `in`;
+    ordering tests are false unless the field is a number. Equality is by type: 1 equals
+    1.0 but not true or "1". `contains`: a substring of a string, or an element of a list.
+    """
+
+    field: str
+    op: str
+    value: Scalar | tuple[Scalar, ...] | None = None
+
+    def problem(self, kind: str | None) -> str | None:
+        """Why this condition is refused in a rule for `kind` (None: any kind); None if fine."""
+        spec = route_field(self.field)
+        if spec is None:
+            return (
+                f"unknown field {self.field!r} (fields: {', '.join(ROUTE_FIELDS)}, payload.<path>)"
+            )
+        ftype, kinds = spec
+        if kind is not None and kind not in kinds:
+            return f"field {self.field!r} is never set on {kind} events (only {sorted(kinds)})"
+        op, value = self.op, self.value
+        if op not in ROUTE_OPS:
+            return f"unknown op {op!r} (ops: {', '.join(ROUTE_OPS)})"
+        if op not in _OPS_FOR[ftype]:
+            return f"op {op!r} does not apply to {ftype} field {self.field!r}"
+        if op in ("exists", "missing"):
+            return None if value is None else f"op {op!r} takes no value"
+        if value is None:
+            return f"op {op!r} needs a value"
+        if op in ("in", "not in"):
+            if not isinstance(value, tuple) or not value:
+                return f"op {op!r} needs a non-empty list of values"
+            bad = [v for v in value if not _fits(ftype, v)]
+            return (
+                None if not bad else f"value {bad[0]!r} does not fit {ftype} field {self.field!r}"
+            )
+        if isinstance(value, tuple):
+            return f"op {op!r} needs a single value, not a list"
+        if op in ("<", "<=", ">", ">="):
+            return None if value.__class__ in (int, float) else f"op {op!r} needs a number"
+        if not _fits(ftype, value):
+            return f"value {value!r} does not fit {ftype} field {self.field!r}"
+        return None
+
+
+class RouteRule(Frozen):
+    """Events (or alerts) matching every part of the rule go to its tasks.
+
+    `kind` (optional when `when` is given), `tenant` (optional) and each of `when`'s
+    conditions must all hold. `task` is a task name, a list of them (each gets its own work
+    item), or "none": context only (state and ledger, no LLM call).
+    """
+
+    kind: RouteKind | None = None
+    task: str | tuple[str, ...]
     tenant: str | None = None
+    when: tuple[Condition, ...] = ()
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks a match goes to, in order; () for "none"."""
+        if isinstance(self.task, str):
+            return () if self.task == "none" else (self.task,)
+        return self.task
+
+    def problem(self, tasks: set[str]) -> str | None:
+        """Why this rule is refused with the task names `tasks` (None if it is fine); the
+        reason starts with the part it is about (`.when[0]: ...`, `.task: ...`, `: ...`)."""
+        if self.kind is None and not self.when:
+            return ": needs a `kind` or `when` conditions"
+        for j, cond in enumerate(self.when):
+            reason = cond.problem(self.kind)
+            if reason is not None:
+                return f".when[{j}]: {reason}"
+        names = (self.task,) if isinstance(self.task, str) else self.task
+        if not names:
+            return '.task: the list is empty (write task = "none" for context only)'
+        if len(names) > 1 and "none" in names:
+            return '.task: "none" cannot be listed with other tasks'
+        if len(set(names)) != len(names):
+            return ".task: a task is listed twice"
+        unknown = [t for t in names if t != "none" and t not in tasks]
+        if unknown:
+            return f".task: names unknown task {unknown[0]!r} (tasks: {', '.join(sorted(tasks))})"
+        return None
 
 
 class LLMConfig(Frozen):
@@ -555,9 +705,10 @@ class LLMConfig(Frozen):
         if len(names) != len(self.tasks):
             msg = "llm.tasks: task names must be unique"
             raise ValueError(msg)
-        for rule in self.routes:
-            if rule.task != "none" and rule.task not in names:
-                msg = f"llm.routes: route for kind {rule.kind!r} names unknown task {rule.task!r}"
+        for i, rule in enumerate(self.routes):
+            reason = rule.problem(names)
+            if reason is not None:
+                msg = f"llm.routes[{i}]{reason}"
                 raise ValueError(msg)
         return self
 

@@ -52,7 +52,7 @@ from operators.anomaly import detect_anomalies
 from operators.dedup import dedup
 from operators.enrich import attach_knowledge, attach_profiles
 from operators.llm import call_llm
-from operators.memory import remember
+from operators.memory import Remembered, remember
 from operators.publish import (
     alert_kv,
     audit_kv,
@@ -273,6 +273,11 @@ def build_flow(
         "needs_memory", accepted, lambda b: [kv for kv in b if kv[1].kind in context_kinds]
     )
     remembered = remember("memory", with_memory, settings.memory, clock)
+    if router.may_route(Kind.METRIC):
+        # Metric events keep no memory; the routes send some of them to a task.
+        metrics = op.filter("routed_metrics", accepted, lambda kv: kv[1].kind is Kind.METRIC)
+        bare = op.map_value("metric_work", metrics, lambda e: Remembered(e, ()))
+        remembered = op.merge("with_metrics", remembered, bare)
 
     work = route("route", remembered, detected.alerts, router, clock)
     table = reference_table(settings, process[0])

@@ -8,8 +8,6 @@ import pytest
 from pydantic import ValidationError
 
 from config.models import ConfigError, RouteRule, Settings, load_config
-from core.records import Kind
-from operators.route import Router
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 SECRET_ENV = ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD", "OPENAI_API_KEY", "OPENAI_BASE_URL")
@@ -243,45 +241,3 @@ def test_settings_defaults_are_safe() -> None:
     assert [r.task for r in s.llm.routes] == ["chat_reply", "explain_anomaly", "none", "none"]
 
 
-# --- Router ---------------------------------------------------------------------------------
-
-
-def test_router_default_rules() -> None:
-    s = load_config(CONFIG_DIR / "local.toml")
-    router = Router(s.llm.routes)
-    assert router.task_for("chat", "acme") == "chat_reply"
-    assert router.task_for(Kind.CHAT, "globex") == "chat_reply"
-    assert router.task_for("alert", "acme") == "explain_anomaly"
-    assert router.task_for("metric", "acme") == "none"
-    assert router.task_for(Kind.BUSINESS, "acme") == "none"
-
-
-def test_router_kind_without_rule_is_none() -> None:
-    router = Router([RouteRule(kind="chat", task="chat_reply")])
-    assert router.task_for("alert", "acme") == "none"
-
-
-def test_router_tenant_specific_rules() -> None:
-    router = Router(
-        [
-            RouteRule(kind="chat", task="premium_reply", tenant="acme"),
-            RouteRule(kind="chat", task="chat_reply"),
-            RouteRule(kind="business", task="review", tenant="globex"),
-        ]
-    )
-    assert router.task_for("chat", "acme") == "premium_reply"
-    assert router.task_for(Kind.CHAT, "acme") == "premium_reply"
-    assert router.task_for("chat", "globex") == "chat_reply"
-    assert router.task_for("business", "globex") == "review"
-    assert router.task_for("business", "acme") == "none"  # no rule for acme's business events
-    assert router.task_for("alert", "acme") == "none"
-
-
-def test_router_first_matching_rule_wins() -> None:
-    router = Router(
-        [
-            RouteRule(kind="chat", task="chat_reply"),
-            RouteRule(kind="chat", task="premium_reply", tenant="acme"),
-        ]
-    )
-    assert router.task_for("chat", "acme") == "chat_reply"
