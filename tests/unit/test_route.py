@@ -338,29 +338,27 @@ def test_router_refuses_a_bad_rule_built_in_code() -> None:
         Router(rules)
 
 
-def test_the_documented_example_loads(tmp_path: Path) -> None:
-    """The README's and the agreed syntax's rule, as TOML."""
-    routes = """
-[[llm.routes]]
-kind = "business"
-tenant = "acme"
-when = [ { field = "payload.type", op = "==", value = "refund" },
-         { field = "payload.amount", op = ">", value = 500 } ]
-task = ["fraud_check", "triage"]
-
-[[llm.routes]]
-kind = "chat"
-task = "chat_reply"
-"""
+def test_the_readme_example_routes_as_it_says(tmp_path: Path) -> None:
+    """The TOML of README's "Routing on conditions", loaded as a deployment file."""
+    readme = (CONFIG_DIR.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Routing on conditions", 1)[1]
+    routes = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    tasks = TASKS_TOML + '[[llm.tasks]]\nname = "page_oncall"\nschema_name = "chat_reply"\n'
+    tasks += '[[llm.tasks]]\nname = "explain_anomaly"\nschema_name = "anomaly_explanation"\n'
     path = tmp_path / "deploy.toml"
-    path.write_text(MINIMAL + TASKS_TOML + routes, encoding="utf-8")
+    path.write_text(MINIMAL + tasks + routes, encoding="utf-8")
     rules = load_config(path).llm.routes
-    assert rules[0].tasks == ("fraud_check", "triage") and rules[1].tasks == ("chat_reply",)
-    assert rules[0].when[1] == Condition(field="payload.amount", op=">", value=500)
+    assert rules[1].when[1] == Condition(field="payload.amount", op=">", value=500)
     router = Router(rules)
-    assert router.tasks_for_event(biz(type="refund", amount=501)) == ("fraud_check", "triage")
-    assert router.tasks_for_event(biz(type="refund", amount=499)) == ()
-    assert router.tasks_for_event(biz(type="refund", amount=501, tenant="globex")) == ()
+    assert router.tasks_for_event(chat("refund?", flags=("prompt_injection",))) == ()
+    assert router.tasks_for_event(chat("refund?")) == ("chat_reply",)
+    assert router.tasks_for_event(biz("refund", 900.0)) == ("fraud_check", "triage")
+    assert router.ledger(biz("refund", 900.0)).route == "fraud_check+triage"
+    assert router.tasks_for_event(biz("refund", 500)) == ("triage",)
+    assert router.tasks_for_event(biz("chargeback", 900.0)) == ("triage",)
+    assert router.tasks_for_event(biz("order_placed", 900.0)) == ()
+    assert router.tasks_for_alert(alert(9.5)) == ("explain_anomaly", "page_oncall")
+    assert router.tasks_for_alert(alert(2.0)) == ("explain_anomaly",)
 
 
 def test_condition_values_keep_their_toml_types() -> None:
