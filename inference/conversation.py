@@ -86,9 +86,16 @@ def summary_of(schema_name: str, item: WorkItem, answer: dict[str, Any]) -> Summ
 def reply_of(schema_name: str, item: WorkItem, answer: dict[str, Any]) -> Reply | None:
     """The reply to record for `item`'s answer, None when its task has no conversation side.
 
+    The reply is to the item's event (the memory's turn id), also when a route sent the
+    event to several tasks and this item's id is `{event_id}/{task}`.
+
     >>> item = WorkItem("m1", ("m1",), "acme", "s1", "u1", "chat_reply", "x", {}, {}, 0.0)
     >>> reply_of("chat_reply", item, {"reply": "Hello!", "intent": "greeting"})
     Reply(tenant='acme', entity='s1', turn_id='m1', text='Hello!')
+    >>> second = WorkItem("m1/chat_reply", ("m1",), "acme", "s1", "u1", "chat_reply", "x",
+    ...                   {}, {}, 0.0)
+    >>> reply_of("chat_reply", second, {"reply": "Hi"}).turn_id
+    'm1'
     >>> reply_of("anomaly_explanation", item, {"summary": "spike"}) is None
     True
     """
@@ -98,7 +105,8 @@ def reply_of(schema_name: str, item: WorkItem, answer: dict[str, Any]) -> Reply 
     text = answer.get(field)
     if not isinstance(text, str) or not text:
         return None
-    return Reply(item.tenant, item.entity, item.item_id, text)
+    turn_id = item.event_ids[0] if len(item.event_ids) == 1 else item.item_id
+    return Reply(item.tenant, item.entity, turn_id, text)
 
 
 def with_replies(item: WorkItem, lookup: RepliesLookup, max_chars: int = 1000) -> WorkItem:
