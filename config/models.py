@@ -11,6 +11,7 @@ when it is called.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -494,12 +495,10 @@ RouteKind = Literal["chat", "metric", "business", "alert"]
 
 ROUTE_KINDS: frozenset[str] = frozenset(("chat", "metric", "business", "alert"))
 
-RouteOp = Literal["==", "!=", "in", "not in", "<", "<=", ">", ">=", "exists", "missing", "contains"]
-"""A route condition's test (`Condition.op`)."""
-
 ROUTE_OPS: tuple[str, ...] = (
     "==", "!=", "in", "not in", "<", "<=", ">", ">=", "exists", "missing", "contains"
 )  # fmt: skip
+"""The tests a route condition may apply (`Condition.op`)."""
 
 _EVENTS = frozenset(("chat", "metric", "business"))
 
@@ -581,6 +580,9 @@ class Condition(Frozen):
         if kind is not None and kind not in kinds:
             return f"field {self.field!r} is never set on {kind} events (only {sorted(kinds)})"
         op, value = self.op, self.value
+        values = value if isinstance(value, tuple) else (value,)
+        if any(v.__class__ is float and not math.isfinite(v) for v in values):
+            return "values must be finite numbers (no nan or inf)"
         if op not in ROUTE_OPS:
             return f"unknown op {op!r} (ops: {', '.join(ROUTE_OPS)})"
         if op not in _OPS_FOR[ftype]:

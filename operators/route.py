@@ -186,7 +186,29 @@ def _all(tests: list[Callable[[object], bool]]) -> Callable[[object], bool] | No
     return lambda x: all(t(x) for t in every)
 
 
-def _on(get: Callable[[object], object], test: Test) -> Callable[[object], bool]:
+def compile_condition(cond: Condition, get: Callable[[object], object]) -> Callable[[object], bool]:
+    """`cond` on the value `get` reads from an event or alert, as one closure. The common
+    tests (presence, ordering, equality with a string) read and test in one call; the others
+    apply `compile_test`'s test to the value."""
+    o, value = cond.op, cond.value
+    if o == "exists":
+        return lambda x: get(x) is not None
+    if o == "missing":
+        return lambda x: get(x) is None
+    if o == "==" and value.__class__ is str:
+        # Only a str equals a str here: the getters give plain values (`kind` its value).
+        return lambda x: get(x) == value
+    if o in ("<", "<=", ">", ">="):
+        bound: float = value  # type: ignore[assignment]  # a number: config checked it
+        nums = _NUMBERS
+        if o == "<":
+            return lambda x: (v := get(x)).__class__ in nums and v < bound
+        if o == "<=":
+            return lambda x: (v := get(x)).__class__ in nums and v <= bound
+        if o == ">":
+            return lambda x: (v := get(x)).__class__ in nums and v > bound
+        return lambda x: (v := get(x)).__class__ in nums and v >= bound
+    test = compile_test(cond)
     return lambda x: test(get(x))
 
 
@@ -205,7 +227,7 @@ def compile_rule(rule: RouteRule, *, alerts: bool) -> Callable[[object], bool] |
             get = _missing if alerts else _payload_getter(cond.field[len("payload.") :])
         else:
             get = getters[cond.field]
-        tests.append(_on(get, compile_test(cond)))  # type: ignore[arg-type]
+        tests.append(compile_condition(cond, get))  # type: ignore[arg-type]
     return _all(tests)
 
 

@@ -291,6 +291,8 @@ REFUSED_CONDITIONS = [
     ('field = "tenant", op = ">", value = 3', "op '>' does not apply to str field 'tenant'"),
     ('field = "redactions", op = "contains", value = 1', "op 'contains' does not apply to number"),
     ('field = "flags.prompt_injection", op = "==", value = "y"', "value 'y' does not fit bool"),
+    ('field = "payload.amount", op = ">", value = nan', "values must be finite numbers"),
+    ('field = "payload.amount", op = "in", value = [1, inf]', "values must be finite numbers"),
 ]
 
 
