@@ -316,22 +316,23 @@ def test_a_chat_adapter_fills_text_and_role() -> None:
         text="msg.body",
         payload={"user_id": "msg.author"},
     )
-    rec = {"msg": {"id": "m1", "at": NOW, "body": "hello", "author": "u1"}, "conversation": "c1"}
+    msg: dict[str, Any] = {"id": "m1", "at": NOW, "body": "hello", "author": "u1"}
+    rec: dict[str, Any] = {"msg": msg, "conversation": "c1"}
     e = ok(adapter, rec, tenant="acme")
     assert (e.kind, e.key) == (Kind.CHAT, "acme/c1")
     assert e.payload == {"text": "hello", "user_id": "u1", "role": "user"}
     with_role = adapter.model_copy(update={"payload": {"role": "msg.role"}})
-    assert ok(with_role, {**rec, "msg": {**rec["msg"], "role": "assistant"}}, "a").payload == {
+    assert ok(with_role, {**rec, "msg": {**msg, "role": "assistant"}}, "a").payload == {
         "text": "hello",
         "role": "assistant",
     }
-    letter = decode(with_role, {**rec, "msg": {**rec["msg"], "role": "system"}}, "a")
+    letter = decode(with_role, {**rec, "msg": {**msg, "role": "system"}}, "a")
     assert isinstance(letter, DeadLetter)
     assert (
         letter.reason
         == "adapter support_chat: field 'msg.role' must be 'user' or 'assistant', got string"
     )
-    empty = decode(adapter, {**rec, "msg": {**rec["msg"], "body": ""}}, "a")
+    empty = decode(adapter, {**rec, "msg": {**msg, "body": ""}}, "a")
     assert isinstance(empty, DeadLetter)
     assert "field 'msg.body' must be a non-empty string" in empty.reason
 
@@ -348,23 +349,20 @@ def test_a_metric_adapter_fills_value_and_metric() -> None:
         metric="reading.name",
         payload={"unit": "reading.unit"},
     )
-    rec = {
-        "device": "d1",
-        "ts": int(NOW * 1000),
-        "reading": {"name": "temp", "value": 21, "unit": "C"},
-    }
+    reading: dict[str, Any] = {"name": "temp", "value": 21, "unit": "C"}
+    rec: dict[str, Any] = {"device": "d1", "ts": int(NOW * 1000), "reading": reading}
     e = ok(adapter, rec)
     assert e.payload == {"value": 21.0, "metric": "temp", "unit": "C"}
     assert isinstance(e.payload["value"], float)
     assert (e.tenant, e.entity, e.ts, len(e.event_id)) == ("plant-1", "d1", NOW, 20)
-    bad = {**rec, "reading": {**rec["reading"], "value": "21.5"}}
+    bad = {**rec, "reading": {**reading, "value": "21.5"}}
     letter = decode(adapter, bad)
     assert isinstance(letter, DeadLetter)
     assert (
         letter.reason
         == "adapter sensors: field 'reading.value' must be a finite number, got string"
     )
-    nan = json.dumps({**rec, "reading": {**rec["reading"], "value": float("nan")}}).encode()
+    nan = json.dumps({**rec, "reading": {**reading, "value": float("nan")}}).encode()
     letter = decode(adapter, nan)
     assert isinstance(letter, DeadLetter)
     assert "field 'reading.value' must be a finite number" in letter.reason
