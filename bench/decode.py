@@ -4,7 +4,7 @@
 
 In one process, the same records (`support.workload.mixed`: 60 % metrics, 25 % business,
 10 % chat, 5 % malformed, on an `auto` source) go through `operators.validate.Decoder`, whose
-built-in shapes are presets compiled by `operators.adapters`, and through
+built-in shapes are presets compiled by `operators.validate.adapters`, and through
 `support.legacy_decode.LegacyDecoder`, the decoder before adapters were declared in config.
 Each rate is the best of `--rounds` rounds; `ratio` is presets / legacy (1.0: as fast).
 Then a declared adapter with nested paths (`shop_orders`, the README's example: nested ids,

@@ -223,7 +223,7 @@ TimestampFormat = Literal["iso8601", "epoch_s", "epoch_ms"]
 `+02:00`), or a JSON number of seconds or milliseconds since the epoch (UTC)."""
 
 BUILTIN_ADAPTERS: tuple[str, ...] = ("chat_message", "metric_reading", "business_event")
-"""The presets every deployment has (see `operators.adapters`)."""
+"""The presets every deployment has (see `operators.validate.adapters`)."""
 
 RESERVED_PAYLOAD: dict[str, frozenset[str]] = {
     "chat": frozenset({"text"}),

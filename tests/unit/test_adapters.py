@@ -24,8 +24,8 @@ from config.models import (
     load_config,
 )
 from core.records import DeadLetter, Event, Kind, RawRecord
-from operators.adapters import compile_adapter, presets
 from operators.validate import Decoder
+from operators.validate.adapters import compile_adapter, presets
 from support.legacy_decode import LegacyDecoder
 
 NOW = 1_793_520_000.0  # 2026-11-01T08:00:00Z

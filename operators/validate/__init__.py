@@ -10,9 +10,9 @@ One adapter per source shape maps a raw JSON record into the canonical `Event`:
 - `business_event`: `{"event_id", "event_type", "account_id", "occurred_at", "tenant"?,
   "amount"?, "currency"?, "attributes"?}`; the entity is the account.
 
-These three are presets of `operators.adapters`; a deployment may declare further shapes in
-`[[input.adapters]]` (`config.models.AdapterSpec`), compiled by the same code once at start,
-and a source names one by its `adapter`. A source configured with adapter `auto` picks one of
+These three are presets of `operators.validate.adapters`; a deployment may declare further
+shapes in `[[input.adapters]]` (`config.models.AdapterSpec`), compiled by the same code once at
+start, and a source names one by its `adapter`. A source configured with adapter `auto` picks one of
 the three built-in shapes from the keys present.
 Checks: size limit, UTF-8, JSON object, the adapter's schema (pydantic, finite numbers,
 timezone-aware timestamps), and event time no further in the future than the allowed skew
@@ -35,7 +35,7 @@ from pydantic import BaseModel, ValidationError
 from config.models import Adapter, AdapterSpec, SourceConfig, ValidationConfig, detect_adapter
 from core.clock import Clock
 from core.records import DeadLetter, Event, RawRecord, coords
-from operators.adapters import CompiledAdapter, MappingError, compile_adapters
+from operators.validate.adapters import CompiledAdapter, MappingError, compile_adapters
 from runtime import metrics
 
 
