@@ -130,7 +130,8 @@ def test_declared_adapters_account_for_every_record(
     config.write_text(CONFIG.format(base_url=llm_sim.base_url))
 
     settings = load_config(config)
-    # Relative paths resolve against the config file's directory.
+    # The file paths and directories are made absolute (relative ones resolve against the
+    # working directory), so the run writes under tmp_path.
     settings = settings.model_copy(
         update={
             "input": settings.input.model_copy(
