@@ -325,11 +325,15 @@ class AdapterSpec(Frozen):
                     f"{where}: payload key {target!r} is not a dotted path (e.g. attributes.region)"
                 )
                 raise ValueError(msg)
-            if target.split(".", 1)[0] in reserved:
+            head = target.split(".", 1)[0]
+            if head in reserved:
                 msg = (
                     f"{where}: payload key {target!r} is filled by the adapter's "
-                    f"`{target.split('.', 1)[0]}`; choose another key"
+                    f"`{head}`; choose another key"
                 )
+                raise ValueError(msg)
+            if self.kind == "chat" and head == "role" and head != target:
+                msg = f"{where}: payload key {target!r}: a chat event's role is a string"
                 raise ValueError(msg)
         for b in targets:
             for a in _prefixes(b, self.payload):

@@ -54,6 +54,10 @@ _IdStr = Annotated[str, _Id]
 _Tenant = Annotated[str, Field(min_length=1, max_length=128)]
 _Strict = Field(strict=True)
 
+_FIRST_S, _LAST_S = -62_135_596_800, 253_402_300_799
+"""Epoch seconds of 0001-01-01 and 9999-12-31T23:59:59Z: the instants a `datetime` holds (an
+ISO 8601 timestamp cannot be outside them, and later stages turn event times into datetimes)."""
+
 # The type a mapped field must have, by its leaf type (`AdapterSpec.leaves`), and the words
 # a dead letter uses for it. Ids may be integers (order numbers often are); numbers are JSON
 # numbers (a numeric string is refused: the producer should be fixed, not guessed at).
@@ -62,8 +66,14 @@ _LEAF_TYPES: dict[str, tuple[Any, str]] = {
     "text": (Annotated[str, Field(min_length=1)], "a non-empty string"),
     "tenant": (_Tenant | None, "a non-empty string of at most 128 characters"),
     "iso8601": (str, "an ISO 8601 timestamp string with a zone offset"),
-    "epoch_s": (Annotated[float, _Strict], "a finite number of seconds since the epoch"),
-    "epoch_ms": (Annotated[float, _Strict], "a finite number of milliseconds since the epoch"),
+    "epoch_s": (
+        Annotated[float, Field(strict=True, ge=_FIRST_S, le=_LAST_S)],
+        "a finite number of seconds since the epoch",
+    ),
+    "epoch_ms": (
+        Annotated[float, Field(strict=True, ge=_FIRST_S * 1000, le=_LAST_S * 1000)],
+        "a finite number of milliseconds since the epoch",
+    ),
     "number": (Annotated[float, _Strict], "a finite number"),
     "part": (str | StrictInt | StrictFloat | StrictBool, "a string, number or boolean"),
     "role": (Literal["user", "assistant"], "'user' or 'assistant'"),
@@ -138,6 +148,9 @@ def _field_reason(name: str, leaves: Mapping[str, str]) -> Callable[[ValidationE
             seen.add(path)
             if err["type"] == "missing":
                 parts.append(f"field {path!r} missing")
+                continue
+            if err["type"] in ("greater_than_equal", "less_than_equal"):
+                parts.append(f"field {path!r} is outside the years 1 to 9999")
                 continue
             got = _JSON_TYPES.get(type(err.get("input")), "another value")
             need = _LEAF_TYPES[leaves[path]][1] if path in leaves else "an object"

@@ -141,6 +141,7 @@ def test_a_declared_adapter_loads_from_toml(tmp_path: Path) -> None:
             {"kind": "metric", "value": "v", "payload": {"value.raw": "x"}},
             ["payload key 'value.raw'"],
         ),
+        ({"kind": "chat", "text": "m", "payload": {"role.x": "r"}}, ["a chat event's role is a"]),
         (
             {"kind": "metric", "value": "created_at"},
             ["field 'created_at' is mapped as timestamp and as value"],
@@ -225,6 +226,8 @@ def test_each_timestamp_format(fmt: str, value: Any, ts: float) -> None:
         ("epoch_s", "1793519940", "field 'at.when' must be a finite number of seconds"),
         ("epoch_ms", True, "field 'at.when' must be a finite number of milliseconds"),
         ("epoch_s", None, "got null"),
+        ("epoch_s", -1e300, "field 'at.when' is outside the years 1 to 9999"),
+        ("epoch_ms", 253_402_300_800_000, "field 'at.when' is outside the years 1 to 9999"),
     ],
 )
 def test_an_unparsable_timestamp_is_a_dead_letter(fmt: str, value: Any, reason: str) -> None:
