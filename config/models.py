@@ -30,7 +30,8 @@ from pydantic import (
 )
 
 Adapter = Literal["auto", "chat_message", "metric_reading", "business_event"]
-"""How raw records of a source are mapped into the canonical event."""
+"""The built-in ways raw records of a source are mapped into the canonical event (a source
+may also name an adapter declared in `[[input.adapters]]`, see `AdapterSpec`)."""
 
 
 def detect_adapter(obj: Mapping[str, Any]) -> Adapter | None:
@@ -215,13 +216,199 @@ class KafkaConfig(Frozen):
         return conf
 
 
+AdapterKind = Literal["chat", "metric", "business"]
+"""The canonical kind an adapter's events have."""
+
+TimestampFormat = Literal["iso8601", "epoch_s", "epoch_ms"]
+"""How an adapter's timestamp field is written: ISO 8601 text with a zone offset (`Z` or
+`+02:00`), or a JSON number of seconds or milliseconds since the epoch (UTC)."""
+
+BUILTIN_ADAPTERS: tuple[str, ...] = ("chat_message", "metric_reading", "business_event")
+"""The presets every deployment has (see `operators.validate.adapters`)."""
+
+RESERVED_PAYLOAD: dict[str, frozenset[str]] = {
+    "chat": frozenset({"text"}),
+    "metric": frozenset({"value", "metric"}),
+    "business": frozenset(),
+}
+"""Payload keys an adapter of each kind fills from its own parts (`text`, `value`, `metric`):
+a `payload` entry may not target them."""
+
+_PATH = re.compile(r"^[^.\s]+(?:\.[^.\s]+)*$")
+"""A dotted path into nested JSON objects: non-empty keys without blanks, joined by dots."""
+
+_LEAF_ORDER = {"any": 0, "part": 1}
+"""Leaf types that yield when one path has several uses (`AdapterSpec.leaves`)."""
+
+
+def _prefixes(path: str, among: Mapping[str, Any]) -> list[str]:
+    """The paths of `among` that name an object holding `path` (`a` and `a.b` for `a.b.c`)."""
+    keys = path.split(".")
+    return [p for i in range(1, len(keys)) if (p := ".".join(keys[:i])) in among]
+
+
+class DerivedId(Frozen):
+    """An event id made from fields of the record: their values joined by `|` (a timestamp
+    field contributes its instant, so another notation of it gives the same id), optionally
+    hashed (BLAKE2b, 20 hex digits), after `prefix`."""
+
+    fields: tuple[str, ...] = Field(min_length=1)
+    hash: bool = False
+    prefix: str = Field(default="", max_length=64)
+
+
+class TimestampSpec(Frozen):
+    field: str
+    format: TimestampFormat = "iso8601"
+
+
+class TenantSpec(Frozen):
+    """The tenant from a field of the record (missing or null: the source's tenant), or a
+    fixed value."""
+
+    field: str | None = None
+    value: str | None = Field(default=None, min_length=1, max_length=128)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> TenantSpec:
+        if (self.field is None) == (self.value is None):
+            msg = "tenant: set exactly one of `field` or `value`"
+            raise ValueError(msg)
+        return self
+
+
+class AdapterSpec(Frozen):
+    """A source shape declared in `[[input.adapters]]`: where each part of the canonical event
+    is in a raw JSON record, as dotted paths into nested objects.
+
+    `event_id` is a path or a `DerivedId`; `entity` a path; `timestamp` a path and format;
+    `tenant` a field or a value (None: the source's tenant); `text` (chat only, required),
+    `value` (metric only, required) and `metric` (metric only, optional) fill the payload keys
+    of the same name; `payload` maps further payload keys (dotted: nested, e.g.
+    `"attributes.region"`) to the paths they are taken from. Every mapped field must be in a
+    record, else the record is a dead letter (the tenant field may be absent). Validated at
+    load: paths are well formed, no path is both a value and an object holding another
+    (`leaves`), the parts fit the kind.
+    """
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: AdapterKind
+    event_id: str | DerivedId
+    entity: str
+    timestamp: TimestampSpec
+    tenant: TenantSpec | None = None
+    text: str | None = None
+    value: str | None = None
+    metric: str | None = None
+    payload: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> AdapterSpec:
+        where = f"adapter {self.name!r}"
+        if self.name in (*BUILTIN_ADAPTERS, "auto"):
+            msg = f"{where}: the name is taken by a built-in adapter; choose another"
+            raise ValueError(msg)
+        for part, kinds in (("text", ("chat",)), ("value", ("metric",)), ("metric", ("metric",))):
+            if getattr(self, part) is not None and self.kind not in kinds:
+                msg = (
+                    f"{where}: `{part}` is only for a {kinds[0]} adapter (this one is {self.kind})"
+                )
+                raise ValueError(msg)
+        required = {"chat": "text", "metric": "value"}.get(self.kind)
+        if required is not None and getattr(self, required) is None:
+            msg = f"{where}: a {self.kind} adapter needs `{required}` (the path of the {required})"
+            raise ValueError(msg)
+        reserved = RESERVED_PAYLOAD[self.kind]
+        targets = sorted(self.payload)
+        for target in targets:
+            if not _PATH.match(target):
+                msg = (
+                    f"{where}: payload key {target!r} is not a dotted path (e.g. attributes.region)"
+                )
+                raise ValueError(msg)
+            head = target.split(".", 1)[0]
+            if head in reserved:
+                msg = (
+                    f"{where}: payload key {target!r} is filled by the adapter's "
+                    f"`{head}`; choose another key"
+                )
+                raise ValueError(msg)
+            if self.kind == "chat" and head == "role" and head != target:
+                msg = f"{where}: payload key {target!r}: a chat event's role is a string"
+                raise ValueError(msg)
+        for b in targets:
+            for a in _prefixes(b, self.payload):
+                msg = f"{where}: payload keys {a!r} and {b!r} overlap (one holds the other)"
+                raise ValueError(msg)
+        self.leaves()
+        return self
+
+    def uses(self) -> list[tuple[str, str, str]]:
+        """`(role, path, leaf type)` of every mapped field, in declaration order."""
+        out: list[tuple[str, str, str]] = []
+        if isinstance(self.event_id, DerivedId):
+            out.extend(("event_id", f, "part") for f in self.event_id.fields)
+        else:
+            out.append(("event_id", self.event_id, "id"))
+        out.append(("entity", self.entity, "id"))
+        out.append(("timestamp", self.timestamp.field, self.timestamp.format))
+        if self.tenant is not None and self.tenant.field is not None:
+            out.append(("tenant", self.tenant.field, "tenant"))
+        if self.text is not None:
+            out.append(("text", self.text, "text"))
+        if self.value is not None:
+            out.append(("value", self.value, "number"))
+        if self.metric is not None:
+            out.append(("metric", self.metric, "id"))
+        for target, path in self.payload.items():
+            kind = "role" if self.kind == "chat" and target == "role" else "any"
+            out.append((f"payload.{target}", path, kind))
+        return out
+
+    def leaves(self) -> dict[str, str]:
+        """Each mapped path and the type its value must have (one type per path).
+
+        Raises ValueError naming the field when a path is malformed, when a path is mapped
+        with two incompatible types (say as the timestamp and as the value), or when a path
+        is a value and also an object holding another mapped path (a field that cannot exist).
+        """
+        where = f"adapter {self.name!r}"
+        leaves: dict[str, str] = {}
+        role_of: dict[str, str] = {}
+        for role, path, kind in self.uses():
+            if not _PATH.match(path):
+                msg = (
+                    f"{where}: {role} = {path!r} is not a dotted path (keys without blanks "
+                    "joined by dots, e.g. order.id)"
+                )
+                raise ValueError(msg)
+            have = leaves.get(path)
+            if have is None or _LEAF_ORDER.get(have, 9) < _LEAF_ORDER.get(kind, 9):
+                leaves[path], role_of[path] = kind, role
+            elif have != kind and _LEAF_ORDER.get(kind, 9) == 9 == _LEAF_ORDER.get(have, 9):
+                msg = (
+                    f"{where}: field {path!r} is mapped as {role_of[path]} and as {role}, "
+                    "which need different types"
+                )
+                raise ValueError(msg)
+        for b in leaves:
+            for a in _prefixes(b, leaves):
+                msg = (
+                    f"{where}: field {a!r} ({role_of[a]}) cannot exist: {role_of[b]} = {b!r} "
+                    f"needs {a!r} to be an object"
+                )
+                raise ValueError(msg)
+        return leaves
+
+
 class SourceConfig(Frozen):
     """One input: a Kafka topic or a JSON-lines file, and the adapter for its records."""
 
     name: str
     topic: str | None = None
     path: str | None = None
-    adapter: Adapter = "auto"
+    adapter: str = "auto"
+    """A built-in adapter (`Adapter`), "auto", or the name of an `[[input.adapters]]` entry."""
     tenant: str | None = None
     """Tenant for records that do not name one; None means such records are invalid."""
 
@@ -243,6 +430,8 @@ class InputConfig(Frozen):
     see docs/KNOWLEDGE.md for the record schema."""
     tail: bool = True
     """Kafka: keep waiting for new records at the end of a topic (False stops at the end)."""
+    adapters: tuple[AdapterSpec, ...] = ()
+    """Source shapes declared in `[[input.adapters]]`, named by `sources[].adapter`."""
 
     @model_validator(mode="after")
     def _kinds_match(self) -> InputConfig:
@@ -255,6 +444,23 @@ class InputConfig(Frozen):
         if not self.sources:
             msg = "input.sources must list at least one source"
             raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _adapters_known(self) -> InputConfig:
+        names = [a.name for a in self.adapters]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            msg = f"input.adapters: adapter names must be unique, {dup} repeat"
+            raise ValueError(msg)
+        known = ("auto", *BUILTIN_ADAPTERS, *names)
+        for src in self.sources:
+            if src.adapter not in known:
+                msg = (
+                    f"source {src.name!r} names adapter {src.adapter!r}, which is neither "
+                    f"built in nor declared in [[input.adapters]]; known: {', '.join(known)}"
+                )
+                raise ValueError(msg)
         return self
 
 

@@ -245,7 +245,9 @@ def build_flow(
 
     flow = Dataflow(FLOW_ID)
     raw = op.input("ingest", flow, _source(settings))
-    valid = decode_validate("decode", raw, sources, settings.validation, clock)
+    valid = decode_validate(
+        "decode", raw, sources, settings.validation, clock, settings.input.adapters
+    )
     events: Stream[Event] = redact("redact", valid.oks, redactor)
     keyed = op.key_on("key", events, lambda e: e.key)
     fresh = dedup(

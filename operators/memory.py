@@ -83,16 +83,12 @@ class Memory:
             role = event.payload["role"]
         else:
             # Business events are kept structured (the payload is small and already
-            # validated); serializing them here would cost a JSON encode per event.
-            p = event.payload
-            return {
-                "role": "event",
-                "event_type": p["event_type"],
-                "amount": p["amount"],
-                "currency": p["currency"],
-                "attributes": p["attributes"],
-                "ts": event.ts,
-            }
+            # validated); serializing them here would cost a JSON encode per event. The
+            # payload's keys are the adapter's (`business_event`: event_type, amount,
+            # currency, attributes; a declared adapter: its own), in the adapter's order.
+            turn: Turn = {"role": "event", **event.payload, "ts": event.ts}
+            turn["role"] = "event"
+            return turn
         if len(text) > limit:
             text = text[: limit - 1] + "…"
         # The id lets the LLM stage put the assistant's reply after the turn

@@ -10,7 +10,10 @@ One adapter per source shape maps a raw JSON record into the canonical `Event`:
 - `business_event`: `{"event_id", "event_type", "account_id", "occurred_at", "tenant"?,
   "amount"?, "currency"?, "attributes"?}`; the entity is the account.
 
-A source configured with adapter `auto` picks the adapter from the keys present.
+These three are presets of `operators.validate.adapters`; a deployment may declare further
+shapes in `[[input.adapters]]` (`config.models.AdapterSpec`), compiled by the same code once at
+start, and a source names one by its `adapter`. A source configured with adapter `auto` picks one of
+the three built-in shapes from the keys present.
 Checks: size limit, UTF-8, JSON object, the adapter's schema (pydantic, finite numbers,
 timezone-aware timestamps), and event time no further in the future than the allowed skew
 (and, if configured, no older than the maximum age). Nothing raises out of the operator: a
@@ -19,67 +22,21 @@ record that fails becomes a `DeadLetter` carrying its original bytes, coordinate
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeGuard, cast
+from typing import Any, TypeGuard, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from config.models import Adapter, SourceConfig, ValidationConfig, detect_adapter
+from config.models import Adapter, AdapterSpec, SourceConfig, ValidationConfig, detect_adapter
 from core.clock import Clock
-from core.records import DeadLetter, Event, Kind, RawRecord, coords
+from core.records import DeadLetter, Event, RawRecord, coords
+from operators.validate.adapters import CompiledAdapter, MappingError, compile_adapters
 from runtime import metrics
-
-_Id = Field(min_length=1, max_length=256)
-
-
-class _RawModel(BaseModel):
-    # Foreign input: unknown keys are ignored (producers add fields), numbers must be finite.
-    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False, strict=False)
-
-
-class ChatMessageIn(_RawModel):
-    message_id: str = _Id
-    session_id: str = _Id
-    text: str = Field(min_length=1)
-    sent_at: AwareDatetime
-    tenant: str | None = Field(default=None, min_length=1, max_length=128)
-    user_id: str | None = Field(default=None, max_length=256)
-    role: Literal["user", "assistant"] = "user"
-    channel: str | None = Field(default=None, max_length=64)
-
-
-class MetricReadingIn(_RawModel):
-    series: str = _Id
-    value: float
-    timestamp: AwareDatetime
-    tenant: str | None = Field(default=None, min_length=1, max_length=128)
-    reading_id: str | None = Field(default=None, min_length=1, max_length=256)
-    unit: str | None = Field(default=None, max_length=32)
-    tags: dict[str, str] = Field(default_factory=dict)
-
-
-class BusinessEventIn(_RawModel):
-    event_id: str = _Id
-    event_type: str = Field(min_length=1, max_length=128)
-    account_id: str = _Id
-    occurred_at: AwareDatetime
-    tenant: str | None = Field(default=None, min_length=1, max_length=128)
-    amount: float | None = None
-    currency: str | None = Field(default=None, min_length=3, max_length=3)
-    attributes: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
-
-
-_MODELS: dict[str, type[_RawModel]] = {
-    "chat_message": ChatMessageIn,
-    "metric_reading": MetricReadingIn,
-    "business_event": BusinessEventIn,
-}
 
 
 def _sniff(value: bytes) -> Adapter | None:
@@ -93,18 +50,13 @@ def _sniff(value: bytes) -> Adapter | None:
     return None
 
 
-def _error_summary(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors(include_url=False)[:5]:
-        loc = ".".join(str(p) for p in err["loc"]) or "<record>"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
-
-
 class Decoder:
     """Pure decoding logic: raw record in, `Event` or `DeadLetter` out. No runtime needed.
 
-    `clock` returns the current wall time in epoch seconds (injected for tests).
+    `clock` returns the current wall time in epoch seconds (injected for tests). `adapters`
+    are the declared source shapes (`input.adapters`), compiled here, once; the built-in
+    presets are always there. Raises ValueError when a source names an adapter that is
+    neither (`InputConfig` refuses such a config at load already).
     """
 
     def __init__(
@@ -113,11 +65,20 @@ class Decoder:
         sources: Mapping[str, SourceConfig],
         cfg: ValidationConfig,
         clock: Clock = time.time,
+        adapters: Sequence[AdapterSpec] = (),
     ) -> None:
         self.step_id = step_id
         self._sources = sources
         self._cfg = cfg
         self._clock = clock
+        self._adapters: dict[str, CompiledAdapter] = compile_adapters(adapters)
+        for src in sources.values():
+            if src.adapter != "auto" and src.adapter not in self._adapters:
+                msg = (
+                    f"source {src.name!r} names adapter {src.adapter!r}; known: auto, "
+                    f"{', '.join(self._adapters)}"
+                )
+                raise ValueError(msg)
 
     def _dead(
         self, raw: RawRecord, reason: str, event_id: str | None = None, **detail: Any
@@ -151,7 +112,7 @@ class Decoder:
         except UnicodeDecodeError as exc:
             return self._dead(raw, f"not UTF-8: invalid byte at position {exc.start}")
         src = self._sources.get(raw.source_name)
-        configured: Adapter = src.adapter if src is not None else "auto"
+        configured = src.adapter if src is not None else "auto"
         default_tenant = src.tenant if src is not None else None
 
         # Fast path: parse and validate in one pass (pydantic-core) with the adapter the
@@ -159,12 +120,13 @@ class Decoder:
         # which finds the precise reason (and the right adapter, if the guess was wrong).
         guess = _sniff(value) if configured == "auto" else configured
         if guess is not None:
+            compiled = self._adapters[guess]
             try:
-                model = _MODELS[guess].model_validate_json(value)
+                model = compiled.model.model_validate_json(value)
             except ValidationError:
                 pass
             else:
-                return self._checked(self._event(guess, model, raw, default_tenant), raw)
+                return self._checked(self._event(compiled, model, raw, default_tenant), raw)
 
         try:
             obj = json.loads(text)
@@ -175,7 +137,7 @@ class Decoder:
         if not isinstance(obj, dict):
             return self._dead(raw, f"expected a JSON object, got {type(obj).__name__}")
 
-        adapter = detect_adapter(obj) if configured == "auto" else configured
+        adapter: str | None = detect_adapter(obj) if configured == "auto" else configured
         if adapter is None:
             return self._dead(
                 raw,
@@ -183,11 +145,12 @@ class Decoder:
                 "a metric reading (series, value) or a business event (event_type, "
                 "account_id)",
             )
+        compiled = self._adapters[adapter]
         try:
-            model = _MODELS[adapter].model_validate(obj)
+            model = compiled.model.model_validate(obj)
         except ValidationError as exc:
-            return self._dead(raw, f"invalid {adapter}: {_error_summary(exc)}", adapter=adapter)
-        return self._checked(self._event(adapter, model, raw, default_tenant), raw)
+            return self._dead(raw, compiled.reason(exc), adapter=adapter)
+        return self._checked(self._event(compiled, model, raw, default_tenant), raw)
 
     def _checked(self, event: Event | DeadLetter, raw: RawRecord) -> Event | DeadLetter:
         """Apply the event-time checks (skew, age) to a decoded event."""
@@ -212,41 +175,17 @@ class Decoder:
         return event
 
     def _event(
-        self, adapter: Adapter, model: _RawModel, raw: RawRecord, default_tenant: str | None
+        self,
+        adapter: CompiledAdapter,
+        model: BaseModel,
+        raw: RawRecord,
+        default_tenant: str | None,
     ) -> Event | DeadLetter:
-        source = coords(raw.origin, raw.partition, raw.offset)
-        now = self._clock()
-        if adapter == "chat_message":
-            m = model
-            assert isinstance(m, ChatMessageIn)
-            tenant, kind, entity = m.tenant or default_tenant, Kind.CHAT, m.session_id
-            event_id, ts = m.message_id, m.sent_at.timestamp()
-            payload: dict[str, Any] = {
-                "text": m.text,
-                "role": m.role,
-                "user_id": m.user_id,
-                "channel": m.channel,
-            }
-        elif adapter == "metric_reading":
-            r = model
-            assert isinstance(r, MetricReadingIn)
-            tenant, kind, entity = r.tenant or default_tenant, Kind.METRIC, r.series
-            ts = r.timestamp.timestamp()
-            event_id = r.reading_id or (
-                "m-" + hashlib.blake2b(f"{r.series}|{ts!r}".encode(), digest_size=10).hexdigest()
-            )
-            payload = {"value": r.value, "unit": r.unit, "tags": r.tags}
-        else:
-            b = model
-            assert isinstance(b, BusinessEventIn)
-            tenant, kind, entity = b.tenant or default_tenant, Kind.BUSINESS, b.account_id
-            event_id, ts = b.event_id, b.occurred_at.timestamp()
-            payload = {
-                "event_type": b.event_type,
-                "amount": b.amount,
-                "currency": b.currency,
-                "attributes": b.attributes,
-            }
+        try:
+            event_id, tenant, entity, ts, payload = adapter.build(model)
+        except MappingError as exc:
+            return self._dead(raw, str(exc), adapter=adapter.name)
+        tenant = tenant or default_tenant
         if tenant is None:
             return self._dead(
                 raw,
@@ -256,13 +195,13 @@ class Decoder:
             )
         return Event(
             event_id=event_id,
-            source=source,
+            source=coords(raw.origin, raw.partition, raw.offset),
             tenant=tenant,
-            kind=kind,
+            kind=adapter.kind,
             entity=entity,
             ts=ts,
             payload=payload,
-            ingest_ts=now,
+            ingest_ts=self._clock(),
         )
 
 
@@ -286,11 +225,13 @@ def decode_validate(
     sources: Mapping[str, SourceConfig],
     cfg: ValidationConfig,
     clock: Clock = time.time,
+    adapters: Sequence[AdapterSpec] = (),
 ) -> ValidateOut:
     """Decode raw records into canonical events; invalid ones go to `errs` as dead letters.
 
     Stateless. Never raises on input: every record comes out on exactly one of the streams.
-    `clock` (epoch seconds) is the wall time of the skew and age checks and of `ingest_ts`.
+    `clock` (epoch seconds) is the wall time of the skew and age checks and of `ingest_ts`;
+    `adapters` are the declared source shapes a source may name (`input.adapters`).
 
     >>> import bytewax.operators as op
     >>> from bytewax.dataflow import Dataflow
@@ -317,7 +258,7 @@ def decode_validate(
     [('decode', 'chat[0]@1', b'not json', 'not valid JSON')]
     """
     # Dead letters name the step as configured in the flow ("decode"), not its full path.
-    decoder = Decoder(step_id.rsplit(".", 1)[-1], sources, cfg, clock)
+    decoder = Decoder(step_id.rsplit(".", 1)[-1], sources, cfg, clock, adapters)
     decoded = op.flat_map_batch("decode", up, decoder.decode_batch)
     split = op.branch("split", decoded, _is_event)
     # The TypeGuard narrows `trues`; Bytewax types `falses` as the upstream type, and what is
