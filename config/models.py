@@ -798,12 +798,14 @@ class Settings(Frozen):
             out.audit: "audit",
             out.ledger: "ledger",
         }
+        if out.kind == "file":  # the outputs' files are named after the outputs
+            taken.update((n, n) for n in ("responses", "alerts", "dead_letters", "audit", "ledger"))
         for task in self.llm.tasks:
             other = taken.get(task.output_topic or "")
             if other is not None:
                 msg = (
                     f"llm.tasks[{task.name}].output_topic {task.output_topic!r} is the "
-                    f"output.{other} topic: answers need a topic of their own"
+                    f"output.{other} topic (or file): answers need a topic of their own"
                 )
                 raise ValueError(msg)
         return self

@@ -104,7 +104,8 @@ class TopicSpec:
 
 
 def topic_plan(settings: Settings, *, input_partitions: int = INPUT_PARTITIONS) -> list[TopicSpec]:
-    """Every Kafka topic `settings` names (inputs, profiles, outputs), without duplicates."""
+    """Every Kafka topic `settings` names (inputs, profiles, outputs, tasks' answer topics),
+    without duplicates."""
     specs: dict[str, TopicSpec] = {}
     inp, out = settings.input, settings.output
     if inp.kind == "kafka":
@@ -117,8 +118,9 @@ def topic_plan(settings: Settings, *, input_partitions: int = INPUT_PARTITIONS) 
             name = inp.profiles.topic
             specs.setdefault(name, TopicSpec(name, "profiles", 1, TOPIC_CONFIG))
     if out.kind == "kafka":
-        for attr in OUTPUT_NAMES:
-            name = getattr(out, attr)
+        names = [getattr(out, attr) for attr in OUTPUT_NAMES]
+        names += [t.output_topic for t in settings.llm.tasks if t.output_topic]
+        for name in names:
             if name:
                 specs.setdefault(name, TopicSpec(name, "output", 1, TOPIC_CONFIG))
     return list(specs.values())
