@@ -23,7 +23,7 @@ from llmsim import LLMSimulator
 from state.stores import ResponseCache, close_all
 from support.harness import chat_items
 
-TRIAGE = {
+TRIAGE: dict[str, Any] = {
     "type": "object",
     "required": ["priority", "team", "summary"],
     "additionalProperties": False,
