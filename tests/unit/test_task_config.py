@@ -248,3 +248,20 @@ def test_task_topics_are_planned_and_grouped(tmp_path: Path) -> None:
     assert task_topics(s) == {"shop.fraud": frozenset({"a", "b"})}
     planned = [t.name for t in topic_plan(s) if t.role == "output"]
     assert planned.count("shop.fraud") == 1 and "contextstream.responses" in planned
+
+
+def test_the_readme_task_example_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Your own tasks") :]
+    block = section[section.index("```toml\n") + 8 : section.index("```\n", 8)]
+    write(tmp_path / "fraud.md", "Check refund requests for fraud.")
+    inp = '[input]\nsources = [{ name = "s", path = "in.jsonl" }]\n'
+    s = load_config(write(tmp_path / "deploy.toml", inp + block))
+    (task,) = s.llm.tasks
+    assert (task.name, task.output_topic, task.context) == (
+        "fraud_check",
+        "shop.fraud",
+        ("profile", "memory"),
+    )
+    assert prompts.task_spec(task).instructions == "Check refund requests for fraud."
+    assert s.llm.routes[0].task == "fraud_check"
