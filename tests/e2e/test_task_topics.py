@@ -67,7 +67,7 @@ model = "sim-1"
     assert len(ledger) + len(dead) == len(sent) + 1  # in = ok + dead letters
 
     check = Draft202012Validator(json.loads((EXAMPLE / "triage.schema.json").read_text()))
-    assert sorted(r["item_id"] for r in triaged) == sorted(i for i, _ in business)
+    assert sorted(r["item_id"] for r in triaged) == sorted(str(i) for i, _ in business)
     assert all(r["task"] == "triage" and not list(check.iter_errors(r["answer"])) for r in triaged)
     assert Counter(r["task"] for r in responses) == {"chat_reply": len(chats)}
     assert {a["route"] for a in audit} == {"triage", "chat_reply"}
