@@ -6,7 +6,8 @@
     python -m connectors.kafkatool check CONFIG --expect FILE [--timeout S]
 
 - `create-topics` creates every topic CONFIG names: the inputs (`--partitions`, default 3),
-  the profiles topic and the outputs (1 partition each), all with explicit configs
+  the profiles topic and the outputs (1 partition each, with the answer topics of tasks
+  that have an `output_topic`), all with explicit configs
   (`retention.ms` 7 days, `cleanup.policy=delete`; Tansu reports only configs set
   explicitly). Existing topics are left as they are (idempotent).
 - `produce` sends a JSON-lines file of events to the input topics: each line goes to the

@@ -124,7 +124,10 @@ def task_spec(task: TaskConfig) -> TaskSpec:
     assert schema is not None and text is not None  # TaskConfig refuses a task without them
     props = schema.get("properties", {})
     reply = isinstance(props.get("reply"), dict) and props["reply"].get("type") == "string"
-    return _spec(task.name, text, schema, "chat_reply" if reply else "", task.name)
+    def_name = task.name
+    while def_name in schema.get("$defs", {}):  # beside the schema's own definitions
+        def_name += "_answer"
+    return _spec(task.name, text, schema, "chat_reply" if reply else "", def_name)
 
 
 def as_spec(spec: TaskSpec | str) -> TaskSpec:

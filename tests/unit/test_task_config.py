@@ -177,6 +177,16 @@ def test_the_response_format_carries_the_task_schema_with_its_defs() -> None:
     assert list(validator.iter_errors({"e1": good}))  # every id is required
 
 
+def test_the_item_schema_does_not_shadow_a_definition_of_the_same_name() -> None:
+    spec = fraud_spec(name="reason")
+    schema = prompts.response_format(spec, ["e1"])["json_schema"]["schema"]
+    assert (
+        spec.def_name == "reason_answer" and schema["$defs"]["reason"] == FRAUD["$defs"]["reason"]
+    )
+    good = {"risk": "high", "reasons": [{"code": "R1"}]}
+    assert list(Draft202012Validator(schema).iter_errors({"e1": good})) == []
+
+
 def test_answers_are_validated_against_the_task_schema_naming_the_path() -> None:
     good = {"risk": "low", "reasons": [{"code": "R1"}]}
     content = json.dumps(
