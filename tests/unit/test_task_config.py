@@ -18,7 +18,7 @@ from inference import prompts
 from inference.schemas import SCHEMAS
 
 MINIMAL = '[input]\nsources = [{ name = "s", path = "in.jsonl" }]\n[llm]\nroutes = []\n'
-FRAUD = {
+FRAUD: dict[str, Any] = {
     "type": "object",
     "required": ["risk", "reasons"],
     "additionalProperties": False,
