@@ -1,4 +1,4 @@
-"""Regenerate the example deployments' data files: `python config/examples/make_data.py`.
+"""Regenerate the example deployments' data files: `python -m support.example_data`.
 
 Deterministic. Each example gets a small JSON-lines input of its own, with a malformed line
 or two (they become dead letters), and the reference data its tasks use (profiles, articles).
@@ -16,7 +16,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).parent
+from inference.prompts import builtin_spec
+
+HERE = Path(__file__).resolve().parents[1] / "config" / "examples"
 BASE = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
@@ -197,8 +199,6 @@ def iot_metrics() -> None:
 
 
 def business_triage() -> None:
-    from inference.prompts import builtin_spec
-
     d = HERE / "business-triage"
     for task, schema_name in (
         ("chat_reply", "chat_reply"),
@@ -290,9 +290,6 @@ def business_triage() -> None:
 
 
 if __name__ == "__main__":
-    import sys
-
-    sys.path.insert(0, str(HERE.parents[1]))
     support_chat()
     iot_metrics()
     business_triage()
