@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bytewax.testing import run_main
+from bytewax.testing import cluster_main, run_main
 from jsonschema import Draft202012Validator
 
 from config.models import Settings, SourceConfig, load_config
@@ -63,16 +63,30 @@ def relocated(settings: Settings, tmp: Path, base_url: str) -> Settings:
 
 
 def read(tmp: Path, name: str) -> list[dict[str, Any]]:
-    path = tmp / "out" / f"{name}.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    """The records of output `name`: `name.jsonl`, or `name.wN.jsonl` of each worker."""
+    out = tmp / "out"
+    files = [out / f"{name}.jsonl", *sorted(out.glob(f"{name}.w[0-9]*.jsonl"))]
+    return [
+        json.loads(line)
+        for f in files
+        if f.exists()
+        for line in f.read_text(encoding="utf-8").splitlines()
+    ]
 
 
-def run_example(name: str, tmp: Path, sim: LLMSimulator) -> tuple[Settings, dict[str, Any]]:
+RUNNERS = ["run_main", "cluster_main_2_workers"]
+
+
+def run_example(
+    name: str, tmp: Path, sim: LLMSimulator, runner: str
+) -> tuple[Settings, dict[str, Any]]:
     """Run the example `name`; check what every example must do; return its outputs."""
     settings = relocated(load_config(EXAMPLES / name / f"{name}.toml"), tmp, sim.base_url)
-    run_main(build_flow(settings))
+    flow = build_flow(settings)
+    if runner == "run_main":
+        run_main(flow)
+    else:
+        cluster_main(flow, [], 0, worker_count_per_proc=2)
     out: dict[str, Any] = {
         n: read(tmp, n) for n in ("ledger", "dead_letters", "alerts", "audit", "responses")
     }
@@ -121,8 +135,9 @@ def prompts_of(sim: LLMSimulator, fmt: str) -> list[str]:
     ]
 
 
-def test_support_chat(tmp_path: Path, llm_sim: LLMSimulator) -> None:
-    _, out = run_example("support-chat", tmp_path, llm_sim)
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_support_chat(tmp_path: Path, llm_sim: LLMSimulator, runner: str) -> None:
+    _, out = run_example("support-chat", tmp_path, llm_sim, runner)
     replies = out["responses"]
     assert len(replies) == 8 and {r["task"] for r in replies} == {"support_reply"}
     assert {r["answer"]["tone"] for r in replies} <= {"neutral", "apologetic", "upbeat"}
@@ -135,8 +150,9 @@ def test_support_chat(tmp_path: Path, llm_sim: LLMSimulator) -> None:
     assert len(out["dead_letters"]) == 2
 
 
-def test_iot_metrics(tmp_path: Path, llm_sim: LLMSimulator) -> None:
-    _, out = run_example("iot-metrics", tmp_path, llm_sim)
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_iot_metrics(tmp_path: Path, llm_sim: LLMSimulator, runner: str) -> None:
+    _, out = run_example("iot-metrics", tmp_path, llm_sim, runner)
     explained = out["topics"]["iot.anomaly_explanations"]
     alerts = {a["alert_id"]: a for a in out["alerts"]}
     assert {a["entity"] for a in alerts.values()} == {
@@ -154,8 +170,9 @@ def test_iot_metrics(tmp_path: Path, llm_sim: LLMSimulator) -> None:
     assert len(out["dead_letters"]) == 2
 
 
-def test_business_triage(tmp_path: Path, llm_sim: LLMSimulator) -> None:
-    settings, out = run_example("business-triage", tmp_path, llm_sim)
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_business_triage(tmp_path: Path, llm_sim: LLMSimulator, runner: str) -> None:
+    settings, out = run_example("business-triage", tmp_path, llm_sim, runner)
     triaged = out["topics"]["ops.triage"]
     business = [e for e in out["ledger"] if e["kind"] == "business"]
     assert len(triaged) == len(business) == 24
