@@ -800,12 +800,17 @@ class Settings(Frozen):
         }
         if out.kind == "file":  # the outputs' files are named after the outputs
             taken.update((n, n) for n in ("responses", "alerts", "dead_letters", "audit", "ledger"))
+        inp = self.input
+        for src in (*inp.sources, inp.profiles, inp.knowledge):
+            if src is not None and src.topic:
+                taken[src.topic] = f"input source {src.name!r}"
         for task in self.llm.tasks:
             other = taken.get(task.output_topic or "")
             if other is not None:
+                what = other if other.startswith("input") else f"output.{other} topic (or file)"
                 msg = (
                     f"llm.tasks[{task.name}].output_topic {task.output_topic!r} is the "
-                    f"output.{other} topic (or file): answers need a topic of their own"
+                    f"{what}: answers need a topic of their own"
                 )
                 raise ValueError(msg)
         return self

@@ -138,6 +138,14 @@ def test_bad_tasks_are_refused_naming_the_task(tmp_path: Path, task: str, expect
     assert "tasks" in msg and ("t1" in msg or "context" in msg)
 
 
+def test_an_answer_topic_is_never_an_input_topic(tmp_path: Path) -> None:
+    kafka = '[input]\nkind = "kafka"\nsources = [{ name = "orders", topic = "shop.orders" }]\n'
+    task = '[[llm.tasks]]\nname = "t1"\nschema_name = "chat_reply"\noutput_topic = "shop.orders"\n'
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path / "k.toml", kafka + "[llm]\nroutes = []\n" + task))
+    assert "output_topic 'shop.orders' is the input source 'orders'" in str(info.value)
+
+
 def test_a_schema_file_that_is_not_json_is_refused(tmp_path: Path) -> None:
     write(tmp_path / "s.json", "{ not json")
     msg = refused(
