@@ -11,6 +11,7 @@ when it is called.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -23,8 +24,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -651,11 +654,95 @@ CONTEXT_PRIORITY: tuple[str, ...] = ("item", "profile", "summary", "memory", "kn
 """Default order of a prompt's sections, most important first (`TaskConfig.context_priority`)."""
 
 
+BuiltinSchema = Literal["chat_reply", "anomaly_explanation", "conversation_summary"]
+"""Answer schemas (and default instructions) that ship with the code (`inference.schemas`)."""
+
+ContextSection = Literal["profile", "memory", "knowledge"]
+"""Context a task's prompts may carry (`TaskConfig.context`); "memory" includes its summary."""
+
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+"""A legal Kafka topic name, which is also a safe file name (`<output.dir>/<topic>.jsonl`)."""
+
+
+def _resolve(path: str, info: ValidationInfo) -> str:
+    """`path` against the config file's directory (`load_config` passes it as context)."""
+    base = (info.context or {}).get("config_dir")
+    p = Path(path)
+    return str(p if p.is_absolute() or base is None else Path(base) / p)
+
+
+def _schema_refs(doc: Any) -> list[str]:
+    """Every `$ref` value in a JSON Schema document."""
+    if isinstance(doc, dict):
+        own = [doc["$ref"]] if isinstance(doc.get("$ref"), str) else []
+        return own + [r for v in doc.values() for r in _schema_refs(v)]
+    if isinstance(doc, list):
+        return [r for v in doc for r in _schema_refs(v)]
+    return []
+
+
+def check_answer_schema(task: str, doc: Any) -> None:
+    """Refuse an answer schema the LLM stage cannot use, naming the task and the problem.
+
+    It must be a valid JSON Schema (draft 2020-12), an object schema at the top level, and
+    refer only to its own `$defs` (`#/$defs/<name>`): in a packed request the item schema
+    sits under the request schema's `$defs`, and its definitions beside it.
+    """
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    where = f"llm.tasks[{task}].schema"
+    if not isinstance(doc, dict):
+        msg = f"{where} must be a JSON object (a JSON Schema), got {type(doc).__name__}"
+        raise ValueError(msg)
+    try:
+        Draft202012Validator.check_schema(doc)
+    except SchemaError as exc:
+        at = "/".join(str(p) for p in exc.absolute_path) or "<top>"
+        msg = f"{where} is not a valid JSON Schema: {exc.message} (at {at})"
+        raise ValueError(msg) from None
+    if doc.get("type") != "object":
+        msg = f'{where} must describe an object at the top level (type = "object")'
+        raise ValueError(msg)
+    defs = doc.get("$defs", {})
+    for ref in _schema_refs(doc):
+        name = ref.removeprefix("#/$defs/")
+        if not ref.startswith("#/$defs/") or name not in defs:
+            msg = f"{where}: $ref {ref!r} must name one of its own $defs (#/$defs/<name>)"
+            raise ValueError(msg)
+
+
 class TaskConfig(Frozen):
-    """One LLM task: which answer schema, which model, how its requests are batched."""
+    """One LLM task: its instructions and answer schema, which model, how its requests are
+    batched, which context its prompts carry and where its answers go.
+
+    The answer schema is exactly one of `schema_name` (built in), `schema` (an inline JSON
+    Schema, a TOML table) or `schema_file` (a JSON file). A custom schema needs
+    `instructions` or `instructions_file`; a built-in one has default instructions, which
+    these replace. Files are read once, at load, relative to the config file's directory;
+    a schema is checked at load (`check_answer_schema`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     name: str
-    schema_name: Literal["chat_reply", "anomaly_explanation", "conversation_summary"]
+    schema_name: BuiltinSchema | None = None
+    answer_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    """An inline JSON Schema of one answer (TOML key `schema`)."""
+    schema_file: str | None = None
+    """A JSON file holding the answer's JSON Schema."""
+    instructions: str | None = None
+    """What the model is asked to do for each item (the system prompt's task part)."""
+    instructions_file: str | None = None
+    """A UTF-8 text file holding `instructions`."""
+    context: tuple[ContextSection, ...] = ("profile", "memory", "knowledge")
+    """Context sections the prompts get, where the item has them ("memory" brings the
+    conversation summary with it; "knowledge" needs `knowledge` set to retrieve any)."""
+    output_topic: str | None = None
+    """Topic (Kafka) or file `<output.dir>/<topic>.jsonl` of this task's answers; None: the
+    responses output. Audit records and dead letters stay on their own outputs."""
+    _schema_doc: dict[str, Any] | None = PrivateAttr(default=None)
+    _instructions_text: str | None = PrivateAttr(default=None)
     model: str = "gpt-4o-mini"
     mode: BatchMode = "pack"
     max_batch: int = Field(default=16, ge=1, le=256)
@@ -676,6 +763,83 @@ class TaskConfig(Frozen):
     """Prompt sections from most to least important: "item" (the item's own data, never
     dropped) first, then context keys. Keys not listed are dropped before any listed one."""
 
+    @field_validator("schema_file", "instructions_file")
+    @classmethod
+    def _relative_to_config(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else _resolve(v, info)
+
+    @model_validator(mode="after")
+    def _schema_and_instructions(self) -> TaskConfig:
+        where = f"llm.tasks[{self.name}]"
+        given = [
+            k
+            for k, v in (
+                ("schema_name", self.schema_name),
+                ("schema", self.answer_schema),
+                ("schema_file", self.schema_file),
+            )
+            if v is not None
+        ]
+        if len(given) != 1:
+            msg = (
+                f"{where}: set exactly one of schema_name, schema or schema_file"
+                f" (got {', '.join(given) or 'none'})"
+            )
+            raise ValueError(msg)
+        if self.instructions is not None and self.instructions_file is not None:
+            msg = f"{where}: set instructions or instructions_file, not both"
+            raise ValueError(msg)
+        text = self.instructions
+        if self.instructions_file is not None:
+            text = _read_text(f"{where}.instructions_file", self.instructions_file)
+        if text is not None and not text.strip():
+            msg = f"{where}: instructions are empty"
+            raise ValueError(msg)
+        if text is None and self.schema_name is None:
+            msg = f"{where}: a custom schema needs instructions or instructions_file"
+            raise ValueError(msg)
+        doc = self.answer_schema
+        if self.schema_file is not None:
+            raw = _read_text(f"{where}.schema_file", self.schema_file)
+            try:
+                doc = json.loads(raw)
+            except ValueError as exc:
+                msg = f"{where}.schema_file {self.schema_file} is not valid JSON: {exc}"
+                raise ValueError(msg) from None
+        if doc is not None:
+            check_answer_schema(self.name, doc)
+        if len(set(self.context)) != len(self.context):
+            msg = f"{where}.context names a section twice: {list(self.context)}"
+            raise ValueError(msg)
+        if self.knowledge is not None and "knowledge" not in self.context:
+            msg = f"{where}: knowledge is set but context leaves out 'knowledge'"
+            raise ValueError(msg)
+        if self.output_topic is not None and (
+            not _TOPIC.match(self.output_topic) or self.output_topic in (".", "..")
+        ):
+            msg = (
+                f"{where}.output_topic {self.output_topic!r} is not a topic name "
+                "(letters, digits, '.', '_', '-'; at most 249)"
+            )
+            raise ValueError(msg)
+        self._schema_doc = doc
+        self._instructions_text = None if text is None else text.strip()
+        return self
+
+    def custom_schema(self) -> dict[str, Any] | None:
+        """The answer's JSON Schema as configured (inline or read from its file); None for
+        a built-in `schema_name`."""
+        return self._schema_doc
+
+    def custom_instructions(self) -> str | None:
+        """The instructions as configured (inline or read from their file); None: the
+        built-in schema's default instructions."""
+        return self._instructions_text
+
+    def __hash__(self) -> int:
+        # The inline schema is a dict (unhashable); equal configs share these fields.
+        return hash((self.name, self.schema_name, self.model, self.mode, self.output_topic))
+
     @model_validator(mode="after")
     def _priority_starts_with_item(self) -> TaskConfig:
         p = self.context_priority
@@ -694,6 +858,14 @@ class TaskConfig(Frozen):
         if self.prompt_budget_tokens is None:
             return self.max_batch_tokens
         return min(self.max_batch_tokens, self.prompt_budget_tokens)
+
+
+def _read_text(field: str, path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        msg = f"{field}: cannot read {path}: {exc.strerror or exc}"
+        raise ValueError(msg) from None
 
 
 RouteKind = Literal["chat", "metric", "business", "alert"]
@@ -977,6 +1149,32 @@ class Settings(Frozen):
     llm: LLMConfig = LLMConfig()
 
     @model_validator(mode="after")
+    def _task_topics_are_their_own(self) -> Settings:
+        out = self.output
+        taken = {
+            out.alerts: "alerts",
+            out.dead_letters: "dead_letters",
+            out.audit: "audit",
+            out.ledger: "ledger",
+        }
+        if out.kind == "file":  # the outputs' files are named after the outputs
+            taken.update((n, n) for n in ("responses", "alerts", "dead_letters", "audit", "ledger"))
+        inp = self.input
+        for src in (*inp.sources, inp.profiles, inp.knowledge):
+            if src is not None and src.topic:
+                taken[src.topic] = f"input source {src.name!r}"
+        for task in self.llm.tasks:
+            other = taken.get(task.output_topic or "")
+            if other is not None:
+                what = other if other.startswith("input") else f"output.{other} topic (or file)"
+                msg = (
+                    f"llm.tasks[{task.name}].output_topic {task.output_topic!r} is the "
+                    f"{what}: answers need a topic of their own"
+                )
+                raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
     def _summary_task_exists(self) -> Settings:
         if self.memory.max_tokens is None:
             return self
@@ -1059,7 +1257,7 @@ def load_config(path: str | Path) -> Settings:
         msg = f"config file {path} is not valid TOML: {exc}"
         raise ConfigError(msg) from exc
     try:
-        settings = Settings.model_validate(raw)
+        settings = Settings.model_validate(raw, context={"config_dir": path.parent})
     except ValidationError as exc:
         msg = f"config file {path} is invalid: {_problems(exc)}"
         raise ConfigError(msg) from None

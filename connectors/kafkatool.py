@@ -6,7 +6,8 @@
     python -m connectors.kafkatool check CONFIG --expect FILE [--timeout S]
 
 - `create-topics` creates every topic CONFIG names: the inputs (`--partitions`, default 3),
-  the profiles topic and the outputs (1 partition each), all with explicit configs
+  the profiles topic and the outputs (1 partition each, with the answer topics of tasks
+  that have an `output_topic`), all with explicit configs
   (`retention.ms` 7 days, `cleanup.policy=delete`; Tansu reports only configs set
   explicitly). Existing topics are left as they are (idempotent).
 - `produce` sends a JSON-lines file of events to the input topics: each line goes to the
@@ -104,7 +105,8 @@ class TopicSpec:
 
 
 def topic_plan(settings: Settings, *, input_partitions: int = INPUT_PARTITIONS) -> list[TopicSpec]:
-    """Every Kafka topic `settings` names (inputs, profiles, outputs), without duplicates."""
+    """Every Kafka topic `settings` names (inputs, profiles, outputs, tasks' answer topics),
+    without duplicates."""
     specs: dict[str, TopicSpec] = {}
     inp, out = settings.input, settings.output
     if inp.kind == "kafka":
@@ -117,8 +119,9 @@ def topic_plan(settings: Settings, *, input_partitions: int = INPUT_PARTITIONS) 
             name = inp.profiles.topic
             specs.setdefault(name, TopicSpec(name, "profiles", 1, TOPIC_CONFIG))
     if out.kind == "kafka":
-        for attr in OUTPUT_NAMES:
-            name = getattr(out, attr)
+        names = [getattr(out, attr) for attr in OUTPUT_NAMES]
+        names += [t.output_topic for t in settings.llm.tasks if t.output_topic]
+        for name in names:
             if name:
                 specs.setdefault(name, TopicSpec(name, "output", 1, TOPIC_CONFIG))
     return list(specs.values())

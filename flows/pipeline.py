@@ -29,6 +29,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource
+from bytewax.operators import BranchOut
 from bytewax.outputs import DynamicSink
 
 from config.models import ConfigError, EmbeddingsConfig, Settings, SourceConfig, load_config
@@ -45,7 +46,7 @@ from connectors.reference import (
     parse_profile,
 )
 from core.clock import Clock
-from core.records import KV, DeadLetter, Event, Kind, LedgerEntry, RawRecord, coords
+from core.records import KV, DeadLetter, Event, Kind, LedgerEntry, RawRecord, Response, coords
 from inference.client import LLMExecutor, shared_executor
 from inference.embeddings import shared_embeddings
 from operators.anomaly import detect_anomalies
@@ -325,6 +326,11 @@ def build_flow(
     publish("out_alerts", detected.alerts, alert_kv, _sink(settings, "alerts", out.alerts))
     # Summaries are the memory's, not answers to events: they are in the cache and the audit.
     answers = op.filter("answers", llm.answers, lambda r: r.item.task != summary_task)
+    for n, (topic, names) in enumerate(task_topics(settings).items()):
+        # A task with an output topic of its own: its answers go there, the rest go on.
+        own: BranchOut[Response, Response] = op.branch(f"to_topic_{n}", answers, _of(names))
+        publish(f"out_topic_{n}", own.trues, response_kv, _sink(settings, topic, topic))
+        answers = own.falses
     publish("out_responses", answers, response_kv, _sink(settings, "responses", out.responses))
     publish("out_audit", llm.audit, audit_kv, _sink(settings, "audit", out.audit))
     publish(
@@ -340,6 +346,21 @@ def build_flow(
     else:
         op.flat_map_batch("count_ledger", all_ledger, _count_only)
     return flow
+
+
+def _of(tasks: frozenset[str]) -> Callable[[Response], bool]:
+    return lambda r: r.item.task in tasks
+
+
+def task_topics(settings: Settings) -> dict[str, frozenset[str]]:
+    """The answer topics of tasks with an `output_topic` (other than the responses one), each
+    with the names of the tasks writing to it; with file output, each is the file
+    `<output.dir>/<topic>.jsonl`."""
+    topics: dict[str, set[str]] = {}
+    for task in settings.llm.tasks:
+        if task.output_topic is not None and task.output_topic != settings.output.responses:
+            topics.setdefault(task.output_topic, set()).add(task.name)
+    return {t: frozenset(names) for t, names in topics.items()}
 
 
 def build(config_path: str) -> Dataflow:

@@ -6,8 +6,9 @@ in one packed request (or one request per item in `fanout` mode) through the off
 `openai` client with its own retries disabled and our per-attempt timeout. 429, 5xx,
 timeouts and connection errors are retried with exponential backoff and full jitter,
 honouring `retry-after`; other errors fail at once. Items missing from a packed answer or
-failing their schema are asked again alone, once; what still fails becomes a failure for the
-dead letters, with the raw answer attached.
+failing their task's JSON Schema (`prompts.task_spec`) are asked again alone, once; what
+still fails becomes a failure for the dead letters, with the raw answer attached and the
+failing path in the reason. The cache key includes the task's schema and instructions.
 
 Valid answers are written to the cache *before* `run` returns, so an answer that reaches the
 output has always been persisted first: a replay after a crash finds it and pays nothing.
@@ -145,7 +146,11 @@ class LLMExecutor:
 
     def run(self, task: TaskConfig, items: list[WorkItem]) -> CallOutcome:
         out = CallOutcome()
-        fps = {i.item_id: prompts.item_fingerprint(task.name, task.model, i) for i in items}
+        spec = prompts.task_spec(task)
+        fps = {
+            i.item_id: prompts.item_fingerprint(task.name, task.model, i, spec.digest)
+            for i in items
+        }
         todo: list[WorkItem] = []
         hits: list[WorkItem] = []
         for item in items:
@@ -159,8 +164,8 @@ class LLMExecutor:
         if hits:
             # A replayed answer may come from another process's cache: record its reply here.
             answers = [(a.item, a.answer) for a in out.answered]
-            replies = [reply_of(task.schema_name, i, a) for i, a in answers]
-            summaries = [summary_of(task.schema_name, i, a) for i, a in answers]
+            replies = [reply_of(spec.conversation, i, a) for i, a in answers]
+            summaries = [summary_of(spec.conversation, i, a) for i, a in answers]
             self.cache.put_many({}, [r for r in replies if r], [s for s in summaries if s])
             hit_cites = {a.item.item_id: list(a.citations) for a in out.answered if a.citations}
             out.audits.append(
@@ -172,7 +177,7 @@ class LLMExecutor:
             groups = [[i] for i in todo]
         else:
             limit = self._limit(task)[1]
-            groups = prompts.split_for_budget(task.schema_name, todo, limit)
+            groups = prompts.split_for_budget(spec, todo, limit)
         for group in groups:
             self._ask(task, group, fps, out, reask=True)
         return out
@@ -187,10 +192,19 @@ class LLMExecutor:
         reask: bool,
     ) -> None:
         ids = [i.item_id for i in items]
-        shown = [prepare(task.schema_name, i, self.cache, self.reply_chars) for i in items]
+        spec = prompts.task_spec(task)
+        shown = [
+            prepare(
+                spec.conversation,
+                prompts.scope_context(i, task.context),
+                self.cache,
+                self.reply_chars,
+            )
+            for i in items
+        ]
         factor, limit = self._limit(task)
         prompt = prompts.assemble(
-            task.schema_name,
+            spec,
             shown,
             redactor=self.redactor,
             limit_chars=limit,
@@ -226,12 +240,12 @@ class LLMExecutor:
         self.calibration.observe(task.model, prompt.estimate, actual)
         if task.prompt_budget_tokens is not None and actual > task.prompt_budget_tokens:
             metrics.LLM_OVER_BUDGET.labels(task.name, "actual").inc()
-        ok, bad = prompts.parse_answers(task.schema_name, content, ids)
+        ok, bad = prompts.parse_answers(spec, content, ids)
         by_id = {i.item_id: i for i in items}
         # Persist before anything is emitted: this is what makes a replay free, and what puts
         # the replies into the memory of the session's next prompts.
-        replies = [reply_of(task.schema_name, by_id[i], a) for i, a in ok.items()]
-        summaries = [summary_of(task.schema_name, by_id[i], a) for i, a in ok.items()]
+        replies = [reply_of(spec.conversation, by_id[i], a) for i, a in ok.items()]
+        summaries = [summary_of(spec.conversation, by_id[i], a) for i, a in ok.items()]
         cited = prompt.citations
         self.cache.put_many(
             {fps[i]: a for i, a in ok.items()},
@@ -298,7 +312,7 @@ class LLMExecutor:
                     messages=messages,
                     temperature=task.temperature,
                     max_tokens=task.max_tokens * max(1, len(ids)),
-                    response_format=prompts.response_format(task.schema_name, ids),
+                    response_format=prompts.response_format(prompts.task_spec(task), ids),
                     timeout=self.cfg.timeout_s,
                 )
                 resp = raw.parse()
@@ -405,7 +419,9 @@ class LLMExecutor:
             "mode": task.mode,
             "batch_size": len(items),
             "prompt_fingerprint": (
-                prompts.messages_fingerprint(task.model, messages) if messages else None
+                prompts.messages_fingerprint(task.model, messages, prompts.task_spec(task).digest)
+                if messages
+                else None
             ),
             "prompt_tokens": usage.get("prompt_tokens", 0),
             "prompt_tokens_estimate": estimate,

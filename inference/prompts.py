@@ -3,7 +3,10 @@
 Streamed text is untrusted. Prompts keep instructions in the system message only and put the
 work items in the user message as one JSON array between `<events>` tags, with `<` escaped,
 so no item can close the delimiter or pose as an instruction. Every answer is validated
-against its task's pydantic schema (`inference.schemas`) before it is used.
+against its task's JSON Schema before it is used: a task's `TaskSpec` (`task_spec`) carries
+its instructions, its answer schema (a built-in one is derived from its pydantic model in
+`inference.schemas`, so built-in and configured tasks share one validation path) and the
+compiled validator. Functions taking a spec also take a built-in schema name.
 
 A request (pack mode) asks for one JSON object keyed by item id, each value the task's answer;
 the JSON schema sent as `response_format` lists every id as a required property.
@@ -16,14 +19,17 @@ plain form (no redaction, no budget) kept for benchmarks and tests.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from pydantic import ValidationError
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
 
+from config.models import TaskConfig
 from core.records import WorkItem
 from core.tokens import estimate_tokens
 from inference import budget
@@ -66,8 +72,84 @@ class Redactor(Protocol):
     def redact(self, text: str) -> tuple[str, int]: ...
 
 
-def system_prompt(schema_name: str) -> str:
-    return f"You are ContextStream's assistant. {_INSTRUCTIONS[schema_name]}\n\n{_GUARD}"
+@dataclass(frozen=True, eq=False)
+class TaskSpec:
+    """What a task asks and accepts: built once per task (`task_spec`), shared by threads."""
+
+    label: str
+    """Names the schema in the response format and in dead-letter reasons: the built-in
+    schema name, or the task's name for a configured schema."""
+    instructions: str
+    schema: dict[str, Any]
+    """The JSON Schema of one answer."""
+    digest: str
+    """Hash of the canonical schema and the instructions: part of every cache fingerprint,
+    so a changed schema or changed instructions never serve a cached answer."""
+    validator: Draft202012Validator
+    conversation: str
+    """The conversation role of the answers (`inference.conversation`): the built-in schema
+    name; for a configured schema "chat_reply" when it has a top-level string `reply`
+    (recorded as the assistant's side of the session), else "" (no role)."""
+    def_name: str
+    """The item schema's name under the response format's `$defs`."""
+
+
+def _spec(
+    label: str, instructions: str, schema: dict[str, Any], conversation: str, def_name: str
+) -> TaskSpec:
+    canonical = json.dumps(
+        [instructions, schema], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    validator = Draft202012Validator(schema)
+    return TaskSpec(label, instructions, schema, digest, validator, conversation, def_name)
+
+
+@functools.cache
+def builtin_spec(schema_name: str, instructions: str | None = None) -> TaskSpec:
+    """The spec of a built-in schema: its pydantic model's JSON Schema, its default
+    instructions unless `instructions` replace them."""
+    model = SCHEMAS[schema_name]
+    text = _INSTRUCTIONS[schema_name] if instructions is None else instructions
+    return _spec(schema_name, text, model.model_json_schema(), schema_name, model.__name__)
+
+
+@functools.lru_cache(maxsize=256)
+def task_spec(task: TaskConfig) -> TaskSpec:
+    """The spec of a configured task (cached: its validator is compiled once)."""
+    if task.schema_name is not None:
+        return builtin_spec(task.schema_name, task.custom_instructions())
+    schema = task.custom_schema()
+    text = task.custom_instructions()
+    assert schema is not None and text is not None  # TaskConfig refuses a task without them
+    props = schema.get("properties", {})
+    reply = isinstance(props.get("reply"), dict) and props["reply"].get("type") == "string"
+    def_name = task.name
+    while def_name in schema.get("$defs", {}):  # beside the schema's own definitions
+        def_name += "_answer"
+    return _spec(task.name, text, schema, "chat_reply" if reply else "", def_name)
+
+
+def as_spec(spec: TaskSpec | str) -> TaskSpec:
+    """`spec` itself, or the spec of the built-in schema it names."""
+    return spec if isinstance(spec, TaskSpec) else builtin_spec(spec)
+
+
+_SECTIONS = {"profile": ("profile",), "memory": ("memory", "summary"), "knowledge": ("knowledge",)}
+
+
+def scope_context(item: WorkItem, sections: Sequence[str]) -> WorkItem:
+    """`item` with only the context `sections` of its task (`TaskConfig.context`); context
+    keys outside the three sections are kept."""
+    drop = {k for s, keys in _SECTIONS.items() if s not in sections for k in keys}
+    if not drop or not drop & item.context.keys():
+        return item
+    return replace(item, context={k: v for k, v in item.context.items() if k not in drop})
+
+
+def system_prompt(spec: TaskSpec | str) -> str:
+    text = as_spec(spec).instructions
+    return f"You are ContextStream's assistant. {text}\n\n{_GUARD}"
 
 
 def item_payload(item: WorkItem) -> dict[str, Any]:
@@ -89,11 +171,11 @@ def _dumps(obj: Any) -> str:
     return _ENCODER.encode(obj).replace("<", "\\u003c")
 
 
-def build_messages(schema_name: str, items: list[WorkItem]) -> list[dict[str, str]]:
+def build_messages(spec: TaskSpec | str, items: list[WorkItem]) -> list[dict[str, str]]:
     """The request for `items` as they are: no redaction, no budget (see `assemble`)."""
     body = _dumps([item_payload(i) for i in items])
     return [
-        {"role": "system", "content": system_prompt(schema_name)},
+        {"role": "system", "content": system_prompt(spec)},
         {"role": "user", "content": f"<events>\n{body}\n</events>"},
     ]
 
@@ -189,7 +271,7 @@ class Prompt:
 
 
 def assemble(
-    schema_name: str,
+    spec: TaskSpec | str,
     items: list[WorkItem],
     *,
     redactor: Redactor | None = None,
@@ -202,7 +284,7 @@ def assemble(
     budget allows (`budget.limit_chars` of the task's budget and the calibration factor);
     None: no budget. Context is trimmed in reverse `priority`; the items' data never is.
     """
-    system = system_prompt(schema_name)
+    system = system_prompt(spec)
     fixed = len(system) + _WRAP
     # Trim whole units first, on the items' own values (`fit` copies what it changes), so
     # only what is sent is redacted; strings are truncated after redaction (second `fit`).
@@ -290,7 +372,7 @@ def _add(into: dict[str, int], counts: dict[str, int]) -> None:
 
 
 def split_for_budget(
-    schema_name: str, items: list[WorkItem], limit_chars: int | None
+    spec: TaskSpec | str, items: list[WorkItem], limit_chars: int | None
 ) -> list[list[WorkItem]]:
     """Split a pack so each request's items fit `limit_chars` without their context.
 
@@ -303,26 +385,29 @@ def split_for_budget(
     floors = [
         len(_dumps({k: v for k, v in item_payload(i).items() if k != "context"})) for i in items
     ]
-    fixed = len(system_prompt(schema_name)) + _WRAP
+    fixed = len(system_prompt(spec)) + _WRAP
     groups = budget.pack_groups(floors, fixed, limit_chars)
     return [[items[k] for k in g] for g in groups]
 
 
-def response_format(schema_name: str, ids: list[str]) -> dict[str, Any]:
-    model = SCHEMAS[schema_name]
-    item_schema = model.model_json_schema()
-    name = model.__name__
+def response_format(spec: TaskSpec | str, ids: list[str]) -> dict[str, Any]:
+    """The `response_format` of a packed request: one object with every id required, each
+    value the task's answer schema (under `$defs`, its own definitions hoisted beside it, so
+    its `#/$defs/...` references resolve from the request schema's root)."""
+    s = as_spec(spec)
+    item_schema = {k: v for k, v in s.schema.items() if k != "$defs"}
+    defs = {**s.schema.get("$defs", {}), s.def_name: item_schema}
     return {
         "type": "json_schema",
         "json_schema": {
-            "name": f"{schema_name}_batch",
+            "name": f"{s.label}_batch",
             "strict": False,
             "schema": {
                 "type": "object",
-                "properties": {i: {"$ref": f"#/$defs/{name}"} for i in ids},
+                "properties": {i: {"$ref": f"#/$defs/{s.def_name}"} for i in ids},
                 "required": ids,
                 "additionalProperties": False,
-                "$defs": {name: item_schema},
+                "$defs": defs,
             },
         },
     }
@@ -332,14 +417,15 @@ def item_tokens(item: WorkItem) -> int:
     return estimate_tokens(_dumps(item_payload(item)))
 
 
-def item_fingerprint(task: str, model: str, item: WorkItem) -> str:
-    """Cache key of an item's answer: task, model, prompt version, item id and its data.
+def item_fingerprint(task: str, model: str, item: WorkItem, spec_digest: str = "") -> str:
+    """Cache key of an item's answer: task, model, prompt version, item id and its data, and
+    the task's `TaskSpec.digest` (its schema and instructions).
 
     Context (memory, profile) is left out on purpose: after a crash the profile store may hold
     newer data than before, and the same event must not be paid for twice because of it.
     """
     doc = json.dumps(
-        [PROMPT_VERSION, task, model, item.tenant, item.item_id, item.data],
+        [PROMPT_VERSION, task, model, spec_digest, item.tenant, item.item_id, item.data],
         separators=(",", ":"),
         sort_keys=True,
         default=str,
@@ -347,16 +433,21 @@ def item_fingerprint(task: str, model: str, item: WorkItem) -> str:
     return hashlib.sha256(doc.encode()).hexdigest()
 
 
-def messages_fingerprint(model: str, messages: list[dict[str, str]]) -> str:
-    doc = json.dumps([model, messages], separators=(",", ":"), sort_keys=True)
+def messages_fingerprint(model: str, messages: list[dict[str, str]], spec_digest: str = "") -> str:
+    """Hash of a request as sent: model, messages and the task's schema (`TaskSpec.digest`)."""
+    doc = json.dumps([model, messages, spec_digest], separators=(",", ":"), sort_keys=True)
     return hashlib.sha256(doc.encode()).hexdigest()[:32]
 
 
 def parse_answers(
-    schema_name: str, content: str | None, ids: list[str]
+    spec: TaskSpec | str, content: str | None, ids: list[str]
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Validate a packed answer: (valid answers by id, reason by id for the rest)."""
-    model = SCHEMAS[schema_name]
+    """Validate a packed answer: (valid answers by id, reason by id for the rest).
+
+    Each entry is checked against the task's JSON Schema; a reason names the failing path
+    (`answer fails the <label> schema: <path>: <message>`, `<answer>` for the entry itself).
+    """
+    s = as_spec(spec)
     try:
         doc = json.loads(content or "")
     except ValueError as exc:
@@ -370,10 +461,24 @@ def parse_answers(
         if i not in doc:
             bad[i] = "answer has no entry for this item"
             continue
-        try:
-            ok[i] = model.model_validate(doc[i]).model_dump(mode="json")
-        except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            loc = ".".join(str(p) for p in first["loc"]) or "<answer>"
-            bad[i] = f"answer fails the {schema_name} schema: {loc}: {first['msg']}"
+        error = best_match(s.validator.iter_errors(doc[i]))
+        if error is None:
+            ok[i] = doc[i]
+        else:
+            bad[i] = f"answer fails the {s.label} schema: {error_path(error)}: {error.message}"
     return ok, bad
+
+
+def error_path(error: ValidationError) -> str:
+    """The dotted path of the value a schema error is about: for a missing or an unexpected
+    property, the property itself (`reply`, `meta.extra`); `<answer>` for the answer."""
+    path = [str(p) for p in error.absolute_path]
+    instance = error.instance
+    if error.validator == "required" and isinstance(instance, dict):
+        missing = [k for k in error.validator_value if k not in instance]
+        path += missing[:1]
+    elif error.validator == "additionalProperties" and isinstance(instance, dict):
+        known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+        extra = [k for k in instance if k not in known]
+        path += extra[:1]
+    return ".".join(path) or "<answer>"

