@@ -365,8 +365,9 @@ class LLMExecutor:
         last: Exception | None = None
         failed_on: Endpoint | None = None
         served: Served | None = None
+        began = time.monotonic()  # its place among waiting requests, kept across attempts
         while counted < self.cfg.max_attempts and limited < self.cfg.max_rate_limited:
-            pick = self.endpoints.acquire(task, avoid=failed_on)
+            pick = self.endpoints.acquire(task, avoid=failed_on, priority=began)
             ep, limiter = pick.endpoint, pick.endpoint.limiter
             served = Served(pick.model, ep.name, pick.fallback)
             limiter.acquire(tokens)

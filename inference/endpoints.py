@@ -15,7 +15,9 @@ endpoint (`acquire`) and gives it back after (`release`):
   endpoint serving the primary model has had a closed breaker for `fallback.after_s`; as
   soon as one is closed again (its probe succeeded) requests go back to the primary.
 - With no candidate, `acquire` waits (polling every `poll_s`, woken by every release):
-  the request is held, as a single endpoint's open breaker holds it.
+  the request is held, as a single endpoint's open breaker holds it. Waiters are served
+  oldest request first (`priority`: when the request began, kept across its attempts), so a
+  request moved off a dead endpoint goes before the new ones that keep arriving.
 
 Time comes from the injected `clock` (monotonic seconds), so the choice is tested without
 sleeping and without a server (`connect` builds the clients; tests pass a dummy).
@@ -76,6 +78,8 @@ class EndpointPool:
         self.clock = clock
         self.poll_s = poll_s
         self.cond = threading.Condition()
+        self.waiting: dict[int, tuple[tuple[float, int], TaskConfig]] = {}
+        self.tickets = 0
         self.endpoints = [
             Endpoint(
                 e,
@@ -173,12 +177,29 @@ class EndpointPool:
         with self.cond:
             return any(p.endpoint is not failed for p in self._options(task))
 
-    def acquire(self, task: TaskConfig, avoid: Endpoint | None = None) -> Pick:
-        """Wait until an endpoint can take an attempt of `task`, and take a slot there."""
+    def acquire(
+        self, task: TaskConfig, avoid: Endpoint | None = None, priority: float = 0.0
+    ) -> Pick:
+        """Wait until an endpoint can take an attempt of `task`, and take a slot there.
+
+        While others wait too, the one with the lowest `priority` (then the first to wait)
+        that some endpoint can take goes first.
+        """
         with self.cond:
-            while (pick := self._choose(task, avoid)) is None:
-                self.cond.wait(timeout=self.poll_s)
-            return pick
+            self.tickets += 1
+            me = self.tickets
+            key = (priority, me)
+            self.waiting[me] = (key, task)
+            try:
+                while True:
+                    if not any(k < key and self._options(t) for k, t in self.waiting.values()) and (
+                        pick := self._choose(task, avoid)
+                    ):
+                        return pick
+                    self.cond.wait(timeout=self.poll_s)
+            finally:
+                del self.waiting[me]
+                self.cond.notify_all()
 
     def observe(self, ep: Endpoint) -> None:
         """Record `ep`'s breaker state after an outcome was reported to its limiter."""

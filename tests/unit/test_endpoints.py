@@ -6,6 +6,9 @@ breakers open, expire and close without a server and without sleeping.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -317,3 +320,37 @@ def test_production_checks_every_endpoints_key(monkeypatch: pytest.MonkeyPatch) 
         check_production(s)
     assert "BACKUP_API_KEY (llm.endpoints[b])" in str(err.value)
     assert "PRIMARY_API_KEY" not in str(err.value)
+
+
+def test_waiting_requests_are_served_oldest_request_first() -> None:
+    """A request moved off a dead endpoint (an old `priority`) gets the next free slot
+    before a newer one that started waiting earlier."""
+    clock = Clock()
+    p = pool(llm(endpoint("a", "sim-1", concurrency=1)), clock)
+    a = p.by_name("a")
+    assert p.choose(TASK) is not None  # the only slot is taken
+    got: list[str] = []
+
+    def wait(name: str, priority: float) -> None:
+        p.acquire(TASK, priority=priority)
+        got.append(name)
+        p.release(a)
+
+    newer = threading.Thread(target=wait, args=("newer", 5.0))
+    newer.start()
+    assert wait_until(lambda: len(p.waiting) == 1)
+    older = threading.Thread(target=wait, args=("older", 1.0))
+    older.start()
+    assert wait_until(lambda: len(p.waiting) == 2)
+    p.release(a)
+    newer.join(30)
+    older.join(30)
+    assert got == ["older", "newer"]
+
+
+def wait_until(condition: Callable[[], bool]) -> bool:
+    for _ in range(6000):
+        if condition():
+            return True
+        time.sleep(0.005)
+    return False
