@@ -395,6 +395,7 @@ class LLMExecutor:
                     tokens_used=usage["prompt_tokens"] + usage["completion_tokens"],
                     headers=raw.headers,
                 )
+                metrics.LLM_ENDPOINT_ANSWERS.labels(ep.name, str(pick.fallback).lower()).inc()
                 return resp.choices[0].message.content, usage, sent, served
             except openai.RateLimitError as exc:
                 outcome = Outcome("rate_limited", headers=exc.response.headers)
@@ -458,7 +459,10 @@ class LLMExecutor:
         only when every endpoint's is)."""
         eps = self.endpoints.endpoints
         metrics.LLM_CONCURRENCY_LIMIT.set(sum(e.limiter.limit() for e in eps))
-        metrics.LLM_BREAKER_STATE.set(min(_BREAKER_LEVEL[e.limiter.breaker.state] for e in eps))
+        levels = {e.name: _BREAKER_LEVEL[e.limiter.breaker.state] for e in eps}
+        metrics.LLM_BREAKER_STATE.set(min(levels.values()))
+        for name, level in levels.items():
+            metrics.LLM_ENDPOINT_BREAKER_STATE.labels(name).set(level)
 
     def _backoff(self, attempt: int, err: Exception) -> float:
         cap = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** (attempt - 1))
