@@ -375,7 +375,7 @@ class LLMExecutor:
             started = time.monotonic()
             outcome = Outcome("other")
             try:
-                raw = ep.client.chat.completions.with_raw_response.create(
+                raw = ep.client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
                     model=pick.model,
                     messages=messages,
                     temperature=task.temperature,

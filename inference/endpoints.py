@@ -29,7 +29,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+
+import openai
 
 from config.models import EndpointConfig, TaskConfig
 from inference.limits import Clock, Limiter
@@ -40,7 +41,7 @@ class Endpoint:
     """One endpoint: its config, client, limiter and the pool's counts for it."""
 
     cfg: EndpointConfig
-    client: Any
+    client: openai.OpenAI
     limiter: Limiter
     outstanding: int = 0
     """Requests that hold or wait for a slot here (between `acquire` and `release`)."""
@@ -71,7 +72,7 @@ class EndpointPool:
         endpoints: Sequence[EndpointConfig],
         *,
         adaptive: bool,
-        connect: Callable[[EndpointConfig], Any],
+        connect: Callable[[EndpointConfig], openai.OpenAI],
         clock: Clock = time.monotonic,
         poll_s: float = 0.05,
     ) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+import openai
 import pytest
 
 from config.models import (
@@ -50,7 +51,10 @@ def llm(*endpoints: EndpointConfig, task: TaskConfig | None = None, **kw: Any) -
 
 def pool(cfg: LLMConfig, clock: Clock) -> EndpointPool:
     return EndpointPool(
-        cfg.endpoint_list(None), adaptive=False, connect=lambda e: NoClient(), clock=clock
+        cfg.endpoint_list(None),
+        adaptive=False,
+        connect=lambda e: cast(openai.OpenAI, NoClient()),
+        clock=clock,
     )
 
 
