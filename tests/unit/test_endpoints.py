@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import openai
@@ -22,6 +23,7 @@ from config.models import (
     Settings,
     TaskConfig,
     check_production,
+    load_config,
 )
 from inference.endpoints import Endpoint, EndpointPool, Pick
 from inference.limits import Outcome
@@ -259,40 +261,54 @@ def test_endpoint_config_errors_name_the_field(
         llm(*endpoints, task=task)
 
 
-def test_toml_shape_of_the_agreed_syntax_validates() -> None:
-    raw = {
-        "input": {"kind": "file", "sources": [{"name": "chat", "path": "x.jsonl"}]},
-        "llm": {
-            "routes": [],
-            "endpoints": [
-                {
-                    "name": "primary",
-                    "base_url": "http://127.0.0.1:8001/v1",
-                    "models": ["sim-1"],
-                    "api_key_env": "PRIMARY_API_KEY",
-                    "concurrency": 8,
-                },
-                {
-                    "name": "backup",
-                    "base_url": "http://127.0.0.1:8002/v1",
-                    "models": ["sim-small"],
-                    "breaker_open_s": 1.0,
-                },
-            ],
-            "tasks": [
-                {
-                    "name": "chat_reply",
-                    "schema_name": "chat_reply",
-                    "model": "sim-1",
-                    "fallback": {"model": "sim-small", "endpoint": "backup", "after_s": 5.0},
-                },
-            ],
-        },
-    }
-    s = Settings.model_validate(raw)
-    assert [e.name for e in s.llm.endpoints] == ["primary", "backup"]
+AGREED_TOML = """
+[input]
+kind = "file"
+sources = [{ name = "chat", path = "x.jsonl" }]
+
+[llm]
+routes = []
+
+[[llm.endpoints]]
+name = "primary"
+base_url = "http://127.0.0.1:8001/v1"
+api_key_env = "PRIMARY_API_KEY"
+models = ["sim-1"]
+concurrency = 8
+
+[[llm.endpoints]]
+name = "backup"
+base_url = "http://127.0.0.1:8002/v1"
+models = ["sim-small"]
+breaker_open_s = 1.0
+
+[[llm.tasks]]
+name = "chat_reply"
+schema_name = "chat_reply"
+model = "sim-1"
+fallback = { model = "sim-small", endpoint = "backup", after_s = 5.0 }
+"""
+
+
+def test_the_agreed_toml_syntax_loads(tmp_path: Path) -> None:
+    path = tmp_path / "deploy.toml"
+    path.write_text(AGREED_TOML, encoding="utf-8")
+    s = load_config(path)
+    assert [(e.name, e.concurrency) for e in s.llm.endpoints] == [("primary", 8), ("backup", None)]
+    [_, backup] = s.llm.endpoint_list(None)
+    assert (backup.concurrency, backup.breaker_open_s) == (8, 1.0)  # [llm]'s, its own
     fb = s.llm.tasks[0].fallback
     assert fb is not None and (fb.model, fb.endpoint, fb.after_s) == ("sim-small", "backup", 5.0)
+
+
+def test_a_bad_endpoint_config_is_refused_at_load_naming_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "deploy.toml"
+    path.write_text(AGREED_TOML.replace('endpoint = "backup"', 'endpoint = "spare"'), "utf-8")
+    with pytest.raises(ConfigError, match=r"llm.tasks\[chat_reply\].fallback.endpoint 'spare'"):
+        load_config(path)
+    path.write_text(AGREED_TOML.replace('models = ["sim-1"]', 'models = ["gpt-x"]'), "utf-8")
+    with pytest.raises(ConfigError, match=r"llm.tasks\[chat_reply\].model 'sim-1' is served"):
+        load_config(path)
 
 
 def test_production_checks_every_endpoints_key(monkeypatch: pytest.MonkeyPatch) -> None:
