@@ -75,7 +75,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _start_simulator(settings: Settings) -> object | None:
-    if settings.app.profile != "local" or settings.llm.resolved_base_url():
+    if (
+        settings.app.profile != "local"
+        or settings.llm.endpoints
+        or settings.llm.resolved_base_url()
+    ):
         return None
     from llmsim import LLMSimulator, SimConfig
 

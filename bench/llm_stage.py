@@ -1,4 +1,4 @@
-"""The batched LLM stage against the simulator: naive calls, fanout, pack, adaptive, light load.
+"""The batched LLM stage against the simulator: naive, fanout, pack, adaptive, light, endpoints.
 
     python -m bench.llm_stage [--latency-ms 150] [--ms-per-prompt-token 0.2]
                               [--ms-per-completion-token 15] [--server-concurrency 8]
@@ -39,6 +39,15 @@ replies are longer, which shrinks packing's gain further.
   10 s and 4 round trips of a full request, since the client's slow start doubles its limit
   once per round trip).
 - light: a Poisson source of a few events per second, pack with `max_wait_ms=100`; latency.
+- single / dual: the same items, pack, through one simulator (client concurrency C) and
+  through two (`llm.endpoints`, C each); `two_endpoint_ratio` is dual over single events/s
+  (target >= 1.8).
+- failover: fanout over two simulator processes (`python -m llmsim`, C each), the primary
+  killed (SIGKILL) once a third of the items are answered. `failover_s` is the time from its
+  death to the first answer, from the secondary, of a request the primary was serving when
+  it died (target <= 2 s): about the residual service time of the secondary's own requests
+  plus the moved request's, i.e. at most 2 x S(1) when both are saturated.
+  `failover_lost` counts items not answered (target 0).
 
 S(k items) is the modelled service time of a request of k items with the mean prompt and
 completion tokens of the case's answered requests of that size (as the simulator counted
@@ -60,7 +69,7 @@ answer emission (nearest rank), the 429 count and dead letters. The latency mode
 first. The last line is one JSON object: `latency_model`, and per case `<case>_...` figures,
 among them `_ratio`, `_limit_per_s`, `_requests_per_event`, `_prompt_tokens_per_event`,
 `_completion_tokens_per_event`, `_prompt_tokens_per_request`, `_completion_tokens_per_request`
-and `_service_ms`.
+and `_service_ms`; then `two_endpoint_ratio`, `failover_s` and `failover_lost`.
 """
 
 from __future__ import annotations
@@ -76,6 +85,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -88,13 +98,14 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.testing import TestingSink, run_main
 
-from config.models import BatchMode, LLMConfig, TaskConfig
+from config.models import BatchMode, EndpointConfig, LLMConfig, TaskConfig
 from core.records import DeadLetter, WorkItem
 from inference import prompts
 from inference.client import LLMExecutor
 from llmsim import LLMSimulator, SimConfig
 from operators.llm import Audit, Response, call_llm
 from state.stores import ResponseCache, close_all
+from support.llmproc import SimProcess
 
 TASK = "chat"
 SCHEMA: Final = "chat_reply"
@@ -483,13 +494,17 @@ def run_stage(
     max_wait_ms: float = 200.0,
     offsets: list[float] | None = None,
     sample_limit: bool = False,
+    servers: int = 1,
+    prefix: str | None = None,
 ) -> CaseResult:
-    """Items through `call_llm` (TestingSink outputs) against a fresh simulator and cache.
+    """Items through `call_llm` (TestingSink outputs) against fresh simulators and cache.
 
     `expected_per_s` (the predicted limit) only bounds how long the source waits; the
-    case's limit is computed afterwards from the tokens its requests had.
+    case's limit is computed afterwards from the tokens its requests had. With `servers` > 1,
+    that many simulators are `llm.endpoints` of `client_cap` each. `prefix` names the items
+    (default: the case), so two cases can send the same items.
     """
-    items = make_items(n, name, b.sessions)
+    items = make_items(n, prefix or name, b.sessions)
     per_request = max_batch if mode == "pack" else 1
     task = TaskConfig(
         name=TASK,
@@ -499,15 +514,20 @@ def run_stage(
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
     )
+    sims = [b.simulator() for _ in range(servers)]
+    endpoints = tuple(
+        EndpointConfig(name=f"sim{k}", base_url=sim.base_url, models=(MODEL,))
+        for k, sim in enumerate(sims)
+    )
     cfg = LLMConfig(
         concurrency=client_cap,
         adaptive_concurrency=adaptive,
         tasks=(task,),
         routes=(),
+        endpoints=endpoints if servers > 1 else (),
     )
-    sim = b.simulator()
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-llm-{name}-"))
-    executor = LLMExecutor(cfg, sim.base_url, ResponseCache(tmp / "cache"))
+    executor = LLMExecutor(cfg, sims[0].base_url, ResponseCache(tmp / "cache"))
     answers: list[Response] = []
     audit: list[Audit] = []
     errs: list[DeadLetter] = []
@@ -515,7 +535,8 @@ def run_stage(
     def outstanding(sent: int) -> int:
         return sent - len(answers) - len(errs)
 
-    window = 0 if offsets is not None else int(b.window_rounds * client_cap * per_request)
+    slots = client_cap * servers
+    window = 0 if offsets is not None else int(b.window_rounds * slots * per_request)
     expected_s = n / expected_per_s + (offsets[-1] if offsets else 0.0)
     source = FeedSource(
         items,
@@ -549,7 +570,8 @@ def run_stage(
             thread.join()
         executor.close()
         close_all()
-        sim.stop()
+        for sim in sims:
+            sim.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     ingested = {r.item.item_id: r.item.ingest_ts for r in answers}
     done = [(r.item.item_id, r.emitted_at) for r in answers]
@@ -559,10 +581,12 @@ def run_stage(
         ingested,
         done,
         len(errs),
-        sim.requests(),
+        [e for sim in sims for e in sim.requests()],
         [a.record for a in audit],
     )
-    res.limit_per_s, res.service_ms = model_limit(res, b.model, b.server_concurrency, per_request)
+    res.limit_per_s, res.service_ms = model_limit(
+        res, b.model, b.server_concurrency * servers, per_request
+    )
     sent = [a for a in res.audits if not a["cache_hit"]]
     res.extra["mean_batch_size"] = round(sum(a["batch_size"] for a in sent) / max(1, len(sent)), 2)
     # Client-side time per request (all attempts, backoff included) next to the model's S.
@@ -572,6 +596,95 @@ def run_stage(
     res.extra["client_rate_limited"] = executor.limiter.rate_limited
     if samples:
         res.extra["limit_samples"] = samples
+    return res
+
+
+def run_failover(b: Bench, n: int, expected_per_s: float, kill_at: float) -> CaseResult:
+    """Fanout over two simulator processes (`llm.endpoints` "primary" then "secondary", C
+    each); the primary is killed (SIGKILL) once `kill_at` of the items are answered.
+
+    Figures: `failover_s`, seconds from the kill to the first answer, from the secondary, of
+    a request the primary was serving when it died (a request started before the kill,
+    answered by the secondary after more than one attempt); `lost`, items neither answered
+    or dead-lettered (0 is the target); and `first_secondary_answer_s`, to the secondary's
+    first answer of any request after the kill (it serves all along).
+    """
+    items = make_items(n, "failover", b.sessions)
+    args = ["--latency-ms", f"{b.latency_ms:g}", "--max-concurrency", f"{b.server_concurrency}"]
+    args += ["--ms-per-prompt-token", f"{b.ms_per_prompt_token:g}"]
+    args += ["--ms-per-completion-token", f"{b.ms_per_completion_token:g}"]
+    primary, secondary = SimProcess(*args).start(), SimProcess(*args).start()
+    task = TaskConfig(name=TASK, schema_name=SCHEMA, model=MODEL, mode="fanout")
+    cfg = LLMConfig(
+        concurrency=b.server_concurrency,
+        adaptive_concurrency=False,
+        tasks=(task,),
+        routes=(),
+        breaker_open_s=1.0,
+        endpoints=(
+            EndpointConfig(name="primary", base_url=primary.base_url, models=(MODEL,)),
+            EndpointConfig(name="secondary", base_url=secondary.base_url, models=(MODEL,)),
+        ),
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="bench-llm-failover-"))
+    executor = LLMExecutor(cfg, None, ResponseCache(tmp / "cache"))
+    answers: list[Response] = []
+    audit: list[Audit] = []
+    errs: list[DeadLetter] = []
+    killed: list[float] = []
+
+    def outstanding(sent: int) -> int:
+        return sent - len(answers) - len(errs)
+
+    def killer() -> None:
+        deadline = time.monotonic() + 600
+        while len(answers) < kill_at * n and time.monotonic() < deadline:
+            time.sleep(0.005)
+        killed.append(time.time())
+        primary.kill()
+
+    window = int(b.window_rounds * 2 * b.server_concurrency)
+    source = FeedSource(
+        items, window=window, outstanding=outstanding, deadline_s=max(60.0, 5 * n / expected_per_s)
+    )
+    flow = Dataflow("bench_llm_failover")
+    out = call_llm("llm", op.input("in", flow, source), cfg, lambda: executor)
+    op.output("answers", out.answers, TestingSink(answers))
+    op.output("audit", out.audit, TestingSink(audit))
+    op.output("errs", out.errs, TestingSink(errs))
+    thread = threading.Thread(target=killer, daemon=True)
+    b.say(f"  failover: {n} events, primary killed after {kill_at:.0%} answered")
+    try:
+        thread.start()
+        run_main(flow)
+        thread.join()
+        log = secondary.requests()
+    finally:
+        executor.close()
+        close_all()
+        primary.kill()
+        secondary.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    ingested = {r.item.item_id: r.item.ingest_ts for r in answers}
+    done = [(r.item.item_id, r.emitted_at) for r in answers]
+    res = _summarise("failover", items, ingested, done, len(errs), log, [a.record for a in audit])
+    death = killed[0] if killed else math.nan
+    moved = {
+        i
+        for a in res.audits
+        if a["endpoint"] == "secondary"
+        and a["attempts"] > 1
+        and a["ts"] - a["latency_ms"] / 1000 < death
+        for i in a["item_ids"]
+    }
+    first = min((r.emitted_at for r in answers if r.item.item_id in moved), default=math.nan)
+    after = [r.emitted_at for r in answers if r.endpoint == "secondary" and r.emitted_at > death]
+    res.extra["failover_s"] = round(first - death, 3)
+    res.extra["moved_items"] = len(moved)
+    res.extra["first_secondary_answer_s"] = round(min(after, default=math.nan) - death, 3)
+    res.extra["lost"] = n - len(answers)  # dead letters count: a failover must answer all
+    res.extra["by_endpoint"] = dict(sorted(Counter(r.endpoint for r in answers).items()))
+    res.limit_per_s, res.service_ms = model_limit(res, b.model, 2 * b.server_concurrency, 1)
     return res
 
 
@@ -785,9 +898,28 @@ def main(argv: list[str] | None = None) -> int:
     # The limit of the light case is the load offered (Poisson arrivals as drawn): its ratio
     # shows that the stage kept up.
     light.limit_per_s = (n_light - 1) / arrivals[-1]
+    # Two endpoints: the same items through one simulator and through two (C each).
+    n_two = 2 * count(B, sb, args.seconds)
+    single, dual = (
+        run_stage(
+            b,
+            name,
+            n_two,
+            mode="pack",
+            client_cap=C,
+            adaptive=False,
+            max_batch=B,
+            expected_per_s=k * C * B / sb,
+            servers=k,
+            prefix="two",
+        )
+        for name, k in (("single", 1), ("dual", 2))
+    )
+    two_ratio = dual.events_per_s / single.events_per_s
+    failover = run_failover(b, 2 * count(1, s1, max(args.seconds, 4.0)), 2 * C / s1, 1 / 3)
 
     print(f"LLM stage: latency model {b.describe()}; pack batch B={B}, {args.sessions} sessions")
-    for line in _table((naive, fanout, pack, adaptive, light)):
+    for line in _table((naive, fanout, pack, adaptive, light, single, dual, failover)):
         print(line)
     print(
         "limits from the model, with each case's observed tokens per request: naive 1/S(1), "
@@ -824,6 +956,14 @@ def main(argv: list[str] | None = None) -> int:
         f"(target <= max_wait + longest service {light.extra['service_ms_max']:.0f} ms + 50 = "
         f"{light_target:.0f} ms)"
     )
+    fo = failover.extra
+    print(
+        f"two endpoints (pack, C={C} each): {dual.events_per_s:.1f} events/s vs "
+        f"{single.events_per_s:.1f} with one, ratio {two_ratio:.2f} (target >= 1.8); "
+        f"failover (fanout, primary killed after 1/3 answered): {fo['failover_s']} s to the "
+        f"first answer of a moved request ({fo['moved_items']} moved; the secondary's first "
+        f"answer {fo['first_secondary_answer_s']} s), {fo['lost']} lost (target <= 2 s, 0)"
+    )
     targets = {
         "fanout_ratio>=0.9": fanout.ratio >= 0.9,
         "pack_ratio>=0.9": pack.ratio >= 0.9,
@@ -831,6 +971,9 @@ def main(argv: list[str] | None = None) -> int:
         "adaptive_429_share<0.05": window["429_share"] < 0.05,
         "adaptive_throughput_ratio>=0.85": window["throughput_ratio"] >= 0.85,
         "light_p99<=max_wait+S_max+50": light.p99_ms <= light_target,
+        "two_endpoint_ratio>=1.8": two_ratio >= 1.8,
+        "failover_s<=2": fo["failover_s"] <= 2.0,
+        "failover_lost==0": fo["lost"] == 0,
     }
     missed = [k for k, ok in targets.items() if not ok]
     print("targets: " + ("all met" if not missed else "missed " + ", ".join(missed)))
@@ -857,8 +1000,11 @@ def main(argv: list[str] | None = None) -> int:
         "naive_ratio_to_fanout_limit": round(naive.events_per_s / fanout.limit_per_s, 4),
         "pack_limit_over_fanout_limit": round(pack.limit_per_s / fanout.limit_per_s, 4),
     }
-    for r in (naive, fanout, pack, adaptive, light):
+    for r in (naive, fanout, pack, adaptive, light, single, dual, failover):
         result.update(r.figures())
+    result["two_endpoint_ratio"] = round(two_ratio, 4)
+    result["failover_s"] = fo["failover_s"]
+    result["failover_lost"] = fo["lost"]
     result["targets_met"] = targets
     result["total_seconds"] = round(time.time() - started, 1)
     print(json.dumps(_finite(result), allow_nan=False, default=str))

@@ -712,6 +712,47 @@ def check_answer_schema(task: str, doc: Any) -> None:
             raise ValueError(msg)
 
 
+class FallbackConfig(Frozen):
+    """A task's fallback (`llm.tasks[].fallback`): the model (and, optionally, the one
+    endpoint) its requests go to once no endpoint serving the primary model has been up
+    (circuit breaker closed) for `after_s` seconds; back to the primary once one is again."""
+
+    model: str
+    endpoint: str | None = None
+    """The endpoint that serves the fallback; None: any endpoint serving `model`."""
+    after_s: float = Field(default=5.0, ge=0)
+
+
+class EndpointConfig(Frozen):
+    """One OpenAI-compatible endpoint of `llm.endpoints`, with its own limits and breaker.
+
+    Limits left unset take the `[llm]` values; like those, `concurrency`, `rpm_limit` and
+    `tpm_limit` are the deployment's, shared by its processes (`LLMConfig.process_share`).
+    """
+
+    name: str = Field(min_length=1)
+    base_url: str | None = None
+    """The endpoint's URL; required in `llm.endpoints` (None only for the implicit default
+    endpoint, which then uses OPENAI_BASE_URL or the bundled simulator)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    models: tuple[str, ...] = ()
+    """Models the endpoint serves; at least one in `llm.endpoints` (empty only for the
+    implicit default endpoint, which serves every model)."""
+    concurrency: int | None = Field(default=None, ge=1, le=1024)
+    rpm_limit: int | None = Field(default=None, ge=1)
+    tpm_limit: int | None = Field(default=None, ge=1)
+    breaker_failures: int | None = Field(default=None, ge=1)
+    breaker_open_s: float | None = Field(default=None, gt=0)
+    breaker_max_open_s: float | None = Field(default=None, gt=0)
+
+    def api_key(self) -> SecretStr:
+        """The API key from the environment (empty when unset)."""
+        return SecretStr(os.environ.get(self.api_key_env, ""))
+
+    def serves(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+
 class TaskConfig(Frozen):
     """One LLM task: its instructions and answer schema, which model, how its requests are
     batched, which context its prompts carry and where its answers go.
@@ -762,6 +803,8 @@ class TaskConfig(Frozen):
     context_priority: tuple[str, ...] = CONTEXT_PRIORITY
     """Prompt sections from most to least important: "item" (the item's own data, never
     dropped) first, then context keys. Keys not listed are dropped before any listed one."""
+    fallback: FallbackConfig | None = None
+    """Model (and endpoint) used while the primary model is unavailable (None: none)."""
 
     @field_validator("schema_file", "instructions_file")
     @classmethod
@@ -1078,6 +1121,9 @@ class LLMConfig(Frozen):
         RouteRule(kind="metric", task="none"),
         RouteRule(kind="business", task="none"),
     )
+    endpoints: tuple[EndpointConfig, ...] = ()
+    """Several endpoints (`inference.endpoints`); empty: the one implicit endpoint "default"
+    at `base_url` (or OPENAI_BASE_URL, or the bundled simulator), serving every model."""
 
     @model_validator(mode="after")
     def _routes_name_tasks(self) -> LLMConfig:
@@ -1091,6 +1137,60 @@ class LLMConfig(Frozen):
                 msg = f"llm.routes[{i}]{reason}"
                 raise ValueError(msg)
         return self
+
+    @model_validator(mode="after")
+    def _endpoints_serve_tasks(self) -> LLMConfig:
+        names = [e.name for e in self.endpoints]
+        if len(set(names)) != len(names):
+            msg = f"llm.endpoints: endpoint names must be unique, got {names}"
+            raise ValueError(msg)
+        for e in self.endpoints:
+            if not e.base_url or not e.models:
+                msg = f"llm.endpoints[{e.name}]: base_url and models (at least one) are required"
+                raise ValueError(msg)
+        known = names or ["default"]
+        serving = self.endpoints or (EndpointConfig(name="default"),)
+        for t in self.tasks:
+            if not any(e.serves(t.model) for e in serving):
+                msg = f"llm.tasks[{t.name}].model {t.model!r} is served by no llm.endpoints entry"
+                raise ValueError(msg)
+            fb = t.fallback
+            if fb is None:
+                continue
+            if fb.endpoint is not None and fb.endpoint not in known:
+                msg = (
+                    f"llm.tasks[{t.name}].fallback.endpoint {fb.endpoint!r} is not an endpoint "
+                    f"(known: {known})"
+                )
+                raise ValueError(msg)
+            if not any(e.serves(fb.model) and fb.endpoint in (None, e.name) for e in serving):
+                where = f"endpoint {fb.endpoint!r}" if fb.endpoint else "no llm.endpoints entry"
+                msg = f"llm.tasks[{t.name}].fallback.model {fb.model!r} is not served by {where}"
+                raise ValueError(msg)
+        return self
+
+    def endpoint_list(self, base_url: str | None) -> tuple[EndpointConfig, ...]:
+        """The endpoints with every limit filled in from `[llm]`; without `llm.endpoints`,
+        the implicit "default" at `base_url`, serving every model.
+
+        >>> [(e.name, e.concurrency) for e in LLMConfig(concurrency=3).endpoint_list("u")]
+        [('default', 3)]
+        """
+        configured = self.endpoints or (
+            EndpointConfig(name="default", base_url=base_url, api_key_env=self.api_key_env),
+        )
+        keys = (
+            "concurrency",
+            "rpm_limit",
+            "tpm_limit",
+            "breaker_failures",
+            "breaker_open_s",
+            "breaker_max_open_s",
+        )
+        return tuple(
+            e.model_copy(update={k: getattr(self, k) for k in keys if getattr(e, k) is None})
+            for e in configured
+        )
 
     def api_key(self) -> SecretStr:
         """The API key from the environment (empty when unset)."""
@@ -1121,13 +1221,17 @@ class LLMConfig(Frozen):
                 raise ConfigError(msg)
             return part
 
-        return self.model_copy(
-            update={
-                "concurrency": share(self.concurrency, "concurrency"),
-                "rpm_limit": None if self.rpm_limit is None else share(self.rpm_limit, "rpm_limit"),
-                "tpm_limit": None if self.tpm_limit is None else share(self.tpm_limit, "tpm_limit"),
+        def limits(obj: LLMConfig | EndpointConfig, prefix: str) -> dict[str, int | None]:
+            return {
+                k: None if (v := getattr(obj, k)) is None else share(v, f"{prefix}{k}")
+                for k in ("concurrency", "rpm_limit", "tpm_limit")
             }
+
+        # An endpoint's own limits are split too; those it leaves unset inherit the shares.
+        endpoints = tuple(
+            e.model_copy(update=limits(e, f"endpoints[{e.name}].")) for e in self.endpoints
         )
+        return self.model_copy(update={**limits(self, ""), "endpoints": endpoints})
 
 
 class Settings(Frozen):
@@ -1216,10 +1320,16 @@ def check_production(settings: Settings) -> None:
             for env in (settings.kafka.sasl.username_env, settings.kafka.sasl.password_env):
                 if _looks_placeholder(os.environ.get(env, "")):
                     problems.append(f"environment variable {env} is unset or a placeholder")
-    if _looks_placeholder(settings.llm.api_key().get_secret_value()):
+    if not settings.llm.endpoints and _looks_placeholder(settings.llm.api_key().get_secret_value()):
         problems.append(
             f"environment variable {settings.llm.api_key_env} is unset or a placeholder"
         )
+    for e in settings.llm.endpoints:
+        if _looks_placeholder(e.api_key().get_secret_value()):
+            problems.append(
+                f"environment variable {e.api_key_env} (llm.endpoints[{e.name}]) is unset "
+                "or a placeholder"
+            )
     embeddings = settings.knowledge.embeddings
     if embeddings is not None and _looks_placeholder(embeddings.api_key().get_secret_value()):
         problems.append(

@@ -278,6 +278,10 @@ class Response:
     citations: tuple[dict[str, Any], ...] = ()
     """The knowledge chunks the answer's prompt carried: `{doc_id, version, chunk_id,
     score}` each, best first."""
+    endpoint: str | None = None
+    """The `llm.endpoints` entry that answered (None: a cache hit)."""
+    fallback: bool = False
+    """Answered by the task's fallback model (`model` is then the fallback's)."""
 
     def to_json(self) -> dict[str, Any]:
         i = self.item
@@ -292,6 +296,8 @@ class Response:
             "answer": self.answer,
             "cached": self.cached,
             "citations": list(self.citations),
+            "endpoint": self.endpoint,
+            "fallback": self.fallback,
             "source": i.source,
             "flags": list(i.flags),
             "latency_ms": round((self.emitted_at - i.ingest_ts) * 1000, 1),

@@ -201,10 +201,11 @@ def _reference_source(
 
 
 def llm_base_url(settings: Settings) -> str | None:
-    """The configured endpoint; refuses the local profile without one (run.py starts the
-    simulator and sets OPENAI_BASE_URL)."""
+    """The implicit endpoint's URL (unused when `llm.endpoints` are configured); refuses the
+    local profile without any endpoint (run.py starts the simulator and sets
+    OPENAI_BASE_URL)."""
     url = settings.llm.resolved_base_url()
-    if url is None and settings.app.profile == "local":
+    if url is None and settings.app.profile == "local" and not settings.llm.endpoints:
         msg = (
             "no LLM endpoint: set llm.base_url or OPENAI_BASE_URL, or start the flow with "
             "`python run.py`, which starts the bundled simulator"

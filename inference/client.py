@@ -39,6 +39,7 @@ from config.models import LLMConfig, TaskConfig
 from core.records import WorkItem
 from inference import budget, prompts
 from inference.conversation import prepare, reply_of, summary_of
+from inference.endpoints import Endpoint, EndpointPool
 from inference.limits import BreakerState, Limiter, Outcome
 from runtime import metrics
 from state.stores import ResponseCache
@@ -55,6 +56,12 @@ class Answered:
     cached: bool
     citations: tuple[dict[str, Any], ...] = ()
     """The knowledge chunks the answer's prompt carried (`prompts.Prompt.citations`)."""
+    model: str | None = None
+    """The model that answered (None: the task's)."""
+    endpoint: str | None = None
+    """The endpoint that answered (None: a cache hit)."""
+    fallback: bool = False
+    """Answered by the task's fallback model (`TaskConfig.fallback`)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,15 @@ class CallOutcome:
     answered: list[Answered] = field(default_factory=list)
     failed: list[Failed] = field(default_factory=list)
     audits: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Served:
+    """Which model, on which endpoint (None: from the cache), answered a request."""
+
+    model: str
+    endpoint: str | None
+    fallback: bool
 
 
 class RetryableError(Exception):
@@ -111,31 +127,42 @@ class LLMExecutor:
         self.calibration = calibration or budget.TokenCalibration()
         self.sleep = sleep
         self.rng = rng or random.Random()
-        self.client = openai.OpenAI(
-            base_url=base_url,
-            api_key=cfg.api_key().get_secret_value() or "not-needed",
-            max_retries=0,
-            timeout=cfg.timeout_s,
-        )
-        self.pool = ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="llm")
-        self.limiter = Limiter(
-            cap=cfg.concurrency,
-            rpm=cfg.rpm_limit,
-            tpm=cfg.tpm_limit,
+        # `base_url` is the implicit "default" endpoint's; `llm.endpoints` name their own.
+        self.endpoints = EndpointPool(
+            cfg.endpoint_list(base_url),
             adaptive=cfg.adaptive_concurrency,
-            failure_threshold=cfg.breaker_failures,
-            open_s=cfg.breaker_open_s,
-            max_open_s=cfg.breaker_max_open_s,
+            connect=lambda e: openai.OpenAI(
+                base_url=e.base_url,
+                api_key=e.api_key().get_secret_value() or "not-needed",
+                max_retries=0,
+                timeout=cfg.timeout_s,
+            ),
         )
+        self.pool = ThreadPoolExecutor(self.endpoints.capacity, thread_name_prefix="llm")
         self._seq = 0
         self._seq_lock = threading.Lock()
+
+    @property
+    def limiter(self) -> Limiter:
+        """The first endpoint's limiter (the only one without `llm.endpoints`)."""
+        return self.endpoints.endpoints[0].limiter
+
+    @property
+    def capacity(self) -> int:
+        """Requests the endpoints together may have in flight (the pool's threads)."""
+        return self.endpoints.capacity
+
+    def can_serve(self, task: TaskConfig) -> bool:
+        """False while every endpoint that could answer `task` has its breaker open: the
+        stage then holds the task's items (up to `max_held_items`)."""
+        return self.endpoints.can_serve(task)
 
     def submit(self, task: TaskConfig, items: list[WorkItem]) -> Future[CallOutcome]:
         return self.pool.submit(self.run, task, items)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=False)
-        self.client.close()
+        self.endpoints.close()
 
     def _request_id(self) -> str:
         with self._seq_lock:
@@ -153,12 +180,30 @@ class LLMExecutor:
         }
         todo: list[WorkItem] = []
         hits: list[WorkItem] = []
+        # Answers are cached under the model that gave them: a replay finds the primary's
+        # answer first, else the fallback's, still marked as one (never as the primary's).
+        fb = task.fallback.model if task.fallback else None
+        hit_models: dict[str, str] = {}
         for item in items:
             cached = self.cache.lookup(fps[item.item_id])
+            model = task.model
+            if cached is None and fb is not None:
+                cached = self.cache.lookup(prompts.item_fingerprint(task.name, fb, item))
+                model = fb
             if cached is not None:
                 answer, chunks = cached
-                out.answered.append(Answered(item, answer, cached=True, citations=tuple(chunks)))
+                out.answered.append(
+                    Answered(
+                        item,
+                        answer,
+                        cached=True,
+                        citations=tuple(chunks),
+                        model=model,
+                        fallback=model != task.model,
+                    )
+                )
                 hits.append(item)
+                hit_models[item.item_id] = model
             else:
                 todo.append(item)
         if hits:
@@ -168,9 +213,20 @@ class LLMExecutor:
             summaries = [summary_of(spec.conversation, i, a) for i, a in answers]
             self.cache.put_many({}, [r for r in replies if r], [s for s in summaries if s])
             hit_cites = {a.item.item_id: list(a.citations) for a in out.answered if a.citations}
-            out.audits.append(
-                self._audit(task, hits, outcome="cache_hit", cache_hit=True, citations=hit_cites)
-            )
+            for model in sorted(set(hit_models.values())):
+                group = [i for i in hits if hit_models[i.item_id] == model]
+                cites = {k: v for k, v in hit_cites.items() if hit_models[k] == model}
+                served = Served(model, None, model != task.model)
+                out.audits.append(
+                    self._audit(
+                        task,
+                        group,
+                        outcome="cache_hit",
+                        cache_hit=True,
+                        citations=cites,
+                        served=served,
+                    )
+                )
         if not todo:
             return out
         if task.mode == "fanout":
@@ -218,7 +274,9 @@ class LLMExecutor:
             metrics.LLM_OVER_BUDGET.labels(task.name, "estimate").inc()
         started = time.monotonic()
         try:
-            content, usage, attempts = self._call_with_retries(task, messages, ids, estimate)
+            content, usage, attempts, served = self._call_with_retries(
+                task, messages, ids, estimate
+            )
         except Exception as exc:
             attempts = getattr(exc, "attempts", self.cfg.max_attempts)
             reason = f"LLM request failed after {attempts} attempt(s): {exc}"
@@ -233,11 +291,18 @@ class LLMExecutor:
                     attempts=attempts,
                     latency_s=time.monotonic() - started,
                     error=str(exc)[:500],
+                    served=getattr(exc, "served", None),
                 )
             )
             return
         actual = usage["prompt_tokens"]
-        self.calibration.observe(task.model, prompt.estimate, actual)
+        self.calibration.observe(served.model, prompt.estimate, actual)
+        # A fallback answer is cached under the fallback model's key (see `run`).
+        keys = (
+            fps
+            if served.model == task.model
+            else {i.item_id: prompts.item_fingerprint(task.name, served.model, i) for i in items}
+        )
         if task.prompt_budget_tokens is not None and actual > task.prompt_budget_tokens:
             metrics.LLM_OVER_BUDGET.labels(task.name, "actual").inc()
         ok, bad = prompts.parse_answers(spec, content, ids)
@@ -248,13 +313,21 @@ class LLMExecutor:
         summaries = [summary_of(spec.conversation, by_id[i], a) for i, a in ok.items()]
         cited = prompt.citations
         self.cache.put_many(
-            {fps[i]: a for i, a in ok.items()},
+            {keys[i]: a for i, a in ok.items()},
             [r for r in replies if r],
             [s for s in summaries if s],
-            {fps[i]: cited[i] for i in ok if i in cited},
+            {keys[i]: cited[i] for i in ok if i in cited},
         )
         out.answered.extend(
-            Answered(by_id[i], a, cached=False, citations=tuple(cited.get(i, ())))
+            Answered(
+                by_id[i],
+                a,
+                cached=False,
+                citations=tuple(cited.get(i, ())),
+                model=served.model,
+                endpoint=served.endpoint,
+                fallback=served.fallback,
+            )
             for i, a in ok.items()
         )
         out.audits.append(
@@ -268,6 +341,7 @@ class LLMExecutor:
                 latency_s=time.monotonic() - started,
                 usage=usage,
                 invalid=len(bad),
+                served=served,
             )
         )
         for item_id, reason in bad.items():
@@ -286,29 +360,37 @@ class LLMExecutor:
 
     def _call_with_retries(
         self, task: TaskConfig, messages: list[dict[str, str]], ids: list[str], estimate: int
-    ) -> tuple[str | None, dict[str, int], int]:
-        """Send one request until it succeeds or its budget is spent.
+    ) -> tuple[str | None, dict[str, int], int, Served]:
+        """Send one request until it succeeds or its budget is spent; also says who served it.
 
-        An attempt counts against `max_attempts` unless the circuit breaker is open after it
-        fails (the endpoint is down: the request is held, not charged) or it was a 429 (those
-        have their own, larger budget, `max_rate_limited`); the attempt timeout is ours.
-        `estimate` (calibrated prompt tokens) is what the tokens-per-minute budget reserves,
-        with 64 completion tokens per item; the reported usage is given back.
+        Each attempt goes to the endpoint `EndpointPool.acquire` picks (waiting while none
+        can take it); a retry after a failure goes elsewhere, at once, if another endpoint
+        can take it. An attempt counts against `max_attempts` unless its endpoint's circuit
+        breaker is open after it fails (the endpoint is down: the request is held, not
+        charged) or it was a 429 (those have their own, larger budget, `max_rate_limited`);
+        the attempt timeout is ours. `estimate` (calibrated prompt tokens) is what the
+        tokens-per-minute budget reserves, with 64 completion tokens per item; the reported
+        usage is given back.
         """
         tokens = estimate + 64 * len(ids)
-        limiter = self.limiter
         counted = 0
         limited = 0
         sent = 0
         last: Exception | None = None
+        failed_on: Endpoint | None = None
+        served: Served | None = None
+        began = time.monotonic()  # its place among waiting requests, kept across attempts
         while counted < self.cfg.max_attempts and limited < self.cfg.max_rate_limited:
+            pick = self.endpoints.acquire(task, avoid=failed_on, priority=began)
+            ep, limiter = pick.endpoint, pick.endpoint.limiter
+            served = Served(pick.model, ep.name, pick.fallback)
             limiter.acquire(tokens)
             sent += 1
             started = time.monotonic()
             outcome = Outcome("other")
             try:
-                raw = self.client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
-                    model=task.model,
+                raw = ep.client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
+                    model=pick.model,
                     messages=messages,
                     temperature=task.temperature,
                     max_tokens=task.max_tokens * max(1, len(ids)),
@@ -327,7 +409,8 @@ class LLMExecutor:
                     tokens_used=usage["prompt_tokens"] + usage["completion_tokens"],
                     headers=raw.headers,
                 )
-                return resp.choices[0].message.content, usage, sent
+                metrics.LLM_ENDPOINT_ANSWERS.labels(ep.name, str(pick.fallback).lower()).inc()
+                return resp.choices[0].message.content, usage, sent, served
             except openai.RateLimitError as exc:
                 outcome = Outcome("rate_limited", headers=exc.response.headers)
                 last = RetryableError(f"429 rate limited: {exc.message}", _retry_after(exc))
@@ -344,13 +427,18 @@ class LLMExecutor:
                 last = RetryableError(f"connection error: {exc}")
             except openai.APIStatusError as exc:
                 exc.attempts = sent  # type: ignore[attr-defined]
+                exc.served = served  # type: ignore[attr-defined]
                 raise
             finally:
                 # A refused request keeps its slot through its wait: freeing it at once would
                 # only let another waiting request be refused in its place.
                 hold = outcome.kind == "rate_limited"
                 limiter.release(outcome, tokens, keep_slot=hold)
+                self.endpoints.observe(ep)
+                if not hold:
+                    self.endpoints.release(ep)
                 self._publish_state()
+            failed_on = ep if outcome.kind == "failure" else None
             if outcome.kind == "failure" and not limiter.breaker_open():
                 counted += 1
             retry = counted < self.cfg.max_attempts and limited < self.cfg.max_rate_limited
@@ -360,8 +448,11 @@ class LLMExecutor:
                     # request refused while the endpoint is full does not hammer it.
                     self.sleep(self._backoff(max(counted, limited, 1), last))
                 limiter.free_slot()
+                self.endpoints.release(ep)
                 if retry:
                     continue
+            if retry and failed_on is not None and self.endpoints.elsewhere(task, failed_on):
+                continue  # another endpoint can take it now: fail over without waiting
             if retry:
                 delay = self._backoff(max(counted, 1), last)
                 log.warning(
@@ -374,12 +465,18 @@ class LLMExecutor:
                 self.sleep(delay)
         assert last is not None
         last.attempts = sent  # type: ignore[attr-defined]
+        last.served = served  # type: ignore[attr-defined]
         raise last
 
     def _publish_state(self) -> None:
-        lim = self.limiter
-        metrics.LLM_CONCURRENCY_LIMIT.set(lim.limit())
-        metrics.LLM_BREAKER_STATE.set(_BREAKER_LEVEL[lim.breaker.state])
+        """The summed concurrency limits, and the best breaker state of the endpoints (open
+        only when every endpoint's is)."""
+        eps = self.endpoints.endpoints
+        metrics.LLM_CONCURRENCY_LIMIT.set(sum(e.limiter.limit() for e in eps))
+        levels = {e.name: _BREAKER_LEVEL[e.limiter.breaker.state] for e in eps}
+        metrics.LLM_BREAKER_STATE.set(min(levels.values()))
+        for name, level in levels.items():
+            metrics.LLM_ENDPOINT_BREAKER_STATE.labels(name).set(level)
 
     def _backoff(self, attempt: int, err: Exception) -> float:
         cap = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** (attempt - 1))
@@ -404,7 +501,10 @@ class LLMExecutor:
         usage: dict[str, int] | None = None,
         invalid: int = 0,
         error: str | None = None,
+        served: Served | None = None,
     ) -> dict[str, Any]:
+        """One audit record; `served` says which model and endpoint answered (or, for an
+        error, were tried last; None: nothing was sent)."""
         usage = usage or {}
         messages = prompt.messages if prompt else None
         prompt_redactions = prompt.redactions if prompt else 0
@@ -415,7 +515,9 @@ class LLMExecutor:
             "event_ids": sorted({e for i in items for e in i.event_ids}),
             "item_ids": [i.item_id for i in items],
             "route": task.name,
-            "model": task.model,
+            "model": served.model if served else task.model,
+            "endpoint": served.endpoint if served else None,
+            "fallback": served.fallback if served else False,
             "mode": task.mode,
             "batch_size": len(items),
             "prompt_fingerprint": (

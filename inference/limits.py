@@ -144,6 +144,14 @@ class CircuitBreaker:
             return True
         return False
 
+    def admits(self, now: float) -> bool:
+        """What `may_send` would answer now, without taking the probe (read-only)."""
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN:
+            return now >= self.until
+        return not self.probing
+
     def wait_time(self, now: float) -> float:
         if self.state is BreakerState.OPEN:
             return max(0.0, self.until - now)
@@ -236,6 +244,11 @@ class Limiter:
     def breaker_open(self) -> bool:
         with self.cond:
             return self.breaker.state is not BreakerState.CLOSED
+
+    def admits(self) -> bool:
+        """True if the breaker would let a request (or the probe) go now; changes nothing."""
+        with self.cond:
+            return self.breaker.admits(self.clock())
 
     def _wait_needed(self, tokens: int, now: float) -> float:
         """Seconds to wait before a request may go; 0 means go (and reserve)."""

@@ -137,10 +137,10 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
         while self.batcher.pending and (force or self.batcher.due(now)):
             if (
                 not force
-                and executor.limiter.breaker_open()
-                and len(self.inflight) >= executor.cfg.concurrency
+                and len(self.inflight) >= executor.capacity
+                and not executor.can_serve(self.task)
             ):
-                break  # the endpoint is down: hold further batches here, in our state
+                break  # every endpoint is down: hold further batches here, in our state
             batch = self.batcher.take()
             if self.task.mode == "fanout":
                 # One request per item, each its own pool task, so they run concurrently.
@@ -149,11 +149,12 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
                 self.inflight.append((batch, executor.submit(self.task, batch)))
 
     def _shed(self) -> list[LLMEmit]:
-        """While the breaker is open, dead-letter what exceeds `max_held_items` (newest first)."""
+        """While no endpoint can serve the task (every breaker open), dead-letter what exceeds
+        `max_held_items` (newest first); nothing is shed while any endpoint can serve."""
         executor = self.executor()
         limit = executor.cfg.max_held_items
         held = len(self.batcher.pending) + sum(len(b) for b, _ in self.inflight)
-        if held <= limit or not executor.limiter.breaker_open():
+        if held <= limit or executor.can_serve(self.task):
             return []
         dropped = self.batcher.drop_newest(held - limit)
         held -= len(dropped)
@@ -168,7 +169,7 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
         metrics.LLM_PENDING.dec(len(dropped))
         self.held -= len(dropped)
         reason = (
-            f"LLM endpoint unavailable (circuit breaker open) and {limit} items already held "
+            f"LLM endpoints unavailable (circuit breakers open) and {limit} items already held "
             "for this task (llm.max_held_items)"
         )
         return [self._dead(i, reason, None) for i in dropped]
@@ -191,7 +192,15 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
             now = self.clock()
             out.extend(
                 Response(
-                    a.item, self.task.name, self.task.model, a.answer, a.cached, now, a.citations
+                    a.item,
+                    self.task.name,
+                    a.model or self.task.model,
+                    a.answer,
+                    a.cached,
+                    now,
+                    a.citations,
+                    a.endpoint,
+                    a.fallback,
                 )
                 for a in outcome.answered
             )

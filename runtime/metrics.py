@@ -72,7 +72,18 @@ LLM_CONCURRENCY_LIMIT = Gauge(
     "contextstream_llm_concurrency_limit", "Current (adaptive) limit of requests in flight."
 )
 LLM_BREAKER_STATE = Gauge(
-    "contextstream_llm_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open."
+    "contextstream_llm_breaker_state",
+    "Circuit breaker: 0 closed, 1 half-open, 2 open (of several endpoints: the best).",
+)
+LLM_ENDPOINT_BREAKER_STATE = Gauge(
+    "contextstream_llm_endpoint_breaker_state",
+    "Circuit breaker of one llm.endpoints entry: 0 closed, 1 half-open, 2 open.",
+    ["endpoint"],
+)
+LLM_ENDPOINT_ANSWERS = Counter(
+    "contextstream_llm_endpoint_answers_total",
+    "Requests answered, by endpoint and whether the task's fallback model answered.",
+    ["endpoint", "fallback"],
 )
 INPUT_LAG = Gauge(
     "contextstream_input_lag_messages",

@@ -101,3 +101,21 @@ def test_limits_follow_the_latency_model(result: dict[str, Any]) -> None:
     # busy); its requests carry about one item each.
     assert 0 < result["light_ratio"] <= 1.2
     assert result["light_requests_per_event"] <= 1.0
+
+
+@pytest.mark.timeout(660)
+def test_two_endpoints_and_failover_lose_nothing(result: dict[str, Any]) -> None:
+    """The two-endpoint cases answer everything, and the failover case (primary killed mid-
+    run) loses no item and reports when the first moved request was answered; no speed is
+    asserted, only that the figures exist and are consistent."""
+    for case in ("single", "dual", "failover"):
+        assert result[f"{case}_answered"] == result[f"{case}_events"] > 0, case
+        assert result[f"{case}_dead_letters"] == 0, case
+    assert result["single_events"] == result["dual_events"]  # the same items
+    assert result["two_endpoint_ratio"] > 0
+    assert result["failover_lost"] == 0
+    assert result["failover_s"] is not None and result["failover_s"] > 0
+    assert result["failover_moved_items"] > 0
+    by = result["failover_by_endpoint"]
+    assert by["primary"] > 0 and by["secondary"] > 0
+    assert by["primary"] + by["secondary"] == result["failover_events"]

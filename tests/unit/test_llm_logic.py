@@ -37,8 +37,11 @@ class FakeExecutor:
 
     def __init__(self) -> None:
         self.futures: list[tuple[list[WorkItem], Future[CallOutcome]]] = []
-        self.limiter = SimpleNamespace(breaker_open=lambda: False)
-        self.cfg = SimpleNamespace(concurrency=4, max_held_items=100)
+        self.capacity = 4
+        self.cfg = SimpleNamespace(max_held_items=100)
+
+    def can_serve(self, task: TaskConfig) -> bool:
+        return True
 
     def submit(self, task: TaskConfig, batch: list[WorkItem]) -> Future[CallOutcome]:
         fut: Future[CallOutcome] = Future()
