@@ -125,6 +125,8 @@ class LLMExecutor:
             failure_threshold=cfg.breaker_failures,
             open_s=cfg.breaker_open_s,
             max_open_s=cfg.breaker_max_open_s,
+            latency_tolerance=cfg.latency_tolerance,
+            latency_queue=cfg.latency_queue,
         )
         self._seq = 0
         self._seq_lock = threading.Lock()
