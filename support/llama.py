@@ -162,6 +162,7 @@ class LlamaServer:
             "--port", str(self.port), "--ctx-size", str(self.ctx_size * self.parallel),
             "--parallel", str(self.parallel), "--threads", str(self.threads),
             "--no-webui",
+            "--metrics",  # /metrics: requests processing and deferred (queued)
             # Weight repacking puts matrices in the AMX buffer on CPUs that report AMX; in a
             # VM whose kernel does not grant AMX tiles, the first matmul then segfaults.
             "--no-repack",
