@@ -1090,6 +1090,11 @@ class LLMConfig(Frozen):
     """Estimated tokens per minute the deployment may send (token bucket)."""
     adaptive_concurrency: bool = True
     """Find the endpoint's concurrency limit (AIMD on 429s), up to `concurrency`."""
+    latency_tolerance: float | None = Field(default=1.5, ge=1.0)
+    """Adaptive concurrency also shrinks when the smoothed latency exceeds this multiple of the
+    no-load latency (a server that queues instead of answering 429); None: 429s only."""
+    latency_queue: float = Field(default=2.0, ge=0)
+    """Requests the latency gradient lets queue at the server beyond what it serves at once."""
     breaker_failures: int = Field(default=5, ge=1)
     breaker_open_s: float = Field(default=2.0, gt=0)
     breaker_max_open_s: float = Field(default=30.0, gt=0)

@@ -8,7 +8,10 @@ timeouts and connection errors are retried with exponential backoff and full jit
 honouring `retry-after`; other errors fail at once. Items missing from a packed answer or
 failing their task's JSON Schema (`prompts.task_spec`) are asked again alone, once; what
 still fails becomes a failure for the dead letters, with the raw answer attached and the
-failing path in the reason. The cache key includes the task's schema and instructions.
+failing path in the reason. The cache key includes the task's schema and instructions. A 400
+saying the prompt exceeds the model's context (`context_exceeded`) is not retried either: a
+pack's items come back as failures marked `retry_smaller` (the stage asks them again in
+halves), an item asked alone as a plain failure with the endpoint's reason.
 
 Valid answers are written to the cache *before* `run` returns, so an answer that reaches the
 output has always been persisted first: a replay after a crash finds it and pays nothing.
@@ -69,6 +72,9 @@ class Failed:
     item: WorkItem
     reason: str
     raw_answer: str | None = None
+    retry_smaller: bool = False
+    """The request carried other items too and its prompt exceeded the model's context: ask
+    this item again in a smaller pack (`operators.llm` halves it) instead of giving up."""
 
 
 @dataclass
@@ -95,6 +101,27 @@ class RetryableError(Exception):
     def __init__(self, msg: str, retry_after: float | None = None) -> None:
         super().__init__(msg)
         self.retry_after = retry_after
+
+
+CONTEXT_EXCEEDED = frozenset({"exceed_context_size_error", "context_length_exceeded"})
+"""The error `type` (llama-server) or `code` (OpenAI) of a 400 for a prompt over the context."""
+
+
+def context_exceeded(exc: openai.APIStatusError) -> str | None:
+    """The error kind if `exc` is a 400 refusing the prompt as longer than the model's
+    context (one of `CONTEXT_EXCEEDED`), else None.
+
+    llama-server answers `{"error": {"type": "exceed_context_size_error", ...}}`, OpenAI
+    `{"error": {"code": "context_length_exceeded", ...}}`; the client's `body` is the inner
+    object (or the whole body, depending on the server).
+    """
+    if exc.status_code != 400:
+        return None
+    body = exc.body
+    err = body.get("error", body) if isinstance(body, dict) else None
+    said = {err.get("type"), err.get("code")} if isinstance(err, dict) else set()
+    said.add(str(exc.message))
+    return next((kind for kind in CONTEXT_EXCEEDED for s in said if kind in str(s)), None)
 
 
 def _retry_after(exc: openai.APIStatusError) -> float | None:
@@ -137,6 +164,8 @@ class LLMExecutor:
                 max_retries=0,
                 timeout=cfg.timeout_s,
             ),
+            latency_tolerance=cfg.latency_tolerance,
+            latency_queue=cfg.latency_queue,
         )
         self.pool = ThreadPoolExecutor(self.endpoints.capacity, thread_name_prefix="llm")
         self._seq = 0
@@ -280,12 +309,20 @@ class LLMExecutor:
         except Exception as exc:
             attempts = getattr(exc, "attempts", self.cfg.max_attempts)
             reason = f"LLM request failed after {attempts} attempt(s): {exc}"
-            out.failed.extend(Failed(i, reason) for i in items)
+            kind = context_exceeded(exc) if isinstance(exc, openai.APIStatusError) else None
+            oversized = kind is not None
+            if isinstance(exc, openai.APIStatusError) and kind is not None:
+                reason = (
+                    f"prompt exceeds the model's context (HTTP 400 {kind}), even asked "
+                    f"alone: {exc.message}"
+                )
+            smaller = oversized and len(items) > 1
+            out.failed.extend(Failed(i, reason, retry_smaller=smaller) for i in items)
             out.audits.append(
                 self._audit(
                     task,
                     items,
-                    outcome="error",
+                    outcome="context_exceeded" if oversized else "error",
                     prompt=prompt,
                     estimate=estimate,
                     attempts=attempts,

@@ -75,7 +75,11 @@ class EndpointPool:
         connect: Callable[[EndpointConfig], openai.OpenAI],
         clock: Clock = time.monotonic,
         poll_s: float = 0.05,
+        latency_tolerance: float | None = 1.5,
+        latency_queue: float = 2.0,
     ) -> None:
+        """`latency_tolerance`/`latency_queue`: each endpoint's adaptive limit's latency
+        gradient (`Limiter`); None turns it off (429s only)."""
         self.clock = clock
         self.poll_s = poll_s
         self.cond = threading.Condition()
@@ -94,6 +98,8 @@ class EndpointPool:
                     open_s=e.breaker_open_s or 1.0,
                     max_open_s=e.breaker_max_open_s or 1.0,
                     clock=clock,
+                    latency_tolerance=latency_tolerance,
+                    latency_queue=latency_queue,
                 ),
             )
             for e in endpoints

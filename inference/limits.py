@@ -13,6 +13,14 @@ of one process: `acquire` blocks until a request may be sent, `release` reports 
   endpoint accepts: a 429 now and then, the endpoint kept busy. A cycle between two 429s
   carries about (1 - decrease_factor) x increase_every x C^2 requests, so with the defaults
   under 5 % of requests get a 429 even for a server limit C of 4.
+- A server that queues instead of refusing (llama-server, vLLM) never answers 429: its
+  latency grows instead. So the limit also follows the latency gradient, the idea of Netflix's
+  concurrency-limits library: `gradient = tolerance x rtt_noload / rtt`, clamped to
+  [0.5, 1], where `rtt_noload` is the fastest round trip seen (the no-load baseline, at least
+  `NOLOAD_FLOOR_S`) and `rtt` the smoothed latency. When `limit x gradient + queue` is below
+  the limit, the limit moves a `smoothing` share of the way to it (and slow start ends). A
+  server of C slots and service time S answers in about S x L / C at a limit L > C, so the
+  limit settles near `tolerance x C + queue`: the slots kept busy, a short queue, no flood.
 - The circuit breaker opens after `failure_threshold` consecutive failures (5xx, timeouts,
   connection errors; not 429s), lets one probe through after `open_s` (doubling up to
   `max_open_s` while probes fail), and closes on the first success. While it is open,
@@ -60,8 +68,17 @@ class TokenBucket:
         self.tokens = min(self.capacity, self.tokens + amount)
 
 
+NOLOAD_FLOOR_S = 0.05
+"""Latency growth below this is never read as queueing: a round trip of a few milliseconds
+varies with the client's own load (threads, GIL) more than with the server's queue."""
+
+
 class AdaptiveConcurrency:
-    """AIMD concurrency limit with slow start, driven by successes and 429s."""
+    """AIMD concurrency limit with slow start, driven by successes and 429s, and shrunk when
+    latency grows against the no-load baseline (the module docstring has both rules).
+
+    `tolerance` None turns the latency gradient off (AIMD on 429s alone).
+    """
 
     def __init__(
         self,
@@ -69,23 +86,46 @@ class AdaptiveConcurrency:
         initial: int = 2,
         decrease_factor: float = 0.9,
         increase_every: float = 16.0,
+        *,
+        tolerance: float | None = 1.5,
+        queue: float = 2.0,
+        smoothing: float = 0.2,
     ) -> None:
         self.cap = cap
         self.limit = float(min(initial, cap))
         self.decrease_factor = decrease_factor
         self.increase_every = increase_every
+        self.tolerance = tolerance
+        self.queue = queue
+        self.smoothing = smoothing
         self.slow_start = True
         self.settle_until = -math.inf  # the round trip after slow start ended
         self.last_decrease = -math.inf
         self.rtt = 0.0  # EWMA of request latency, the cooldown between decreases
+        self.rtt_noload = math.inf  # the fastest round trip seen
+        self.gradient_decreases = 0
 
     @property
     def current(self) -> int:
         return max(1, int(self.limit))
 
+    def gradient(self) -> float:
+        """`tolerance x rtt_noload / rtt`, clamped to [0.5, 1] (1 before any sample)."""
+        if self.tolerance is None or self.rtt <= 0 or math.isinf(self.rtt_noload):
+            return 1.0
+        noload = max(self.rtt_noload, NOLOAD_FLOOR_S)
+        return max(0.5, min(1.0, self.tolerance * noload / self.rtt))
+
     def on_success(self, latency_s: float) -> None:
         self.rtt = latency_s if self.rtt == 0 else 0.8 * self.rtt + 0.2 * latency_s
-        if self.slow_start:
+        self.rtt_noload = min(self.rtt_noload, latency_s)
+        target = self.limit * self.gradient() + self.queue
+        if target < self.limit:
+            # Latency grew beyond the tolerance: the server queues. Shrink, smoothed.
+            self.slow_start = False
+            self.gradient_decreases += 1
+            self.limit = max(1.0, (1 - self.smoothing) * self.limit + self.smoothing * target)
+        elif self.slow_start:
             self.limit = min(self.cap, self.limit + 1)  # +1 per success: doubles per round trip
         else:
             self.limit = min(self.cap, self.limit + 1 / (self.increase_every * self.limit))
@@ -220,14 +260,22 @@ class Limiter:
         failure_threshold: int,
         open_s: float,
         max_open_s: float,
+        latency_tolerance: float | None = 1.5,
+        latency_queue: float = 2.0,
         clock: Clock = time.monotonic,
     ) -> None:
+        """`latency_tolerance`/`latency_queue`: the adaptive limit's latency gradient
+        (`AdaptiveConcurrency` `tolerance`/`queue`; tolerance None: AIMD on 429s only)."""
         now = clock()
         self.clock = clock
         self.cap = cap
         self.rpm = TokenBucket(rpm, rpm / 60, now) if rpm else None
         self.tpm = TokenBucket(tpm, tpm / 60, now) if tpm else None
-        self.adaptive = AdaptiveConcurrency(cap) if adaptive else None
+        self.adaptive = (
+            AdaptiveConcurrency(cap, tolerance=latency_tolerance, queue=latency_queue)
+            if adaptive
+            else None
+        )
         self.breaker = CircuitBreaker(failure_threshold, open_s, max_open_s)
         self.inflight = 0
         self.held = 0  # slots kept by refused requests through their retry wait

@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
         "--max-concurrency", type=int, default=d.max_concurrency, help="in-flight cap (429)"
     )
     p.add_argument("--rpm-limit", type=int, default=None, help="requests per minute (429)")
+    p.add_argument(
+        "--queue-slots", type=int, default=None, help="served at once; the rest queue (no 429)"
+    )
+    p.add_argument(
+        "--max-context-tokens", type=int, default=None, help="longer prompts get 400 (llama's)"
+    )
     p.add_argument("--error-rate", type=float, default=d.error_rate, help="P(HTTP 500)")
     p.add_argument("--timeout-rate", type=float, default=d.timeout_rate, help="P(hang)")
     p.add_argument("--hang-s", type=float, default=d.hang_s, help="duration of a hang")
@@ -73,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             jitter_ms=args.jitter_ms,
             max_concurrency=args.max_concurrency,
             rpm_limit=args.rpm_limit,
+            queue_slots=args.queue_slots,
+            max_context_tokens=args.max_context_tokens,
             error_rate=args.error_rate,
             timeout_rate=args.timeout_rate,
             hang_s=args.hang_s,

@@ -49,10 +49,16 @@ a prefill part that grows with the prompt and a decode part that grows with the 
 on a real inference server. The per-token parts default to 0 (a fixed latency). Each
 request's service time is in the request log (``service_ms``).
 
-Fault injection (see :class:`SimConfig`) is applied in this order: outage (503),
-concurrency limit (429), requests-per-minute limit (429), ``fail_next``/``error_rate``
+Fault injection (see :class:`SimConfig`) is applied in this order: a chat prompt over
+``max_context_tokens`` (400 ``exceed_context_size_error``, as llama-server answers), outage
+(503), concurrency limit (429), requests-per-minute limit (429), ``fail_next``/``error_rate``
 (500), then ``timeout_rate`` (hang), ``malformed_rate`` and ``drop_item_rate``. Only the
 fault injection uses randomness, from an RNG seeded with ``SimConfig.seed``.
+
+Queueing mode (``queue_slots``): like llama-server's slots, at most that many admitted chat
+requests are served at once; the others wait for a free slot (their latency grows, no 429),
+first come first served. Each log entry has ``in_flight`` (admitted requests, queued or in
+service, counting itself, at its admission) and ``queued_ms``.
 
 Every response carries ``x-llm-simulator: true`` (embeddings also ``x-llmsim: simulated``),
 and the ``x-ratelimit-*-requests`` headers when an RPM limit is set; 429 responses also
@@ -79,7 +85,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, TypeGuard, cast
@@ -174,6 +180,12 @@ class SimConfig:
     """The next N admitted requests get HTTP 500 (decremented per request)."""
     down: bool = False
     """While true, every chat and embeddings request gets HTTP 503 at once (outage)."""
+    queue_slots: int | None = None
+    """Queueing mode: requests served at once; further admitted ones wait for a slot (their
+    latency grows) instead of a 429. None: each admitted request is served at once."""
+    max_context_tokens: int | None = None
+    """A chat prompt of more tokens (``usage`` counting) gets llama-server's 400
+    ``exceed_context_size_error``. None: no limit."""
     seed: int = 0
     """Seed of the fault-injection RNG; setting it via ``configure`` reseeds the RNG."""
 
@@ -194,6 +206,7 @@ class SimConfig:
 
 
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(SimConfig))
+_OPTIONAL_INT_FIELDS = ("rpm_limit", "queue_slots", "max_context_tokens")
 
 
 def _validate_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -214,13 +227,15 @@ def _validate_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
             if not isinstance(value, bool):
                 raise TypeError(f"down must be a bool, got {value!r}")
             out[name] = value
-        elif name == "rpm_limit" and value is None:
+        elif name in _OPTIONAL_INT_FIELDS and value is None:
             out[name] = None
-        else:  # max_concurrency, rpm_limit, fail_next, seed
+        else:  # max_concurrency, rpm_limit, queue_slots, max_context_tokens, fail_next, seed
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int, got {value!r}")
             if name != "seed" and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
+            if name in ("queue_slots", "max_context_tokens") and value < 1:
+                raise ValueError(f"{name} must be >= 1 (or None), got {value!r}")
             out[name] = value
     return out
 
@@ -795,6 +810,22 @@ def _error(status: int, message: str, etype: str, code: str | None) -> _Response
     return _Response(status, body)
 
 
+def _context_error(n_prompt: int, n_ctx: int) -> _Response:
+    """llama-server's answer to a prompt longer than a slot's context."""
+    msg = (
+        f"request ({n_prompt} tokens) exceeds the available context size ({n_ctx} tokens), "
+        "try increasing it"
+    )
+    error = {
+        "code": 400,
+        "message": msg,
+        "type": "exceed_context_size_error",
+        "n_prompt_tokens": n_prompt,
+        "n_ctx": n_ctx,
+    }
+    return _Response(400, {"error": error})
+
+
 def _fmt_seconds(seconds: float) -> str:
     return f"{max(0.0, seconds):.3f}".rstrip("0").rstrip(".") or "0"
 
@@ -918,6 +949,10 @@ class LLMSimulator:
         self._lock = threading.Lock()
         self._rng = random.Random(self._config.seed)
         self._in_flight = 0
+        self._serving = 0  # requests holding a slot (queueing mode)
+        self._slot_free = threading.Condition(self._lock)
+        self._next_ticket = 0
+        self._now_serving = 0
         self._window: deque[float] = deque()
         self._log: list[dict[str, Any]] = []
         self._embed_log: list[dict[str, Any]] = []
@@ -1013,6 +1048,12 @@ class LLMSimulator:
         with self._lock:
             return self._in_flight
 
+    @property
+    def serving(self) -> int:
+        """Chat requests holding a slot (in service); in queueing mode at most ``queue_slots``."""
+        with self._lock:
+            return self._serving
+
     def requests(self, endpoint: Literal["chat", "embeddings"] = "chat") -> list[dict[str, Any]]:
         """Copy of the request log of ``endpoint``, oldest first.
 
@@ -1028,9 +1069,11 @@ class LLMSimulator:
         ``usage``), ``service_ms`` (the service time the latency model gave the request:
         fixed part, jitter, prefill and decode; 0 for requests rejected at once, such as
         429s; a hang's ``hang_s`` is not included), ``latency_s`` (arrival to answer),
-        ``fault`` (None, "429", "500", "503", "timeout", "malformed" or "dropped_items").
-        A hung request is logged with status 200 and fault "timeout" even if the client had
-        already given up.
+        ``fault`` (None, "429", "500", "503", "timeout", "malformed", "dropped_items" or
+        "context": a prompt over ``max_context_tokens``), ``in_flight`` (admitted requests at
+        its admission, itself included, queued or not; None if not admitted) and
+        ``queued_ms`` (its wait for a slot in queueing mode). A hung request is logged with
+        status 200 and fault "timeout" even if the client had already given up.
         """
         with self._lock:
             return copy.deepcopy(self._log if endpoint == "chat" else self._embed_log)
@@ -1121,6 +1164,8 @@ class LLMSimulator:
             "service_ms": 0.0,
             "latency_s": 0.0,
             "fault": None,
+            "in_flight": None,
+            "queued_ms": 0.0,
         }
         return self._served("a chat", self._answer_chat, raw, entry, self._log)
 
@@ -1166,14 +1211,50 @@ class LLMSimulator:
             response_format_name=req.schema_name,
             prompt_tokens=_prompt_tokens(req.messages),
         )
+        n_ctx = self.config.max_context_tokens
+        if n_ctx is not None and entry["prompt_tokens"] > n_ctx:
+            entry["fault"] = "context"
+            return _context_error(int(entry["prompt_tokens"]), n_ctx)
         plan = self._admit(req, content_obj, entry)
         if isinstance(plan, _Response):
             return plan
         try:
-            return self._serve(req, content_obj, plan, entry)
+            with self._slot(entry) as served:
+                return self._serve(req, content_obj, plan, entry) if served else None
         finally:
             with self._lock:
                 self._in_flight -= 1
+
+    @contextlib.contextmanager
+    def _slot(self, entry: dict[str, Any]) -> Iterator[bool]:
+        """In queueing mode, wait (first come, first served) for one of ``queue_slots``
+        and hold it; yields False if the simulator stopped meanwhile. Records ``queued_ms``."""
+        started = time.monotonic()
+        with self._lock:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            while True:
+                slots = self._config.queue_slots
+                if ticket == self._now_serving and (slots is None or self._serving < slots):
+                    got = True
+                    break
+                if self._stopping.is_set():
+                    got = False  # give up our turn
+                    break
+                self._slot_free.wait(0.05)
+            self._now_serving += 1
+            self._serving += got
+            self._slot_free.notify_all()
+        if not got:
+            yield False
+            return
+        entry["queued_ms"] = (time.monotonic() - started) * 1000
+        try:
+            yield True
+        finally:
+            with self._lock:
+                self._serving -= 1
+                self._slot_free.notify_all()
 
     def _admit(
         self, req: _ChatRequest | None, content_obj: Any, entry: dict[str, Any]
@@ -1205,6 +1286,7 @@ class LLMSimulator:
                     return resp
                 self._window.append(now)
             self._in_flight += 1
+            entry["in_flight"] = self._in_flight
             self._counter += 1
             rng = self._rng
             fail = cfg.fail_next > 0

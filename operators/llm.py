@@ -11,6 +11,11 @@ an `urgent` task. Each batch is handed to the shared
 input is idle and a slow request delays only its own items. At the end of a finite input,
 `on_eof` waits for every request in flight.
 
+A pack whose prompt the endpoint refuses as over the model's context (a 400, see
+`inference.client.context_exceeded`) is not retried as it was: its items are asked again in
+two halves, halving again while refused, then alone; an item refused alone is dead-lettered
+with the endpoint's reason.
+
 State (the snapshot, an immutable tuple of frozen work items): every item not yet emitted,
 whether still buffered or in flight. On resume those items are submitted again; the executor
 finds the ones answered before the crash in the response cache and emits them without a new
@@ -177,6 +182,7 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
     def _collect(self, wait: bool = False) -> list[LLMEmit]:
         out: list[LLMEmit] = []
         still = []
+        again: list[list[WorkItem]] = []
         for batch, fut in self.inflight:
             if not (wait or fut.done()):
                 still.append((batch, fut))
@@ -204,9 +210,24 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
                 )
                 for a in outcome.answered
             )
-            out.extend(self._dead(f.item, f.reason, f.raw_answer) for f in outcome.failed)
+            out.extend(
+                self._dead(f.item, f.reason, f.raw_answer)
+                for f in outcome.failed
+                if not f.retry_smaller
+            )
+            smaller = [f.item for f in outcome.failed if f.retry_smaller]
+            if smaller:
+                half = (len(smaller) + 1) // 2
+                again += [g for g in (smaller[:half], smaller[half:]) if g]
             out.extend(Audit(a) for a in outcome.audits)
         self.inflight = still
+        if again:
+            # Refused as over the context in a pack: ask again in halves (they stay held).
+            executor = self.executor()
+            for group in again:
+                metrics.LLM_PENDING.inc(len(group))
+                self.held += len(group)
+                self.inflight.append((group, executor.submit(self.task, group)))
         return out
 
     def _dead(self, item: WorkItem, reason: str, raw_answer: str | None) -> DeadLetter:

@@ -164,6 +164,9 @@ class LlamaServer:
     threads: int = 2
     embeddings: bool = False
     port: int = field(default_factory=free_port)
+    log_path: Path | None = None
+    """Where the server's log goes (default: a temporary file); never a pipe, which a chatty
+    server would fill and then block on."""
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -186,14 +189,23 @@ class LlamaServer:
             "--threads",
             str(self.threads),
             "--no-webui",
+            "--metrics",  # /metrics: requests processing and deferred (queued)
+            # Weight repacking puts matrices in the AMX buffer on CPUs that report AMX; in a
+            # VM whose kernel does not grant AMX tiles, the first matmul then segfaults.
+            "--no-repack",
         ]
         if self.embeddings:
             cmd += ["--embeddings", "--pooling", "mean"]
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if self.log_path is None:
+            fd, name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        with self.log_path.open("wb") as log_file:
+            self._proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                err = self.log_path.read_text(errors="replace")
                 raise LlamaError(f"llama-server exited {self._proc.returncode}: {err[-1500:]}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):

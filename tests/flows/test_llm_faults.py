@@ -8,6 +8,7 @@ generous timeout), and the checks are on outcomes (the simulator's request log, 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import Counter, defaultdict
@@ -289,3 +290,83 @@ def test_outage_beyond_the_hold_bound_dead_letters_the_excess(llm_sim_factory, t
     assert_each_once(run, first + items(40, "b"))
     assert run.errs and all("llm.max_held_items" in e.reason for e in run.errs)
     assert len(run.answers) >= 12
+
+
+# --- a server that queues instead of answering 429 (llama-server's slots) --------------------
+
+
+def test_a_queueing_server_is_not_flooded(llm_sim_factory, tmp_path):
+    """The simulator serves 4 requests at once and queues the rest (never a 429). With 32
+    request threads, the latency gradient holds the requests the server sees near its 4
+    slots (`tolerance x 4 + queue` at most); without it, all 32 pile up in its queue."""
+    slots = 4
+    sim = llm_sim_factory(latency_ms=100, queue_slots=slots)
+    work = items(240)
+    run = run_llm(sim, tmp_path, work, mode="fanout", concurrency=32)
+    assert_each_once(run, work)
+    assert not run.errs
+    log = sorted(sim.requests(), key=lambda r: r["ts"])
+    assert {r["fault"] for r in log} == {None}  # no 429: the server only queued
+    cfg = LLMConfig()
+    assert cfg.latency_tolerance is not None
+    bound = cfg.latency_tolerance * slots + cfg.latency_queue + 1
+    settled = [r["in_flight"] for r in log[len(log) // 2 :]]
+    assert max(settled) <= bound, settled
+    assert max(settled) >= slots  # the slots were kept busy
+    assert run.executor is not None and slots <= run.executor.limiter.limit() <= bound
+
+    sim.reset_log()
+    flooded = run_llm(
+        sim,
+        tmp_path / "aimd",
+        items(240, "a"),
+        mode="fanout",
+        concurrency=32,
+        latency_tolerance=None,
+    )
+    assert_each_once(flooded, items(240, "a"))
+    assert max(r["in_flight"] for r in sim.requests()) > 2 * bound
+
+
+# --- prompts over the model's context (a 400, not retried) -----------------------------------
+
+SHORT_TOKENS_LIMIT = 300
+"""A simulator context that holds a prompt of up to 4 short items, but not 8, nor one long."""
+
+
+def mixed_items(n: int) -> tuple[list[WorkItem], set[str]]:
+    """`n` items, every fifth one long (about 200 prompt tokens more than a short one)."""
+    work = []
+    for i, item in enumerate(items(n)):
+        text = "why " * 200 if i % 5 == 0 else item.data["text"]
+        work.append(dataclasses.replace(item, data={"text": text}))
+    return work, {w.item_id for i, w in enumerate(work) if i % 5 == 0}
+
+
+def test_packs_over_the_context_are_halved_then_asked_alone(llm_sim_factory, tmp_path):
+    sim = llm_sim_factory(latency_ms=5, max_context_tokens=SHORT_TOKENS_LIMIT)
+    work, long_ids = mixed_items(16)
+    run = run_llm(sim, tmp_path, work, max_batch=8)
+    assert_each_once(run, work)
+    assert {e.event_id for e in run.errs} == long_ids
+    for e in run.errs:
+        assert "even asked alone" in e.reason and "exceed_context_size_error" in e.reason
+        assert e.detail["raw_answer"] is None
+    refused = Counter(tuple(chat_items(r)) for r in sim.requests() if r["fault"] == "context")
+    assert set(refused.values()) == {1}  # never retried as it was
+    assert sorted({len(ids) for ids in refused}) == [1, 2, 4, 8]  # halved down to one item
+    assert {ids[0] for ids in refused if len(ids) == 1} == long_ids
+    outcomes = Counter((a["outcome"], a["batch_size"]) for a in run.audit)
+    assert outcomes[("context_exceeded", 8)] == 2
+    answered = {a.item.item_id for a in run.answers}
+    assert answered == {w.item_id for w in work} - long_ids
+
+
+def test_fanout_items_over_the_context_are_dead_lettered_at_once(llm_sim_factory, tmp_path):
+    sim = llm_sim_factory(latency_ms=5, max_context_tokens=SHORT_TOKENS_LIMIT)
+    work, long_ids = mixed_items(10)
+    run = run_llm(sim, tmp_path, work, mode="fanout")
+    assert_each_once(run, work)
+    assert {e.event_id for e in run.errs} == long_ids
+    per_item = Counter(i for r in sim.requests() for i in chat_items(r))
+    assert all(per_item[i] == 1 for i in long_ids)  # one request each, no retry

@@ -372,6 +372,132 @@ def test_adaptive_simulation_429_share_under_5_percent(capacity: int) -> None:
     assert share < 0.05, f"{r.rate_limited} of {r.sent} requests got 429 ({share:.1%})"
 
 
+def simulate_queueing(
+    capacity: int,
+    *,
+    service_s: float = 0.5,
+    tolerance: float | None = 1.0,
+    rounds: int = 300,
+    warmup: int = 100,
+    cap: int = 64,
+) -> list[int]:
+    """A server of `capacity` slots that queues the rest (never a 429): the limit per round.
+
+    Each round sends `current` requests at once; they are served in waves of `capacity`, the
+    k-th wave answered after k x `service_s`, and reported in that order.
+    """
+    a = AdaptiveConcurrency(cap=cap, tolerance=tolerance)
+    currents = []
+    for k in range(rounds):
+        n = a.current
+        if k >= warmup:
+            currents.append(n)
+        for i in range(n):
+            a.on_success(service_s * (i // capacity + 1))
+    return currents
+
+
+@pytest.mark.parametrize("capacity", [1, 2, 4, 8, 16])
+def test_gradient_limit_settles_near_a_queueing_servers_capacity(capacity: int) -> None:
+    """No 429 ever: latency growth alone keeps the limit at capacity + the queue allowance."""
+    currents = simulate_queueing(capacity)
+    queue = AdaptiveConcurrency(cap=1).queue
+    assert capacity <= min(currents), currents
+    assert max(currents) <= capacity + queue + 1, currents
+
+
+def test_gradient_tolerance_allows_that_much_latency_growth() -> None:
+    currents = simulate_queueing(4, tolerance=1.5)
+    assert min(currents) >= 4 and max(currents) <= 1.5 * 4 + 2 + 1, currents
+
+
+def test_without_the_gradient_a_queueing_server_is_flooded_to_the_cap() -> None:
+    """The AIMD alone never hears a 429 from a queueing server: it sends everything."""
+    assert set(simulate_queueing(4, tolerance=None)) == {64}
+
+
+def test_gradient_lets_a_fast_server_grow_to_the_cap() -> None:
+    a = AdaptiveConcurrency(cap=64)
+    for _ in range(500):
+        a.on_success(0.5)
+    assert a.current == 64
+    assert a.gradient_decreases == 0
+
+
+def test_gradient_ignores_latency_noise_within_the_tolerance() -> None:
+    a = AdaptiveConcurrency(cap=64, tolerance=1.5)
+    for k in range(2000):
+        a.on_success(0.5 + 0.2 * ((k * 7919) % 10) / 10)  # 0.5 .. 0.68 s
+    assert a.current == 64
+
+
+def test_gradient_ignores_growth_of_latencies_under_the_noload_floor() -> None:
+    """Milliseconds of extra latency are the client's own load, not a server's queue."""
+    a = AdaptiveConcurrency(cap=32, tolerance=1.0)
+    for k in range(500):
+        a.on_success(0.002 if k % 2 else 0.04)
+    assert a.current == 32
+
+
+def test_gradient_shrinks_when_latency_doubles_and_ends_slow_start() -> None:
+    a = AdaptiveConcurrency(cap=64, initial=32, tolerance=1.0)
+    a.on_success(1.0)
+    assert a.slow_start and a.limit == 33
+    a.on_success(3.0)  # rtt 1.4 s against 1.0 s: gradient 0.71, target 25.7
+    assert not a.slow_start
+    assert a.gradient() == pytest.approx(1 / 1.4)
+    assert a.limit == pytest.approx(0.8 * 33 + 0.2 * (33 / 1.4 + 2))
+    assert a.gradient_decreases == 1
+
+
+def test_gradient_is_clamped_to_halve_at_most_per_sample() -> None:
+    a = AdaptiveConcurrency(cap=64, initial=40, tolerance=1.0)
+    a.on_success(0.1)
+    a.on_success(100.0)
+    assert a.gradient() == 0.5
+    assert a.limit == pytest.approx(0.8 * 41 + 0.2 * (41 * 0.5 + 2))
+
+
+def test_gradient_recovers_when_the_queue_drains() -> None:
+    a = AdaptiveConcurrency(cap=64, tolerance=1.0)
+    for _ in range(50):
+        a.on_success(0.5)
+    for _ in range(50):
+        a.on_success(2.0)
+    low = a.current
+    for _ in range(3000):
+        a.on_success(0.5)
+    assert low < 10 and a.current > low + 5
+
+
+def test_429s_still_decrease_multiplicatively_with_the_gradient_on() -> None:
+    a = AdaptiveConcurrency(cap=100, decrease_factor=0.5, tolerance=1.0)
+    a.slow_start = False
+    a.limit = 40.0
+    a.rtt = 0.25
+    a.on_rate_limited(10.0, accepted=39)
+    assert a.limit == 20.0
+    a.on_rate_limited(10.5, accepted=19)
+    assert a.limit == 10.0
+
+
+def test_limiter_passes_the_gradient_settings(clock: FakeClock) -> None:
+    lim = Limiter(
+        cap=8,
+        rpm=None,
+        tpm=None,
+        adaptive=True,
+        failure_threshold=3,
+        open_s=1.0,
+        max_open_s=4.0,
+        latency_tolerance=None,
+        latency_queue=3.0,
+        clock=clock,
+    )
+    assert lim.adaptive is not None
+    assert lim.adaptive.tolerance is None and lim.adaptive.queue == 3.0
+
+
 # --- CircuitBreaker -------------------------------------------------------------------------
 
 

@@ -270,6 +270,60 @@ def test_concurrency_limit_gives_429_with_retry_after(sim: LLMSimulator, client:
     assert sorted(r["fault"] or "" for r in sim.requests()) == ["", "429"]
 
 
+def test_queue_slots_queue_requests_instead_of_429(sim: LLMSimulator) -> None:
+    """Queueing mode: one slot serves, the others wait in line; none is refused."""
+    sim.configure(queue_slots=1, latency_ms=60_000)
+    client = make_client(sim, timeout=120)
+    errors: queue.Queue[Any] = queue.Queue()
+
+    def call() -> None:
+        try:
+            ask(client)
+        except Exception as exc:
+            errors.put(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: sim.in_flight == 3, timeout=30)
+    assert sim.serving == 1
+    sim.stop()  # wakes the one in service and the two waiting: all dropped unanswered
+    for t in threads:
+        t.join(timeout=30)
+    assert errors.qsize() == 3
+    log = sim.requests()
+    assert sorted(r["in_flight"] for r in log) == [1, 2, 3]
+    assert {r["fault"] for r in log} == {None} and {r["status"] for r in log} == {0}
+
+
+def test_queue_slots_serve_everyone_in_turn(sim: LLMSimulator) -> None:
+    sim.configure(queue_slots=2, latency_ms=30)
+    client = make_client(sim, timeout=60)
+    answers: queue.Queue[Any] = queue.Queue()
+    threads = [threading.Thread(target=lambda: answers.put(ask(client))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert answers.qsize() == 6
+    log = sim.requests()
+    assert [r["status"] for r in log] == [200] * 6 and sim.serving == 0
+
+
+def test_max_context_tokens_gets_llama_servers_400(sim: LLMSimulator, client: OpenAI) -> None:
+    sim.configure(max_context_tokens=20)
+    assert ask(client, [{"role": "user", "content": "short"}]).choices
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(client, [{"role": "user", "content": "many words " * 30}])
+    body = err.value.body
+    assert isinstance(body, dict) and body["type"] == "exceed_context_size_error"
+    assert body["n_ctx"] == 20 and body["n_prompt_tokens"] > 20
+    assert [r["fault"] for r in sim.requests()] == [None, "context"]
+    with pytest.raises(ValueError):
+        sim.configure(max_context_tokens=0)
+    sim.configure(max_context_tokens=None, queue_slots=None)
+
+
 def test_rpm_limit(sim: LLMSimulator, client: OpenAI) -> None:
     sim.configure(rpm_limit=2)
     ask(client)
@@ -463,7 +517,10 @@ def test_request_log(sim: LLMSimulator, client: OpenAI) -> None:
         "service_ms",
         "latency_s",
         "fault",
+        "in_flight",
+        "queued_ms",
     }
+    assert entry["in_flight"] == 1
     assert entry["model"] == "sim-1"
     assert entry["messages"] == MESSAGES
     assert entry["response_format_name"] == "tickets"
