@@ -25,7 +25,6 @@ The last line is one JSON object: `records`, `recall_min`, `precision_min`,
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import re
@@ -34,12 +33,11 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from operators.redact import RegexRedactor
-from support.pii_corpus import KINDS, TENANT, CorpusRecord, Truth, corpus, jsonl
+from support.pii_corpus import KINDS, TENANT, CorpusRecord, Finder, Truth, corpus, jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,44 +153,6 @@ def per_record_us(fn: Any, records: list[CorpusRecord]) -> float:
 
 
 # --- PII search in prompts, logs and outputs --------------------------------------------------
-
-
-def _norm(s: str) -> str:
-    return re.sub(r"[^0-9a-z@]", "", s.lower())
-
-
-_IP_TOKEN = re.compile(r"[0-9A-Fa-f:.]{3,}")
-
-
-class Finder:
-    """Finds ground-truth values in texts: as written, normalized, IPs as addresses."""
-
-    def __init__(self, truth: Iterable[Truth]) -> None:
-        self.prefix: dict[str, set[str]] = {}
-        self.ips: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
-        for t in truth:
-            if t.kind == "ip":
-                self.ips.add(ipaddress.ip_address(t.value))
-            else:
-                v = _norm(t.value)
-                self.prefix.setdefault(v[:8], set()).add(v)
-
-    def found(self, text: str) -> set[str]:
-        """The normalized values (and IP addresses) that occur in `text`."""
-        out: set[str] = set()
-        for tok in _IP_TOKEN.findall(text):
-            try:
-                addr = ipaddress.ip_address(tok.strip(".:"))
-            except ValueError:
-                continue
-            if addr in self.ips:
-                out.add(str(addr))
-        h = _norm(text)
-        for i in range(len(h) - 7):
-            cands = self.prefix.get(h[i : i + 8])
-            if cands:
-                out.update(v for v in cands if h.startswith(v, i))
-        return out
 
 
 TASKS = """

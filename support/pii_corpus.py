@@ -21,7 +21,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import random
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -544,3 +545,44 @@ def jsonl(records: list[CorpusRecord], place: str) -> bytes:
         for c in records
         if c.place == place
     )
+
+
+# --------------------------------------------------------------------------- search
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"[^0-9a-z@]", "", s.lower())
+
+
+_IP_TOKEN = re.compile(r"[0-9A-Fa-f:.]{3,}")
+
+
+class Finder:
+    """Finds ground-truth values in texts: as written, normalized, IPs as addresses."""
+
+    def __init__(self, truth: Iterable[Truth]) -> None:
+        self.prefix: dict[str, set[str]] = {}
+        self.ips: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+        for t in truth:
+            if t.kind == "ip":
+                self.ips.add(ipaddress.ip_address(t.value))
+            else:
+                v = _norm(t.value)
+                self.prefix.setdefault(v[:8], set()).add(v)
+
+    def found(self, text: str) -> set[str]:
+        """The normalized values (and IP addresses) that occur in `text`."""
+        out: set[str] = set()
+        for tok in _IP_TOKEN.findall(text):
+            try:
+                addr = ipaddress.ip_address(tok.strip(".:"))
+            except ValueError:
+                continue
+            if addr in self.ips:
+                out.add(str(addr))
+        h = _norm(text)
+        for i in range(len(h) - 7):
+            cands = self.prefix.get(h[i : i + 8])
+            if cands:
+                out.update(v for v in cands if h.startswith(v, i))
+        return out
