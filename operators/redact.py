@@ -80,7 +80,7 @@ _IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{1,4})?(?::[0-9A-Fa-f]{0,4}){2,7}(
 # A run of digit groups, with an optional "+" and parenthesised area code or trunk prefix:
 # maximal (never starting or ending inside a longer run of groups), then judged whole.
 _PHONE = re.compile(
-    r"(?<![\w+.\-/#:$€£@])(?<!\d[ .-])\+?(?:\(\d{1,4}\)[ .-]?)?\d+"
+    r"(?<![\w+.\-#:$€£@])(?<!\d[ .-])\+?(?:\(\d{1,4}\)[ .-]?)?\d+"
     r"(?:(?:[ .-]?\(\d{1,4}\)[ .-]?|[ .-])\d+)*"
     r"(?![\w:]|[ .-]?\d|[ .-]?\(\d)"
 )
