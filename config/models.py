@@ -479,6 +479,10 @@ class OutputConfig(Frozen):
     ledger: str = "contextstream.ledger"
     """One compact record per accepted event (its route): lets consumers account for events
     that produce no answer. An empty string disables it."""
+    dead_letter_retention_ms: int | None = Field(default=None, ge=60_000)
+    """Kafka: `retention.ms` of the dead-letter topic when `kafkatool create-topics` creates
+    it (None: the default of every topic, 7 days). Dead letters keep the original bytes,
+    PII included, for reprocessing; bound how long. File output is not rotated by the flow."""
 
 
 class ValidationConfig(Frozen):

@@ -123,7 +123,11 @@ def topic_plan(settings: Settings, *, input_partitions: int = INPUT_PARTITIONS) 
         names += [t.output_topic for t in settings.llm.tasks if t.output_topic]
         for name in names:
             if name:
-                specs.setdefault(name, TopicSpec(name, "output", 1, TOPIC_CONFIG))
+                cfg = TOPIC_CONFIG
+                if attr == "dead_letters" and out.dead_letter_retention_ms is not None:
+                    # Dead letters keep the original bytes (PII included) for reprocessing.
+                    cfg = {**TOPIC_CONFIG, "retention.ms": str(out.dead_letter_retention_ms)}
+                specs.setdefault(name, TopicSpec(name, "output", 1, cfg))
     return list(specs.values())
 
 
@@ -189,9 +193,9 @@ def create_topics(
         else:
             new.append(spec)
     if new:
-        topic_config = {**TOPIC_CONFIG, **(overrides or {})}
+        configs_of = {s.name: {**s.config, **(overrides or {})} for s in new}
         futures = admin.create_topics(
-            [NewTopic(s.name, s.partitions, 1, config=topic_config) for s in new],
+            [NewTopic(s.name, s.partitions, 1, config=configs_of[s.name]) for s in new],
             operation_timeout=timeout_s,
             request_timeout=timeout_s,
         )
@@ -205,7 +209,7 @@ def create_topics(
                     continue
                 msg = f"could not create topic {spec.name}: {exc}"
                 raise ToolError(msg) from None
-            configs = ", ".join(f"{k}={v}" for k, v in sorted(topic_config.items()))
+            configs = ", ".join(f"{k}={v}" for k, v in sorted(configs_of[spec.name].items()))
             lines.append(
                 f"created  {spec.name} ({spec.role}, {spec.partitions} partition(s), {configs})"
             )

@@ -145,6 +145,26 @@ def test_the_dev_config_plans_every_topic_with_explicit_configs() -> None:
     assert {t.partitions for t in topic_plan(dev(), input_partitions=6) if t.role == "input"} == {6}
 
 
+def test_dead_letter_retention_is_applied_to_the_dead_letter_topic_only() -> None:
+    settings = dev().model_copy(
+        update={"output": dev().output.model_copy(update={"dead_letter_retention_ms": 86_400_000})}
+    )
+    plan = {t.name: t for t in topic_plan(settings)}
+    assert plan["contextstream.dlq"].config == {**TOPIC_CONFIG, "retention.ms": "86400000"}
+    others = [t for n, t in plan.items() if n != "contextstream.dlq"]
+    assert all(t.config == TOPIC_CONFIG for t in others)
+
+
+def test_dead_letter_retention_below_a_minute_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[input]\nkind = "file"\nsources = [{ name = "a", path = "a.jsonl" }]\n'
+        "[output]\ndead_letter_retention_ms = 10\n"
+    )
+    with pytest.raises(ConfigError, match="dead_letter_retention_ms"):
+        load_config(path)
+
+
 def test_a_file_config_plans_no_topics() -> None:
     assert topic_plan(load_config(REPO / "config" / "local.toml")) == []
 
