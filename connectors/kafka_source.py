@@ -40,6 +40,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ClusterMetadata
 
+from connectors.kafka_security import diagnose, scrub
 from core.records import RawRecord
 from runtime import backpressure
 from runtime.metrics import INPUT_LAG
@@ -86,28 +87,63 @@ class MissingTopics(KafkaUnavailable):
         self.topics = sorted(topics)
 
 
+class KafkaSecurityError(BrokerUnreachable):
+    """The broker refused the connection's TLS or SASL settings (see `connectors.kafka_security`).
+
+    Raised at the first such refusal, without waiting out the check's timeout: retrying
+    cannot fix credentials or certificates. The message names the cause and the setting.
+    """
+
+
+class _Capture(logging.Handler):
+    """Keeps librdkafka's log lines of one check (for diagnosis) instead of printing them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.lines) < 200:
+            self.lines.append(record.getMessage())
+
+
 def cluster_metadata(
-    settings: Mapping[str, str], *, timeout_s: float = CHECK_TIMEOUT_S
+    settings: Mapping[str, str],
+    *,
+    timeout_s: float = CHECK_TIMEOUT_S,
+    sasl_env: tuple[str, str] | None = None,
 ) -> ClusterMetadata:
     """Metadata of every topic (no topic is created), or `BrokerUnreachable` within `timeout_s`.
 
     librdkafka's connection errors are collected (not printed) and the distinct ones end up
-    in the exception's message; so does `bootstrap.servers`. Nothing else from `settings`
-    (credentials) is ever put in a message.
+    in the exception's message; so does `bootstrap.servers`. A refused TLS handshake or SASL
+    login raises `KafkaSecurityError` at once, naming the cause and the setting to fix
+    (`sasl_env`: the environment variables of the user name and password, for the message).
+    Nothing else from `settings` (credentials) is ever put in a message.
     """
     errors: dict[str, None] = {}  # insertion-ordered set of distinct reasons
+    reports: list[KafkaError] = []
     all_down = False
 
     def on_error(err: KafkaError) -> None:
         nonlocal all_down
+        if len(reports) < 50:
+            reports.append(err)
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             all_down = True
         elif len(errors) < 4:
             errors[err.str()] = None
 
-    # log_level 0: librdkafka's own log lines (a "Connection refused" every ~100 ms) are not
-    # printed; the same errors reach `on_error`. A `debug` setting in kafka.extra overrides it.
-    conf: dict[str, object] = {**settings, "log_level": 0, "error_cb": on_error}
+    # librdkafka's own log lines (a "Connection refused" every ~100 ms) are not printed but
+    # kept for `diagnose`; the errors reach `on_error`. A `debug` setting in kafka.extra
+    # prints them instead (log_level 7).
+    conf: dict[str, object] = {**settings, "error_cb": on_error}
+    capture = _Capture()
+    if "debug" not in settings:
+        logger = logging.Logger("contextstream.kafka.check")
+        logger.addHandler(capture)
+        logger.propagate = False
+        conf["logger"] = logger
     admin = AdminClient(conf)  # type: ignore[arg-type]
     started = time.monotonic()
     deadline = started + timeout_s
@@ -118,7 +154,16 @@ def cluster_metadata(
             return admin.list_topics(timeout=max(0.05, min(0.5, remaining)))
         except KafkaException:
             attempts += 1
-        admin.poll(0)  # serves error_cb
+        admin.poll(0)  # serves error_cb and the logger
+        cause = diagnose(settings, reports, capture.lines, sasl_env=sasl_env)
+        if cause is not None:
+            raise KafkaSecurityError(
+                scrub(
+                    f"Kafka broker {settings.get('bootstrap.servers', '')}"
+                    f" (kafka.brokers): {cause}",
+                    settings,
+                )
+            )
         # Every bootstrap broker refused the connection twice: waiting longer will not help.
         if remaining <= 0 or (all_down and attempts >= 2):
             break
@@ -132,7 +177,7 @@ def cluster_metadata(
         f"Kafka broker {servers} (kafka.brokers) is unreachable: {reasons}. Start the broker "
         "(for development: `python -m support.broker --port PORT`) or fix kafka.brokers"
     )
-    raise BrokerUnreachable(msg)
+    raise BrokerUnreachable(scrub(msg, settings))
 
 
 def check_topics(
@@ -141,6 +186,7 @@ def check_topics(
     *,
     timeout_s: float = CHECK_TIMEOUT_S,
     create_hint: str = CREATE_TOPICS_HINT,
+    sasl_env: tuple[str, str] | None = None,
 ) -> dict[str, list[int]]:
     """The partitions of each of `topics`; raises `BrokerUnreachable` or `MissingTopics`.
 
@@ -149,7 +195,7 @@ def check_topics(
     creates them.
     """
     wanted = list(dict.fromkeys(topics))
-    meta = cluster_metadata(settings, timeout_s=timeout_s)
+    meta = cluster_metadata(settings, timeout_s=timeout_s, sasl_env=sasl_env)
     parts: dict[str, list[int]] = {}
     missing: list[str] = []
     for topic in wanted:

@@ -139,13 +139,21 @@ def create_hint(config_path: str | Path) -> str:
 def preflight(settings: Settings, config_path: str | Path) -> None:
     """The flow's start-up check: the broker answers and every topic the config names exists.
 
-    A no-op without Kafka input or output. Raises `BrokerUnreachable` or `MissingTopics`
-    (both `KafkaUnavailable`) within a few seconds, with one-line messages that name the fix
-    (`create-topics` with `config_path` for missing topics). Creates nothing.
+    A no-op without Kafka input or output. Raises `BrokerUnreachable` (its subclass
+    `KafkaSecurityError` at once for a refused TLS handshake or SASL login) or
+    `MissingTopics` (all `KafkaUnavailable`) within a few seconds, with one-line messages
+    that name the fix (`create-topics` with `config_path` for missing topics; the setting
+    for TLS and SASL). Creates nothing.
     """
     topics = [t.name for t in topic_plan(settings)]
     if topics:
-        check_topics(settings.kafka.client_settings(), topics, create_hint=create_hint(config_path))
+        sasl = settings.kafka.sasl
+        check_topics(
+            settings.kafka.client_settings(),
+            topics,
+            create_hint=create_hint(config_path),
+            sasl_env=(sasl.username_env, sasl.password_env) if sasl is not None else None,
+        )
 
 
 def _wait_for_cluster(settings: dict[str, str], wait_s: float) -> None:

@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.llm"]
+pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.kafka_secure", "tests.fixtures.llm"]
