@@ -537,6 +537,10 @@ class AnomalyConfig(Frozen):
     (0.999 -> 0.90)."""
     shift_span: int = Field(default=30, ge=2, le=1000)
     """Ensemble: readings the shift detector averages the residual ranks' surprise over."""
+    rank_sketch_accuracy: float | None = Field(default=None, gt=0, lt=0.5)
+    """Ensemble: None ranks against exact windows of `rank_window` values; a relative
+    accuracy (e.g. 0.02) ranks against a log-binned sketch instead (`RankSketch`: weights
+    halved every `rank_window` readings; a snapshot of a few KB instead of about 33 KB)."""
     context_levels: tuple[int, ...] = (5, 6, 7)
     context_orders: tuple[int, ...] = (1, 1, 1)
     context_capacity: int = Field(default=2048, ge=16, le=100_000)

@@ -292,6 +292,138 @@ class Rank:
         return pack_floats(self.ring[h:] + self.ring[:h])
 
 
+class RankSketch:
+    """An approximate `Rank` in bounded memory: counts in log-spaced bins, slowly forgotten.
+
+    A value x > 0 falls in bin floor(log(x) / log(gamma)), gamma = (1 + a) / (1 - a) for a
+    relative `accuracy` a (as in DDSketch: every value of a bin is within a factor gamma of
+    the others), offset so that the first positive value lands mid-array; values beyond
+    the `bins` bins are clamped into the end bins, values <= 0 are counted apart. The rank
+    of x is the share of the counted weight below its bin plus half its own bin's weight,
+    and exactly 1.0 above the highest bin with any weight (a new extreme, as with `Rank`).
+    Instead of sliding a window, every `halve_every` pushes all weights are halved (weights
+    that fall under 1/1024 are dropped), so the past fades with a half-life of `halve_every`
+    readings. Prefix sums come from a Fenwick tree: an update or a rank costs O(log bins).
+
+    State (`pack()`): the parameters, the bin offset, the counters and the weights of the
+    bins from the lowest to the highest with weight, as exact doubles; usually a few
+    hundred bins, whatever the history's length.
+    """
+
+    __slots__ = (
+        "accuracy",
+        "base",
+        "bins",
+        "cnt",
+        "halve_every",
+        "log_gamma",
+        "pushes",
+        "top",
+        "total",
+        "tree",
+        "zero",
+    )
+
+    _DROP = 1.0 / 1024  # weights below this are dropped when halving
+
+    def __init__(
+        self,
+        accuracy: float = 0.02,
+        halve_every: int = 3000,
+        bins: int = 1024,
+        state: tuple[Any, ...] | None = None,
+    ) -> None:
+        self.accuracy = accuracy
+        self.halve_every = halve_every
+        self.bins = bins
+        self.log_gamma = math.log((1 + accuracy) / (1 - accuracy))
+        self.cnt = [0.0] * bins
+        self.tree = [0.0] * (bins + 1)
+        base, zero, pushes, lo, weights = state or (None, 0.0, 0, 0, ())
+        self.base: int | None = base
+        self.zero: float = zero
+        self.pushes: int = pushes
+        self.top = -1
+        for i, w in enumerate(weights, lo):
+            if w:
+                self._add(i, w)
+        self.total: float = zero + math.fsum(weights)
+
+    def __len__(self) -> int:
+        """The counted weight, rounded (the length of the window `Rank` would have)."""
+        return round(self.total)
+
+    def _bin(self, x: float) -> int:
+        k = math.floor(math.log(x) / self.log_gamma)
+        if self.base is None:
+            self.base = k - self.bins // 2
+        return min(max(k - self.base, 0), self.bins - 1)
+
+    def _add(self, i: int, w: float) -> None:
+        self.cnt[i] += w
+        self.top = max(self.top, i)
+        tree, j, n = self.tree, i + 1, self.bins
+        while j <= n:
+            tree[j] += w
+            j += j & -j
+
+    def _below(self, i: int) -> float:
+        """The weight of bins 0 .. i-1."""
+        tree, s = self.tree, 0.0
+        while i > 0:
+            s += tree[i]
+            i -= i & -i
+        return s
+
+    def rank(self, x: float) -> float:
+        if self.total <= 0.0 or x <= 0.0:
+            return 0.0
+        i = self._bin(x)
+        if i > self.top:
+            return 1.0
+        return (self.zero + self._below(i) + 0.5 * self.cnt[i]) / self.total
+
+    def below(self, x: float) -> int:
+        """`rank` times the length, rounded down (the count `Rank.below` gives)."""
+        return int(self.rank(x) * len(self))
+
+    def push(self, x: float) -> None:
+        if x <= 0.0:
+            self.zero += 1.0
+        else:
+            self._add(self._bin(x), 1.0)
+        self.total += 1.0
+        self.pushes += 1
+        if self.pushes % self.halve_every == 0:
+            self._halve()
+
+    def _halve(self) -> None:
+        old = self.cnt
+        self.cnt = [0.0] * self.bins
+        self.tree = [0.0] * (self.bins + 1)
+        self.top = -1
+        for i, w in enumerate(old):
+            if w * 0.5 >= self._DROP:
+                self._add(i, w * 0.5)
+        self.zero = self.zero * 0.5 if self.zero * 0.5 >= self._DROP else 0.0
+        self.total = self.zero + math.fsum(self.cnt)
+
+    def state(self) -> tuple[Any, ...]:
+        """(base, zero weight, pushes, lowest bin with weight, weights up to the highest)."""
+        lo = next((i for i, w in enumerate(self.cnt) if w), 0)
+        return (self.base, self.zero, self.pushes, lo, tuple(self.cnt[lo : self.top + 1]))
+
+    def pack(self) -> tuple[Any, ...]:
+        """`state()` with the weights as packed doubles."""
+        base, zero, pushes, lo, weights = self.state()
+        return (base, zero, pushes, lo, pack_floats(weights))
+
+    @staticmethod
+    def unpack(packed: tuple[Any, ...]) -> tuple[Any, ...]:
+        base, zero, pushes, lo, weights = packed
+        return (base, zero, pushes, lo, tuple(unpack_floats(weights)))
+
+
 class SeasonalResidual:
     """Deviation of a value from its time-of-day baseline, ranked against recent deviations.
 
@@ -313,13 +445,16 @@ class SeasonalResidual:
         window: int = 1500,
         period_s: float = 86400.0,
         state: tuple[Any, ...] | None = None,
+        rank: RankSketch | None = None,
     ) -> None:
+        """`rank`: rank residuals with this sketch instead of an exact window of `window`
+        (the sketch then carries its own state and `state`'s ranking window is ignored)."""
         self.slots = slots
         self.alpha = alpha
         self.period = period_s
         means, ranks = state or ((), ())
         self.slot_mean: dict[int, float] = dict(means)
-        self.rank = Rank(window, ranks)
+        self.rank: Rank | RankSketch = Rank(window, ranks) if rank is None else rank
 
     def _slot(self, ts: float) -> int:
         return int((ts % self.period) / self.period * self.slots)
@@ -343,7 +478,7 @@ class SeasonalResidual:
         r = abs(x - mean)
         rank = self.rank
         below = rank.below(r)
-        n = len(rank.sorted)
+        n = len(rank)
         rank.push(r)
         self.slot_mean[slot] = mean + self.alpha * (x - mean)
         return (below / n if n else 0.0), below
@@ -351,7 +486,7 @@ class SeasonalResidual:
     def state(self) -> tuple[Any, ...]:
         return (tuple(self.slot_mean.items()), self.rank.state())
 
-    def pack(self) -> tuple[bytes, bytes, bytes]:
+    def pack(self) -> tuple[bytes, bytes, Any]:
         """`state()` packed: a bit mask of the slots that have a mean, their means in slot
         order, the ranking window."""
         slots = sorted(self.slot_mean)
@@ -390,14 +525,20 @@ class RankShift:
     _FLOOR = 1e-4  # caps one reading's surprise at ln(1e4) ~ 9.2
 
     def __init__(
-        self, span: int = 30, window: int = 3000, state: tuple[Any, ...] | None = None
+        self,
+        span: int = 30,
+        window: int = 3000,
+        state: tuple[Any, ...] | None = None,
+        rank: RankSketch | None = None,
     ) -> None:
+        """`rank`: rank the means with this sketch instead of an exact window (as in
+        `SeasonalResidual`)."""
         self.span = span
         ring, total, n, ranks = state or ((), 0.0, 0, ())
         self.ring: deque[float] = deque(ring, maxlen=span)
         self.total: float = total
         self.n: int = n
-        self.rank = Rank(window, ranks)
+        self.rank: Rank | RankSketch = Rank(window, ranks) if rank is None else rank
 
     def update(self, r: float) -> float:
         mean = self.advance(self.surprise(r))
@@ -501,16 +642,18 @@ class RankTape:
     @classmethod
     def after(cls, shift: RankShift, ranked: int, n0: int) -> RankTape:
         """A tape for `shift` from its next reading on (`n0`: the seasonal window's length)."""
+        rank = shift.rank
+        assert isinstance(rank, Rank), "a sketched shift detector needs no tape"
         return cls(
             shift.span,
-            shift.rank.window,
+            rank.window,
             ranked,
             shift.n + 1,
             n0,
             array("H"),
             (shift.n, shift.total),
             tuple(shift.ring),
-            shift.rank.state(),
+            rank.state(),
         )
 
     def record(self, code: int, shift: RankShift) -> None:

@@ -45,6 +45,7 @@ from operators.anomaly.detectors import (
     ContextNovelty,
     EwmaZScore,
     RankShift,
+    RankSketch,
     RankTape,
     SeasonalResidual,
     pack_floats,
@@ -54,6 +55,9 @@ from operators.anomaly.detectors import (
 _FORMAT = 2
 """Version of `EnsembleSeries.state()`'s packed layout (`legacy_state`'s had none)."""
 _FORMAT_LEN = 10
+_SKETCH_FORMAT = 3
+"""Layout of `EnsembleSeries.state()` with `rank_sketch_accuracy` set (no rank windows)."""
+_SKETCH_FORMAT_LEN = 11
 _STATE_LEN = 9  # the legacy layout
 _COMPONENTS = 3  # seasonal residual, residual shift, context novelty
 
@@ -101,6 +105,10 @@ class EnsembleSeries:
         self.cfg = cfg
         self.threshold = cfg.alert_threshold
         self.sharpness = cfg.season_sharpness
+        self.tape: RankTape | None = None
+        if cfg.rank_sketch_accuracy is not None:
+            self._init_sketched(cfg, state)
+            return
         tape_s = None
         if state and isinstance(state[0], int):  # versioned; the legacy layout starts with a tuple
             if state[0] == _FORMAT and len(state) == _FORMAT_LEN:
@@ -121,7 +129,6 @@ class EnsembleSeries:
             cfg.season_slots, cfg.season_alpha, cfg.rank_window, cfg.season_period_s, season_s
         )
         self.shift: RankShift
-        self.tape: RankTape
         if tape_s is not None and tape_s[:3] == (cfg.shift_span, cfg.rank_window, cfg.rank_window):
             self.tape = RankTape.unpack(tape_s)
             self.shift = self.tape.resume()
@@ -132,6 +139,19 @@ class EnsembleSeries:
                 shift_s = RankTape.unpack(tape_s).resume().state()
             self.shift = RankShift(cfg.shift_span, cfg.rank_window, shift_s)
             self.tape = RankTape.after(self.shift, cfg.rank_window, len(self.season.rank))
+        self._init_common(cfg, contexts_s, n, last_hit, recent, parts, comp_hit, comp_peak)
+
+    def _init_common(
+        self,
+        cfg: AnomalyConfig,
+        contexts_s: Any,
+        n: int | None,
+        last_hit: int | None,
+        recent: Any,
+        parts: Any,
+        comp_hit: Any,
+        comp_peak: Any,
+    ) -> None:
         self.contexts = [
             ContextNovelty(lv, order, cfg.context_capacity, s)
             for lv, order, s in zip(
@@ -150,6 +170,64 @@ class EnsembleSeries:
         self.comp_hit: list[int | None] = list(comp_hit)
         self.comp_peak: list[float] = list(comp_peak)
 
+    def _init_sketched(self, cfg: AnomalyConfig, state: tuple[Any, ...] | None) -> None:
+        """Ranks from two `RankSketch`es, resumed from a `_SKETCH_FORMAT` snapshot (any other
+        snapshot, exact windows included, is not converted: the series starts afresh)."""
+        acc, every = cfg.rank_sketch_accuracy or 0.0, cfg.rank_window
+        ok = (
+            state is not None
+            and len(state) == _SKETCH_FORMAT_LEN
+            and state[0] == _SKETCH_FORMAT
+            and state[1] == acc
+        )
+        if not ok or state is None:
+            state = (
+                _SKETCH_FORMAT,
+                acc,
+                0,
+                None,
+                (),
+                (None,) * _COMPONENTS,
+                (0.0,) * _COMPONENTS,
+                b"",
+                None,
+                None,
+                None,
+            )
+        _, _, n, last_hit, parts, comp_hit, comp_peak, recent, season, shift, ctx = state
+        season_s = shift_s = None
+        season_r = shift_r = None
+        if season is not None:
+            mask, means, season_r = season
+            season_s = (SeasonalResidual.unpack((mask, means, b""))[0], ())
+            ring, total, count, shift_r = shift
+            shift_s = (tuple(unpack_floats(ring)), total, count, ())
+            season_r, shift_r = RankSketch.unpack(season_r), RankSketch.unpack(shift_r)
+        if ctx is not None and len(ctx) != len(cfg.context_levels):
+            ctx = None
+        self.season = SeasonalResidual(
+            cfg.season_slots,
+            cfg.season_alpha,
+            every,
+            cfg.season_period_s,
+            season_s,
+            rank=RankSketch(acc, every, state=season_r),
+        )
+        self.shift = RankShift(
+            cfg.shift_span, every, shift_s, rank=RankSketch(acc, every, state=shift_r)
+        )
+        contexts_s = None if ctx is None else tuple(ContextNovelty.unpack(c) for c in ctx)
+        self._init_common(
+            cfg,
+            contexts_s,
+            n,
+            last_hit,
+            tuple(unpack_floats(recent)),
+            parts,
+            comp_hit,
+            comp_peak,
+        )
+
     def update(self, ts: float, value: float) -> Verdict:
         baseline = self.season.baseline(ts)
         rank, code = self.season.update_coded(value, ts)
@@ -157,7 +235,8 @@ class EnsembleSeries:
         seasonal = rank**sharp
         shift_detector = self.shift
         shift = shift_detector.update(rank) ** sharp
-        self.tape.record(code, shift_detector)
+        if self.tape is not None:
+            self.tape.record(code, shift_detector)
         contexts = self.contexts
         novelty = sum(c.update(value) for c in contexts) / len(contexts)
         self._recent.append(value)
@@ -224,6 +303,8 @@ class EnsembleSeries:
         immutable copy; bounded by `rank_window` (8 bytes a reading, plus 2 for the tape),
         `season_slots` and `context_capacity`.
         """
+        if self.tape is None:
+            return self._sketched_state()
         return (
             _FORMAT,
             self.n,
@@ -235,6 +316,27 @@ class EnsembleSeries:
             self.season.pack(),
             self.tape.pack(),
             tuple(c.pack() for c in self.contexts),
+        )
+
+    def _sketched_state(self) -> tuple[Any, ...]:
+        """The `_SKETCH_FORMAT` snapshot: `(_SKETCH_FORMAT, accuracy, n, last_hit, parts,
+        comp_hit, comp_peak, recent, (slot mask, slot means, residual sketch), (shift ring,
+        total, count, mean sketch), contexts)`; the sketches as `RankSketch.pack()`."""
+        mask, means, ranks = self.season.pack()
+        shift = self.shift
+        contexts = tuple(c.pack() for c in self.contexts)
+        return (
+            _SKETCH_FORMAT,
+            self.cfg.rank_sketch_accuracy,
+            self.n,
+            self.last_hit,
+            self.parts,
+            tuple(self.comp_hit),
+            tuple(self.comp_peak),
+            pack_floats(self._recent),
+            (mask, means, ranks),
+            (pack_floats(shift.ring), shift.total, shift.n, shift.rank.pack()),
+            contexts,
         )
 
 
