@@ -124,7 +124,7 @@ def topic_plan(settings: Settings, *, input_partitions: int = INPUT_PARTITIONS) 
         for name in names:
             if name:
                 cfg = TOPIC_CONFIG
-                if attr == "dead_letters" and out.dead_letter_retention_ms is not None:
+                if name == out.dead_letters and out.dead_letter_retention_ms is not None:
                     # Dead letters keep the original bytes (PII included) for reprocessing.
                     cfg = {**TOPIC_CONFIG, "retention.ms": str(out.dead_letter_retention_ms)}
                 specs.setdefault(name, TopicSpec(name, "output", 1, cfg))
