@@ -46,7 +46,17 @@ from connectors.reference import (
     parse_profile,
 )
 from core.clock import Clock
-from core.records import KV, DeadLetter, Event, Kind, LedgerEntry, RawRecord, Response, coords
+from core.records import (
+    KV,
+    Audit,
+    DeadLetter,
+    Event,
+    Kind,
+    LedgerEntry,
+    RawRecord,
+    Response,
+    coords,
+)
 from inference.client import LLMExecutor, shared_executor
 from inference.embeddings import shared_embeddings
 from operators.anomaly import detect_anomalies
@@ -304,6 +314,8 @@ def build_flow(
         )
     llm = call_llm("llm", work, settings.llm, executor, clock)
     dead.append(llm.errs)
+    # Audit records: one per LLM request or cache hit, plus activity records (core.activity).
+    audits: list[Stream[Audit]] = [llm.audit]
 
     # The profile store and the knowledge index are filled by each process's
     # `ReferenceTable`; these inputs only dead-letter invalid records, once for the
@@ -333,7 +345,8 @@ def build_flow(
         publish(f"out_topic_{n}", own.trues, response_kv, _sink(settings, topic, topic))
         answers = own.falses
     publish("out_responses", answers, response_kv, _sink(settings, "responses", out.responses))
-    publish("out_audit", llm.audit, audit_kv, _sink(settings, "audit", out.audit))
+    audit = audits[0] if len(audits) == 1 else op.merge("audits", *audits)
+    publish("out_audit", audit, audit_kv, _sink(settings, "audit", out.audit))
     publish(
         "out_dead_letters",
         op.merge("dead_letters", *dead),

@@ -62,6 +62,9 @@ def response_kv(resp: Response) -> KV:
 
 def audit_kv(audit: Audit) -> KV:
     r = audit.record
+    if r.get("type") == "activity":
+        metrics.ACTIVITY.labels(r["activity"]).inc()
+        return _kv(r["tenant"] or "", r)
     route = r["route"]
     metrics.LLM_REQUESTS.labels(route, r["outcome"]).inc()
     if not r["cache_hit"]:

@@ -17,6 +17,9 @@ EVENTS = Counter(
 )
 ALERTS = Counter("contextstream_alerts_total", "Anomaly alerts raised.", ["detector"])
 DEAD_LETTERS = Counter("contextstream_dead_letters_total", "Dead letters by step.", ["step"])
+ACTIVITY = Counter(
+    "contextstream_activity_total", "Activity audit records by activity.", ["activity"]
+)
 LLM_REQUESTS = Counter(
     "contextstream_llm_requests_total",
     "LLM requests (and cache-hit lookups) by outcome.",

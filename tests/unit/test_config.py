@@ -239,5 +239,3 @@ def test_settings_defaults_are_safe() -> None:
     assert s.validation.max_past_age_s is None
     assert s.kafka.security_protocol == "PLAINTEXT"
     assert [r.task for r in s.llm.routes] == ["chat_reply", "explain_anomaly", "none", "none"]
-
-
