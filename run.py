@@ -45,8 +45,9 @@ from connectors.kafka_source import KafkaUnavailable
 from connectors.kafkatool import preflight
 from connectors.reference import ReferenceBootstrapError
 from flows.pipeline import build_flow, prepare_stores
-from runtime import metrics
+from runtime import metrics, signals
 from runtime.process import setup_process, start_progress, stop_progress, tune_gc
+from runtime.run_audit import RunAudit, outcome_of
 from state.recovery import RecoveryDirectoryError, prepare_recovery
 from state.stores import StoreError
 
@@ -132,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     tune_gc()
 
     started = time.monotonic()
+    run = RunAudit(settings, args.config, workers_per_process=args.workers_per_process)
+    run.started()
+    signals.before_forced_exit(lambda exit_code: run.stopped("exited_without_snapshot", exit_code))
     start_progress(args.progress_every)
     code = 0
     try:
@@ -160,8 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         code = 3
     except KeyboardInterrupt:
         code = 130
+    except BaseException as exc:
+        run.stopped("failed", 1, error=type(exc).__name__)
+        raise
     finally:
         stop_progress()
+        run.stopped(outcome_of(code), code)
         if sim is not None:
             sim.stop()  # type: ignore[attr-defined]
     s = summary(started)

@@ -212,7 +212,11 @@ def run_mode(mode: str, args: argparse.Namespace, input_path: Path, root: Path) 
 
 def figures(out: Path, seconds: float, sampler: Sampler) -> dict[str, Any]:
     """Shares, requests, tokens and latency of the LLM stage's work items in `out`."""
-    requests = [a for a in _jsonl(out / "audit.jsonl") if not a.get("cache_hit")]
+    requests = [
+        a
+        for a in _jsonl(out / "audit.jsonl")
+        if a.get("type") == "audit" and not a.get("cache_hit")
+    ]
     asked: Counter[str] = Counter(i for a in requests for i in a["item_ids"])
     items = set(asked)
     answers = {r["item_id"]: r for r in _jsonl(out / "responses.jsonl") if r["item_id"] in items}

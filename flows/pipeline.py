@@ -78,6 +78,7 @@ from operators.route import Router, route
 from operators.validate import decode_validate
 from runtime import backpressure, metrics
 from runtime.process import process_position, setup_process, start_progress, tune_gc
+from runtime.run_audit import RunAudit
 from state.knowledge import RetrievalSettings, parse_document
 from state.recovery import check_recovery_directory, recovery_directory_argument
 from state.stores import StoreError, StoreLayout
@@ -412,6 +413,9 @@ def build(config_path: str) -> Dataflow:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     tune_gc()
+    run = RunAudit(settings, config_path, process)
+    run.started()
+    run.stop_at_exit()
     start_progress(settings.app.progress_every_s)
     log.info(
         "flow built",

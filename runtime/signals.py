@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
 log = logging.getLogger("contextstream.signals")
@@ -38,8 +39,21 @@ def stop_requested() -> bool:
     return _STOP.is_set()
 
 
+_BEFORE_FORCED_EXIT: list[Callable[[int], None]] = []
+
+
+def before_forced_exit(hook: Callable[[int], None]) -> None:
+    """Call `hook(exit_code)` before a forced exit (`os._exit` skips the exit handlers)."""
+    _BEFORE_FORCED_EXIT.append(hook)
+
+
 def _exit_now(signum: int, why: str) -> None:
     log.error("%s; exiting with code %d without a final snapshot", why, 128 + signum)
+    for hook in _BEFORE_FORCED_EXIT:
+        try:
+            hook(128 + signum)
+        except Exception:
+            log.exception("exit hook failed")
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stderr.flush()

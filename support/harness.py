@@ -191,6 +191,10 @@ backoff_base_s = 0.05
         recs: list[Record] = consume_all(self.bootstrap, self.topics[name], idle_s=idle_s)
         return [json.loads(r.value) for r in recs if r.value is not None]
 
+    def llm_audit(self, idle_s: float = 2.0) -> list[dict[str, Any]]:
+        """The audit topic's per-request LLM records (without the activity records)."""
+        return [r for r in self.drain("audit", idle_s=idle_s) if r.get("type") == "audit"]
+
     def drain_timed(self, name: str, idle_s: float = 2.0) -> list[tuple[float, dict[str, Any]]]:
         """Like `drain`, with each record's broker timestamp (epoch seconds)."""
         recs = consume_all(self.bootstrap, self.topics[name], idle_s=idle_s, timeout_s=600)
@@ -603,7 +607,7 @@ def check(
     dead = dep.drain_timed("dead_letters", idle_s=1.0)
     responses = dep.drain_timed("responses", idle_s=1.0)
     rep.alerts = len(dep.drain("alerts", idle_s=0.5))
-    rep.audit = len(dep.drain("audit", idle_s=0.5))
+    rep.audit = len(dep.llm_audit(idle_s=0.5))
     rep.ledger, rep.dead_letters, rep.responses = len(ledger), len(dead), len(responses)
 
     # -- per input record: exactly one outcome (a ledger entry or a decode dead letter)

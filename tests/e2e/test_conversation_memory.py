@@ -148,7 +148,7 @@ def summaries_done(dep: Deployment, n: int) -> bool:
     """Whether `n` summarize items have been answered (the audit records them)."""
     done = {
         i
-        for a in dep.drain("audit", idle_s=0.3)
+        for a in dep.llm_audit(idle_s=0.3)
         if a["route"] == "summarize_memory" and a["outcome"] in ("ok", "cache_hit")
         for i in a["item_ids"]
     }
@@ -190,7 +190,7 @@ def test_older_turns_fold_into_summaries_across_a_restart(
     assert all(len(v) == 1 for v in seen.values()), "an item was requested twice"
     summary_answers = {
         i: None
-        for a in dep.drain("audit", idle_s=0.3)
+        for a in dep.llm_audit(idle_s=0.3)
         if a["route"] == "summarize_memory"
         for i in a["item_ids"]
     }

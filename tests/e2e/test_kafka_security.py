@@ -25,6 +25,7 @@ import pytest
 
 from config.models import load_config
 from llmsim import LLMSimulator
+from runtime.run_audit import config_fingerprint
 from support import workload
 from support.broker import consume_all, produce
 from support.harness import account
@@ -180,6 +181,11 @@ def test_production_profile_runs_the_pipeline_over_sasl_ssl(
     assert acc.dead_raw == len(bad)
     answered = {i for r in out["responses"] if r["task"] == "chat_reply" for i in r["event_ids"]}
     assert answered == {i for i, _ in chats}
+    # The run's start and stop are on the audit topic, with the config's fingerprint.
+    runs = [r for r in out["audit"] if r["type"] == "activity"]
+    assert [r["activity"] for r in runs] == ["run_started", "run_stopped"]
+    assert {r["config_fingerprint"] for r in runs} == {config_fingerprint(derived)}
+    assert runs[0]["profile"] == "production" and runs[1]["outcome"] == "finished"
     # Every login of this run was SCRAM with this mechanism, and none failed.
     logins = secure_kafka.front.logins[logins_before:]
     assert logins and all(x.ok and x.mechanism == mechanism and x.user == "ctx-app" for x in logins)

@@ -71,7 +71,7 @@ def test_every_event_is_accounted_for_and_requests_are_batched(
     assert wait_exit(proc, dep) == 0, dep.log()[-3000:]
 
     ledger, dead = dep.drain("ledger"), dep.drain("dead_letters")
-    responses, audit = dep.drain("responses"), dep.drain("audit")
+    responses, audit = dep.drain("responses"), dep.llm_audit()
     sent = {i for i, _ in chats + metrics + business if i}
     acc = account(sent, ledger, dead, responses)
     assert acc.lost == set()

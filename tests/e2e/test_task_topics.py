@@ -60,7 +60,7 @@ model = "sim-1"
     assert wait_exit(proc, dep) == 0, dep.log()[-3000:]
 
     triaged = [json.loads(r.value) for r in consume_all(kafka_bootstrap, topic) if r.value]
-    responses, audit = dep.drain("responses"), dep.drain("audit")
+    responses, audit = dep.drain("responses"), dep.llm_audit()
     ledger, dead = dep.drain("ledger"), dep.drain("dead_letters")
     sent = {i for i, _ in business + chats if i}
     assert account(sent, ledger, dead, responses + triaged).lost == set()
