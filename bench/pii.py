@@ -13,13 +13,17 @@
    events go to a task with profile and knowledge context) as production launches it
    (`python -m bytewax.run "flows.pipeline:build('<config>')"`), against the LLM simulator
    (`llmsim`, in this process, no latency), and searches every prompt the simulator received,
-   the flow's log and every output file but the dead letters for each ground-truth value, as
+   the flow's log, every output file but the dead letters, the recovery snapshots (`-r`,
+   1 s epochs) and the stores for each ground-truth value, as
    written and normalized (lower case, only letters, digits and "@": a card or phone number
    without its separators); IP addresses are compared as parsed addresses.
 
 The last line is one JSON object: `records`, `recall_min`, `precision_min`,
 `recall_<kind>`, `precision_<kind>`, `redact_us_per_record`, `legacy_redact_us_per_record`,
-`pii_in_prompts`, `pii_in_logs`, `pii_in_outputs`, `prompts`, `truth_values`.
+`pii_in_prompts`, `pii_in_logs`, `pii_in_outputs`, `pii_in_dead_letters`, `pii_in_state`
+(the recovery snapshots: memory, windows, pending LLM work), `pii_in_reference_stores` (the
+profile store and knowledge index, which keep reference data as given), `prompts`,
+`truth_values`.
 """
 
 from __future__ import annotations
@@ -174,6 +178,15 @@ schema_name = "chat_reply"
 """
 
 
+def _bytes_text(root: Path) -> str:
+    """Every file under `root` (recovery snapshots, stores) as text, for the PII search."""
+    return "\n".join(
+        f.read_bytes().decode("utf-8", errors="replace")
+        for f in sorted(root.rglob("*"))
+        if f.is_file()
+    )
+
+
 def run_pipeline(records: list[CorpusRecord], work: Path) -> dict[str, Any]:
     """The flow on the records against the simulator; the prompts, log and output texts."""
     from llmsim import LLMSimulator, SimConfig
@@ -208,9 +221,15 @@ base_url = "{sim.base_url}"
 concurrency = 16
 {TASKS.format()}"""
         )
+        recovery = work / "recovery"
+        recovery.mkdir()
+        from bytewax.recovery import init_db_dir
+
+        init_db_dir(recovery, 1)
         started = time.perf_counter()
+        flow = f"flows.pipeline:build('{cfg}')"
         proc = subprocess.run(
-            [sys.executable, "-m", "bytewax.run", f"flows.pipeline:build('{cfg}')"],
+            [sys.executable, "-m", "bytewax.run", flow, "-r", str(recovery), "-s", "1", "-b", "0"],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -234,6 +253,8 @@ concurrency = 16
     )
     return {
         "prompts": prompts,
+        "state": _bytes_text(work / "recovery"),
+        "stores": _bytes_text(work / "stores"),
         "log": proc.stdout + proc.stderr,
         "outputs": outputs,
         "dead": dead,
@@ -279,12 +300,16 @@ def main(argv: list[str] | None = None) -> int:
         in_log = finder.found(run["log"])
         in_outputs = {name: len(finder.found(text)) for name, text in run["outputs"].items()}
         in_dead = len(finder.found(run["dead"]))
+        in_state = finder.found(run["state"])
+        in_stores = len(finder.found(run["stores"]))
         print(
             f"pipeline ({run['seconds']:.1f} s, {len(run['prompts'])} prompts): PII values in "
             f"prompts {len(in_prompts)}, in the log {len(in_log)}, in outputs {in_outputs}; "
-            f"in dead letters (original bytes, kept for reprocessing) {in_dead}"
+            f"in dead letters (original bytes, kept for reprocessing) {in_dead}; in the "
+            f"recovery snapshots (memory, windows, pending work) {len(in_state)}; in the "
+            f"reference stores (profiles and knowledge as given, not encrypted) {in_stores}"
         )
-        for v in sorted(in_prompts | in_log)[:20]:
+        for v in sorted(in_prompts | in_log | in_state)[:20]:
             print(f"  leaked: {v}")
         result.update(
             {
@@ -292,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
                 "pii_in_logs": len(in_log),
                 "pii_in_outputs": sum(in_outputs.values()),
                 "pii_in_dead_letters": in_dead,
+                "pii_in_state": len(in_state),
+                "pii_in_reference_stores": in_stores,
                 "prompts": len(run["prompts"]),
                 "truth_values": len(truth),
                 "tenant": TENANT,

@@ -24,6 +24,7 @@ import dataclasses
 import ipaddress
 import re
 from collections.abc import Iterable
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
@@ -319,13 +320,42 @@ def looks_like_injection(text: str) -> bool:
     return _INJECTION.search(text) is not None
 
 
+def redact_values(value: Any, redactor: Redactor) -> tuple[Any, int]:
+    """`value` with every string in it (nested in dicts and lists, keys excepted) redacted,
+    and the number of replacements; unchanged containers are returned as they are."""
+    if isinstance(value, str):
+        return redactor.redact(value)
+    if isinstance(value, dict):
+        count = 0
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            out[k], n = redact_values(v, redactor)
+            count += n
+        return (out, count) if count else (value, 0)
+    if isinstance(value, list):
+        count = 0
+        items = []
+        for v in value:
+            r, n = redact_values(v, redactor)
+            items.append(r)
+            count += n
+        return (items, count) if count else (value, 0)
+    return value, 0
+
+
 class EventRedactor:
-    """Applies a `Redactor` to an event's free text and sets the injection flag."""
+    """Applies a `Redactor` to an event's free text (chat text; every string of a business
+    event's payload, which memory keeps) and sets the injection flag on chat text."""
 
     def __init__(self, redactor: Redactor | None) -> None:
         self.redactor = redactor
 
     def apply(self, event: Event) -> Event:
+        if event.kind is Kind.BUSINESS and self.redactor is not None:
+            payload, count = redact_values(event.payload, self.redactor)
+            if count == 0:
+                return event
+            return dataclasses.replace(event, payload=payload, redactions=count)
         if event.kind is not Kind.CHAT:
             return event
         text = event.payload["text"]
@@ -343,10 +373,12 @@ class EventRedactor:
 
 @operator
 def redact(step_id: str, up: Stream[Event], redactor: Redactor | None) -> Stream[Event]:
-    """Redact PII in chat text and flag injection attempts. Stateless; never raises on input.
+    """Redact PII in chat text and business payloads, flag injection. Never raises on input.
 
-    Only chat events carry free text; other kinds pass unchanged. With `redactor` None, text
-    is kept and only the injection flag is set.
+    Chat text is redacted and checked for injection; every string of a business event's
+    payload is redacted (memory keeps those payloads, and routing conditions see the redacted
+    values); metric events pass unchanged. With `redactor` None, text is kept and only the
+    injection flag is set.
 
     >>> import bytewax.operators as op
     >>> from bytewax.dataflow import Dataflow
