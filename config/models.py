@@ -32,6 +32,11 @@ from pydantic import (
     model_validator,
 )
 
+TENANT_PATTERN = r"^[^/\x00-\x1f\x7f]+$"
+"""What a tenant name may be: no "/" and no control characters. Keys, store entries and
+output keys are `tenant/entity`; with no "/" in the tenant the first "/" splits them, so two
+different (tenant, entity) pairs never share one."""
+
 Adapter = Literal["auto", "chat_message", "metric_reading", "business_event"]
 """The built-in ways raw records of a source are mapped into the canonical event (a source
 may also name an adapter declared in `[[input.adapters]]`, see `AdapterSpec`)."""
@@ -414,12 +419,33 @@ class SourceConfig(Frozen):
     """A built-in adapter (`Adapter`), "auto", or the name of an `[[input.adapters]]` entry."""
     tenant: str | None = None
     """Tenant for records that do not name one; None means such records are invalid."""
+    tenants: tuple[str, ...] | None = None
+    """The tenants this source may carry; a record naming another is dead-lettered (and
+    audited as `tenant_refused`), never processed. None: any tenant (declare it in production)."""
 
     @model_validator(mode="after")
     def _one_location(self) -> SourceConfig:
         if (self.topic is None) == (self.path is None):
             msg = f"source {self.name!r}: set exactly one of `topic` or `path`"
             raise ValueError(msg)
+        if self.tenant is not None and not re.match(TENANT_PATTERN, self.tenant):
+            msg = (
+                f'source {self.name!r}: `tenant` may not be empty or have "/" or control characters'
+            )
+            raise ValueError(msg)
+        if self.tenants is not None:
+            if not self.tenants or any(not re.match(TENANT_PATTERN, t) for t in self.tenants):
+                msg = (
+                    f"source {self.name!r}: `tenants` lists no tenant, or a name that is empty "
+                    'or has "/" or control characters'
+                )
+                raise ValueError(msg)
+            if self.tenant is not None and self.tenant not in self.tenants:
+                msg = (
+                    f"source {self.name!r}: its default `tenant` {self.tenant!r} is not in "
+                    f"its `tenants` {list(self.tenants)}"
+                )
+                raise ValueError(msg)
         return self
 
 

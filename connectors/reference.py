@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, TopicPartition
 
-from config.models import SourceConfig
+from config.models import TENANT_PATTERN, SourceConfig
 from connectors.kafka_source import check_topics
 from core.records import RawRecord
 from runtime.metrics import REFERENCE_BOOTSTRAP_SECONDS, REFERENCE_FRESHNESS, REFERENCE_UPDATES
@@ -76,6 +77,8 @@ def parse_profile(raw: RawRecord) -> ProfileUpdate | str:
     tenant, entity, attrs = obj.get("tenant"), obj.get("entity"), obj.get("attributes")
     if not (isinstance(tenant, str) and tenant and isinstance(entity, str) and entity):
         return "profile update needs non-empty string `tenant` and `entity`"
+    if not re.match(TENANT_PATTERN, tenant):
+        return 'profile update tenant may not contain "/" or control characters'
     if tenant == META:
         return f"profile update tenant {META!r} is reserved"
     if not isinstance(attrs, dict):

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 import orjson
 
 KV = tuple[bytes | None, bytes]
+
 """An output record: Kafka key (or None) and value bytes."""
 
 

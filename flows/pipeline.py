@@ -45,6 +45,7 @@ from connectors.reference import (
     open_knowledge,
     parse_profile,
 )
+from core.activity import activity_record
 from core.clock import Clock
 from core.records import (
     KV,
@@ -141,6 +142,23 @@ def bounded_dead_letter_kv(max_raw: int) -> Callable[[DeadLetter], KV]:
         return dead_letter_kv(dl)
 
     return to_kv
+
+
+def tenant_refusal(dl: DeadLetter, now: float) -> Audit | None:
+    """The `tenant_refused` activity record of a dead letter refusing a record's tenant."""
+    claimed = dl.detail.get("refused_tenant")
+    if claimed is None:
+        return None
+    return activity_record(
+        "tenant_refused",
+        about=(dl.source,),
+        tenant=claimed,
+        at=now,
+        source=dl.detail["source_name"],
+        coordinates=dl.source,
+        event_id=dl.event_id,
+        allowed=dl.detail["allowed"],
+    )
 
 
 def _count_invalid(dl: DeadLetter) -> DeadLetter:
@@ -317,6 +335,10 @@ def build_flow(
     dead.append(llm.errs)
     # Audit records: one per LLM request or cache hit, plus activity records (core.activity).
     audits: list[Stream[Audit]] = [llm.audit]
+    if any(s.tenants is not None for s in settings.input.sources):
+        audits.append(
+            op.filter_map("tenant_refusals", valid.errs, lambda dl: tenant_refusal(dl, clock()))
+        )
 
     # The profile store and the knowledge index are filled by each process's
     # `ReferenceTable`; these inputs only dead-letter invalid records, once for the

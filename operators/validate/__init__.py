@@ -113,7 +113,6 @@ class Decoder:
             return self._dead(raw, f"not UTF-8: invalid byte at position {exc.start}")
         src = self._sources.get(raw.source_name)
         configured = src.adapter if src is not None else "auto"
-        default_tenant = src.tenant if src is not None else None
 
         # Fast path: parse and validate in one pass (pydantic-core) with the adapter the
         # source names or the bytes suggest. Any failure falls through to the slow path,
@@ -126,7 +125,7 @@ class Decoder:
             except ValidationError:
                 pass
             else:
-                return self._checked(self._event(compiled, model, raw, default_tenant), raw)
+                return self._checked(self._event(compiled, model, raw, src), raw)
 
         try:
             obj = json.loads(text)
@@ -150,7 +149,7 @@ class Decoder:
             model = compiled.model.model_validate(obj)
         except ValidationError as exc:
             return self._dead(raw, compiled.reason(exc), adapter=adapter)
-        return self._checked(self._event(compiled, model, raw, default_tenant), raw)
+        return self._checked(self._event(compiled, model, raw, src), raw)
 
     def _checked(self, event: Event | DeadLetter, raw: RawRecord) -> Event | DeadLetter:
         """Apply the event-time checks (skew, age) to a decoded event."""
@@ -179,19 +178,29 @@ class Decoder:
         adapter: CompiledAdapter,
         model: BaseModel,
         raw: RawRecord,
-        default_tenant: str | None,
+        src: SourceConfig | None,
     ) -> Event | DeadLetter:
         try:
             event_id, tenant, entity, ts, payload = adapter.build(model)
         except MappingError as exc:
             return self._dead(raw, str(exc), adapter=adapter.name)
-        tenant = tenant or default_tenant
+        tenant = tenant or (src.tenant if src is not None else None)
         if tenant is None:
             return self._dead(
                 raw,
                 "no tenant: the record names none and its source has no default tenant "
                 "(input.sources[].tenant)",
                 event_id=event_id,
+            )
+        if src is not None and src.tenants is not None and tenant not in src.tenants:
+            return self._dead(
+                raw,
+                f"tenant {tenant!r} not allowed on source {src.name!r} (allowed: "
+                f"{', '.join(src.tenants)}; input.sources[].tenants)",
+                event_id=event_id,
+                refused_tenant=tenant,
+                source_name=src.name,
+                allowed=list(src.tenants),
             )
         return Event(
             event_id=event_id,

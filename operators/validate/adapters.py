@@ -43,7 +43,14 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from config.models import BUILTIN_ADAPTERS, AdapterSpec, DerivedId, TenantSpec, TimestampSpec
+from config.models import (
+    BUILTIN_ADAPTERS,
+    TENANT_PATTERN,
+    AdapterSpec,
+    DerivedId,
+    TenantSpec,
+    TimestampSpec,
+)
 from core.records import Kind
 
 _RAW_CONFIG = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False, strict=False)
@@ -51,7 +58,9 @@ _RAW_CONFIG = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False, stric
 
 _Id = Field(min_length=1, max_length=256)
 _IdStr = Annotated[str, _Id]
-_Tenant = Annotated[str, Field(min_length=1, max_length=128)]
+_Tenant = Annotated[str, Field(min_length=1, max_length=128, pattern=TENANT_PATTERN)]
+"""A tenant name: no "/" (keys are `tenant/entity`, split at the first "/", so no two
+(tenant, entity) pairs share a key) and no control characters."""
 _Strict = Field(strict=True)
 
 _FIRST_S, _LAST_S = -62_135_596_800, 253_402_300_799
@@ -64,7 +73,10 @@ ISO 8601 timestamp cannot be outside them, and later stages turn event times int
 _LEAF_TYPES: dict[str, tuple[Any, str]] = {
     "id": (_IdStr | StrictInt, "a non-empty string (at most 256 characters) or an integer"),
     "text": (Annotated[str, Field(min_length=1)], "a non-empty string"),
-    "tenant": (_Tenant | None, "a non-empty string of at most 128 characters"),
+    "tenant": (
+        _Tenant | None,
+        'a non-empty string of at most 128 characters without "/" or control characters',
+    ),
     "iso8601": (str, "an ISO 8601 timestamp string with a zone offset"),
     "epoch_s": (
         Annotated[float, Field(strict=True, ge=_FIRST_S, le=_LAST_S)],
@@ -118,12 +130,16 @@ class _Preset:
     fallback_id: DerivedId | None = None
 
 
+_TENANT_RULE = 'may not contain "/" or control characters (a tenant name)'
+
+
 def _legacy_reason(name: str) -> Callable[[ValidationError], str]:
     def reason(exc: ValidationError) -> str:
         parts = []
         for err in exc.errors(include_url=False)[:5]:
             loc = ".".join(str(p) for p in err["loc"]) or "<record>"
-            parts.append(f"{loc}: {err['msg']}")
+            msg = _TENANT_RULE if err["type"] == "string_pattern_mismatch" else err["msg"]
+            parts.append(f"{loc}: {msg}")
         return f"invalid {name}: {'; '.join(parts)}"
 
     return reason
@@ -148,6 +164,9 @@ def _field_reason(name: str, leaves: Mapping[str, str]) -> Callable[[ValidationE
             seen.add(path)
             if err["type"] == "missing":
                 parts.append(f"field {path!r} missing")
+                continue
+            if err["type"] == "string_pattern_mismatch":
+                parts.append(f"field {path!r} {_TENANT_RULE}")
                 continue
             if err["type"] in ("greater_than_equal", "less_than_equal"):
                 parts.append(f"field {path!r} is outside the years 1 to 9999")
