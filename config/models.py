@@ -1273,6 +1273,15 @@ class LLMConfig(Frozen):
         return self.model_copy(update={**limits(self, ""), "endpoints": endpoints})
 
 
+class TenantConfig(Frozen):
+    """What one tenant may use (`[tenants.<name>]`)."""
+
+    tasks: tuple[str, ...] | None = None
+    """The LLM tasks this tenant's events and alerts may go to; a route naming another task
+    leaves the event context only for this tenant (its ledger route says so). None: every
+    task. Internal memory summaries are not restricted."""
+
+
 class Settings(Frozen):
     """The whole deployment. Validation errors never repeat input values (a credential
     pasted into `kafka.extra` must not end up in a log)."""
@@ -1290,6 +1299,32 @@ class Settings(Frozen):
     stores: StoresConfig = StoresConfig()
     knowledge: KnowledgeConfig = KnowledgeConfig()
     llm: LLMConfig = LLMConfig()
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict)
+    """Per-tenant rules, by tenant name (tenants not listed: no restriction)."""
+
+    @model_validator(mode="after")
+    def _tenant_rules_name_tasks(self) -> Settings:
+        names = {t.name for t in self.llm.tasks}
+        for tenant, rules in self.tenants.items():
+            if not re.match(TENANT_PATTERN, tenant):
+                msg = f'tenants: {tenant!r} is no tenant name (empty, "/" or control characters)'
+                raise ValueError(msg)
+            unknown = sorted(set(rules.tasks or ()) - names)
+            if unknown:
+                msg = (
+                    f"tenants.{tenant}.tasks: names unknown task {unknown[0]!r} "
+                    f"(tasks: {', '.join(sorted(names))})"
+                )
+                raise ValueError(msg)
+        return self
+
+    def tenant_tasks(self) -> dict[str, frozenset[str]]:
+        """The task allow-list of each tenant that has one."""
+        return {
+            name: frozenset(rules.tasks)
+            for name, rules in self.tenants.items()
+            if rules.tasks is not None
+        }
 
     @model_validator(mode="after")
     def _task_topics_are_their_own(self) -> Settings:

@@ -270,7 +270,7 @@ def build_flow(
 
     backpressure.configure(settings.llm.max_pending_items)
     summary_task = settings.memory.summary_task if settings.memory.max_tokens else None
-    router = Router(settings.llm.routes, summary_task)
+    router = Router(settings.llm.routes, summary_task, settings.tenant_tasks())
     out = settings.output
     sources = {s.name: s for s in settings.input.sources}
 

@@ -15,7 +15,7 @@ tasks at start, with the rule's position.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 import bytewax.operators as op
@@ -251,9 +251,17 @@ class Router:
     refuses (the config refuses these at load; this guards rules built in code).
     """
 
-    def __init__(self, rules: Iterable[RouteRule], summary_task: str | None = None) -> None:
+    def __init__(
+        self,
+        rules: Iterable[RouteRule],
+        summary_task: str | None = None,
+        tenant_tasks: Mapping[str, frozenset[str]] | None = None,
+    ) -> None:
+        """`tenant_tasks`: per tenant, the tasks it may use (`Settings.tenant_tasks`); a
+        matched rule's other tasks are dropped for that tenant."""
         self.rules = tuple(rules)
         self.summary_task = summary_task
+        self._allowed = dict(tenant_tasks or {})
         for i, rule in enumerate(self.rules):
             for j, cond in enumerate(rule.when):
                 reason = cond.problem(rule.kind)
@@ -278,14 +286,20 @@ class Router:
         """The tasks of the first rule `event` matches; () (context only) when none does."""
         for test, tasks in self._by_kind[event.kind]:
             if test is None or test(event):
-                return tasks
+                return self._for_tenant(event.tenant, tasks)
         return ()
+
+    def _for_tenant(self, tenant: str, tasks: tuple[str, ...]) -> tuple[str, ...]:
+        allowed = self._allowed.get(tenant)
+        if allowed is None or not tasks:
+            return tasks
+        return tuple(t for t in tasks if t in allowed)
 
     def tasks_for_alert(self, alert: Alert) -> tuple[str, ...]:
         """The tasks of the first rule `alert` matches; () when none does."""
         for test, tasks in self._alerts:
             if test is None or test(alert):
-                return tasks
+                return self._for_tenant(alert.tenant, tasks)
         return ()
 
     def may_route(self, kind: Kind) -> bool:

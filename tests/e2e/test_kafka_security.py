@@ -157,8 +157,13 @@ def test_production_profile_runs_the_pipeline_over_sasl_ssl(
     metrics = workload.metrics(300, series=6)
     business = workload.business(60, accounts=10)
     bad = workload.malformed(6)
+    # A record claiming a tenant the chat source does not carry: refused, dead-lettered.
+    intruder = workload.chats(1, sessions=1, tenant="intruder", prefix="x")
     produce(
-        secure_kafka.bootstrap, topics["chat"], [v for _, v in chats + bad], producer_config=client
+        secure_kafka.bootstrap,
+        topics["chat"],
+        [v for _, v in chats + bad + intruder],
+        producer_config=client,
     )
     produce(
         secure_kafka.bootstrap, topics["metrics"], [v for _, v in metrics], producer_config=client
@@ -175,14 +180,21 @@ def test_production_profile_runs_the_pipeline_over_sasl_ssl(
         return [json.loads(r.value) for r in recs if r.value is not None]
 
     out = {name: drain(name) for name in OUTPUTS}
-    sent = {i for i, _ in chats + metrics + business if i}
+    sent = {i for i, _ in chats + metrics + business + intruder if i}
     acc = account(sent, out["ledger"], out["dead_letters"], out["responses"])
     assert acc.lost == set()
     assert acc.dead_raw == len(bad)
+    assert acc.dead == {intruder[0][0]: 1}
+    refused = [d for d in out["dead_letters"] if d["detail"].get("refused_tenant") == "intruder"]
+    assert len(refused) == 1 and refused[0]["reason"].startswith("tenant 'intruder' not allowed")
     answered = {i for r in out["responses"] if r["task"] == "chat_reply" for i in r["event_ids"]}
     assert answered == {i for i, _ in chats}
     # The run's start and stop are on the audit topic, with the config's fingerprint.
-    runs = [r for r in out["audit"] if r["type"] == "activity"]
+    activity = [r for r in out["audit"] if r["type"] == "activity"]
+    assert [(r["activity"], r["tenant"]) for r in activity if r["tenant"]] == [
+        ("tenant_refused", "intruder")
+    ]
+    runs = [r for r in activity if r["activity"].startswith("run_")]
     assert [r["activity"] for r in runs] == ["run_started", "run_stopped"]
     assert {r["config_fingerprint"] for r in runs} == {config_fingerprint(derived)}
     assert runs[0]["profile"] == "production" and runs[1]["outcome"] == "finished"

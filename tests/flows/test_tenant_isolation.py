@@ -147,3 +147,45 @@ def test_the_flow_dead_letters_and_audits_refused_tenants(
     )
     assert all(a["activity"] == "tenant_refused" and a["source"] == "chats" for a in activity)
     assert len({a["activity_id"] for a in activity}) == len(refused)
+
+
+def test_a_tenant_runs_only_its_allowed_tasks(tmp_path: Path, llm_sim: LLMSimulator) -> None:
+    """`[tenants.globex] tasks = []`: globex's chats stay context only (ledger `none`, no
+    answer, no LLM request); acme, not listed, keeps every task."""
+    lines = [json.dumps(chat(i, "acme" if i % 2 else "globex")) for i in range(10)]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    settings = Settings.model_validate(
+        {
+            "app": {"profile": "dev"},
+            "input": {
+                "kind": "file",
+                "sources": [{"name": "chats", "path": str(path), "adapter": "chat_message"}],
+            },
+            "output": {"kind": "file", "dir": str(tmp_path / "out")},
+            "stores": {"dir": str(tmp_path / "stores")},
+            "llm": {"base_url": llm_sim.base_url, "concurrency": 4, "timeout_s": 10},
+            "tenants": {"globex": {"tasks": []}, "acme": {"tasks": ["chat_reply"]}},
+        }
+    )
+    run_main(build_flow(settings, clock=lambda: NOW))
+    ledger = {e["event_id"]: e for e in _read(tmp_path, "ledger")}
+    responses = _read(tmp_path, "responses")
+    assert {i for i, e in ledger.items() if e["route"] == "chat_reply"} == {
+        f"m{i}" for i in range(1, 10, 2)
+    }
+    assert {e["route"] for e in ledger.values() if e["tenant"] == "globex"} == {"none"}
+    assert {r["tenant"] for r in responses} == {"acme"} and len(responses) == 5
+    prompts = json.dumps([r["messages"] for r in llm_sim.requests()])
+    assert "globex" not in prompts
+
+
+def test_tenant_rules_name_known_tasks() -> None:
+    base = {
+        "input": {"kind": "file", "sources": [{"name": "c", "path": "c.jsonl"}]},
+        "tenants": {"acme": {"tasks": ["chat_reply", "nope"]}},
+    }
+    with pytest.raises(ValueError, match=r"tenants\.acme\.tasks: names unknown task 'nope'"):
+        Settings.model_validate(base)
+    with pytest.raises(ValueError, match="'a/b' is no tenant name"):
+        Settings.model_validate({**base, "tenants": {"a/b": {}}})
