@@ -550,6 +550,9 @@ class AnomalyConfig(Frozen):
     """Ensemble: a component whose score reached the threshold in its last
     `component_rest_points` readings is left out of the fusion (the same source repeating
     its alarm), unless its score exceeds the highest it reached meanwhile (escalation)."""
+    shift_rest_points: int = Field(default=300, ge=0)
+    """Ensemble: the component rest of the shift detector alone (its mean carries one event for
+    `shift_span` readings and more after a level change; see operators/anomaly/NAB.md)."""
     min_points: int = Field(default=150, ge=2)
     """Ensemble: readings a series needs before it may alert (its detectors learn meanwhile)."""
     season_slots: int = Field(default=288, ge=1, le=10_000)

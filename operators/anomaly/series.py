@@ -10,14 +10,14 @@ call it, so NAB scores measure the code that runs in the flow.
   history: catches level and variance shifts that no single reading shows) and context
   novelty at several quantization levels (after CAD OSE). The fused score is the largest of
   the two `rank ** sharpness` and the mean novelty. The last stage turns scores into alerts
-  without repeated alarms, in two steps. Per component (alarm deduplication by source): a
-  component whose score reached `alert_threshold` in its previous `component_rest_points`
-  readings is left out of the fusion, unless its score now exceeds the highest it reached in
-  that time (escalation: the same source reporting something worse is a new alarm). Overall
-  (after CAD OSE's rest period): a fused score at or above `alert_threshold` is an alert
-  unless some fused score (of all components) in the previous `rest_points` readings reached
-  the threshold too; during that rest the reported score is 0. Readings before `min_points`
-  only teach the detectors.
+  without repeated alarms, in two steps. Per component (alarm deduplication by source): a component
+  whose score reached `alert_threshold` in its previous `component_rest_points` readings
+  (`shift_rest_points` for the shift detector) is left out of the fusion, unless its score now
+  exceeds the highest it reached in that time (escalation: the same source reporting something worse
+  is a new alarm). Overall (after CAD OSE's rest period): a fused score at or above
+  `alert_threshold` is an alert unless some fused score (of all components) in the previous
+  `rest_points` readings reached the threshold too; during that rest the reported score is 0.
+  Readings before `min_points` only teach the detectors.
 - `EwmaSeries` (`detector = "ewma"`): the EWMA z-score against `z_threshold`, with alerts
   suppressed for `suppress_s` of event time; the reported score is z / (z + z_threshold), so
   its alert threshold on the [0, 1] scale is 0.5.
@@ -267,11 +267,12 @@ class EnsembleSeries:
         self, seasonal: float, shift: float, novelty: float, thr: float
     ) -> tuple[float, float, float]:
         """The component scores, those of resting components (not escalating) set to 0."""
-        n, rest = self.n, self.cfg.component_rest_points
+        n, cfg = self.n, self.cfg
+        rests = (cfg.component_rest_points, cfg.shift_rest_points, cfg.component_rest_points)
         hits, peaks = self.comp_hit, self.comp_peak
         out = []
         for i, p in enumerate((seasonal, shift, novelty)):
-            hit = hits[i]
+            hit, rest = hits[i], rests[i]
             resting = hit is not None and n - hit <= rest
             if resting and p > peaks[i]:
                 resting = False  # escalation: worse than anything it reported in this rest

@@ -184,6 +184,20 @@ def test_component_rest_suppresses_repeats_of_one_component_unless_worse() -> No
     assert at(19, 0.91, 0.0, 0.0) == (0.91, 0.0, 0.0)  # 11 readings since its last hit
 
 
+def test_shift_detector_rests_for_its_own_period() -> None:
+    det = EnsembleSeries(ens_cfg(component_rest_points=10, shift_rest_points=30))
+    thr = 0.9
+
+    def at(n: int, seasonal: float, shift: float, novelty: float) -> tuple[float, float, float]:
+        det.n = n
+        return det._dedup(seasonal, shift, novelty, thr)
+
+    assert at(1, 0.95, 0.95, 0.0) == (0.95, 0.95, 0.0)  # both alarm
+    assert at(15, 0.93, 0.93, 0.0) == (0.93, 0.0, 0.0)  # seasonal rest (10) over, shift's not
+    assert at(40, 0.0, 0.91, 0.0) == (0.0, 0.0, 0.0)  # 25 since its hit at 15: resting
+    assert at(71, 0.0, 0.92, 0.0) == (0.0, 0.92, 0.0)  # 31 readings since its last hit (40)
+
+
 def test_component_rest_outlasts_the_overall_rest() -> None:
     spike = 288 * 4 + 10
     spikes = {spike: 150.0, spike + 70: 150.0}  # after the overall rest (50), within 100
