@@ -377,6 +377,7 @@ class StoreLayout:
         self.profiles = self.own / "profiles"
         self.llm_cache = self.own / "llm-cache"
         self.knowledge = self.own / "knowledge.sqlite"
+        self.erasures = self.own / "erasures"
 
     def peer_caches(self) -> list[Path]:
         """The LLM caches other processes wrote (other `process-N` directories, and the
