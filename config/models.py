@@ -457,6 +457,9 @@ class InputConfig(Frozen):
     knowledge: SourceConfig | None = None
     """Knowledge documents and deletions (a topic, or a JSON-lines file in local mode);
     see docs/KNOWLEDGE.md for the record schema."""
+    erasures: SourceConfig | None = None
+    """Erasure requests `{"request_id", "tenant", "subject", "requested_at"?}` (a topic, or
+    a JSON-lines file in local mode); see docs/STATE.md, "Erasure"."""
     tail: bool = True
     """Kafka: keep waiting for new records at the end of a topic (False stops at the end)."""
     adapters: tuple[AdapterSpec, ...] = ()
@@ -465,7 +468,7 @@ class InputConfig(Frozen):
     @model_validator(mode="after")
     def _kinds_match(self) -> InputConfig:
         wanted = "topic" if self.kind == "kafka" else "path"
-        refs = tuple(r for r in (self.profiles, self.knowledge) if r is not None)
+        refs = tuple(r for r in (self.profiles, self.knowledge, self.erasures) if r is not None)
         for src in (*self.sources, *refs):
             if getattr(src, wanted) is None:
                 msg = f"input.kind is {self.kind!r} but source {src.name!r} has no `{wanted}`"
@@ -1341,7 +1344,7 @@ class Settings(Frozen):
         if out.kind == "file":  # the outputs' files are named after the outputs
             taken.update((n, n) for n in ("responses", "alerts", "dead_letters", "audit", "ledger"))
         inp = self.input
-        for src in (*inp.sources, inp.profiles, inp.knowledge):
+        for src in (*inp.sources, inp.profiles, inp.knowledge, inp.erasures):
             if src is not None and src.topic:
                 taken[src.topic] = f"input source {src.name!r}"
         for task in self.llm.tasks:

@@ -118,6 +118,9 @@ def topic_plan(settings: Settings, *, input_partitions: int = INPUT_PARTITIONS) 
         if inp.profiles is not None and inp.profiles.topic:
             name = inp.profiles.topic
             specs.setdefault(name, TopicSpec(name, "profiles", 1, TOPIC_CONFIG))
+        if inp.erasures is not None and inp.erasures.topic:
+            name = inp.erasures.topic
+            specs.setdefault(name, TopicSpec(name, "erasures", 1, TOPIC_CONFIG))
     if out.kind == "kafka":
         names = [getattr(out, attr) for attr in OUTPUT_NAMES]
         names += [t.output_topic for t in settings.llm.tasks if t.output_topic]

@@ -1,5 +1,5 @@
-"""Reference data: profile updates and knowledge documents (topics, or files in local mode)
-into this process's profile store and knowledge index.
+"""Reference data: profile updates, knowledge documents and erasure requests (topics, or
+files in local mode) into this process's profile store, knowledge index and erasure table.
 
 `parse_profile` validates one update `{"tenant", "entity", "attributes": {...}}`, optionally
 with a `version` (integer) or an `updated_at` (ISO 8601 timestamp with a time zone), and
@@ -29,11 +29,16 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Topic
 from config.models import TENANT_PATTERN, SourceConfig
 from connectors.kafka_source import check_topics
 from core.records import RawRecord
-from runtime.metrics import REFERENCE_BOOTSTRAP_SECONDS, REFERENCE_FRESHNESS, REFERENCE_UPDATES
+from runtime.metrics import (
+    REFERENCE_BOOTSTRAP_SECONDS,
+    REFERENCE_FRESHNESS,
+    REFERENCE_UPDATES,
+)
 from runtime.signals import stop_requested
+from state.erasure import ErasureRequest, Outcome, open_erasures, parse_erasure
 from state.knowledge import Embedder, RetrievalSettings, SqliteKnowledgeIndex
 from state.knowledge import apply_records as knowledge_apply
-from state.stores import META, SEED_PREFIX, ProfileStore, ProfileUpdate
+from state.stores import META, SEED_PREFIX, ProfileStore, ProfileUpdate, ResponseCache
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +147,100 @@ class KnowledgeTable:
     def apply(self, records: list[RawRecord]) -> int:
         changed, _invalid = knowledge_apply(self.index, records, max_doc_bytes=self.max_doc_bytes)
         return changed
+
+
+class ErasureTable:
+    """The erasure table as a reference table: every process applies every request to its
+    own stores (`erase`), in order, before it commits the request's position.
+
+    `profiles` (the profile store's path), `knowledge` (opens the knowledge index) and
+    `cache` (opens this process's response cache) are the stores a request reaches here;
+    None where the deployment has none. The memory step and the prompts reach the rest
+    (`operators.memory`, docs/STATE.md "Erasure"). Invalid requests are the flow's dead
+    letters (its `erasures_in` input).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        profiles: str | None = None,
+        knowledge: Callable[[], SqliteKnowledgeIndex] | None = None,
+        cache: Callable[[], ResponseCache] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = open_erasures(path)
+        self.profiles = profiles
+        self.knowledge = knowledge
+        self.cache = cache
+        self.clock = clock
+
+    def positions(self) -> dict[str, int]:
+        return self.store.positions()
+
+    @property
+    def generation(self) -> int:
+        return self.store.generation
+
+    def cutoff(self, tenant: str, subject: str) -> float | None:
+        return self.store.cutoff(tenant, subject)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def apply(self, records: list[RawRecord]) -> int:
+        done = 0
+        committed = self.store.positions()
+        advanced: dict[str, int] = {}
+        for rec in records:
+            origin = f"{rec.origin}[{rec.partition}]"
+            if rec.offset <= committed.get(origin, -1):
+                continue
+            req = parse_erasure(rec)
+            if isinstance(req, ErasureRequest):
+                done += not self.erase(req).repeat
+            advanced[origin] = max(advanced.get(origin, rec.offset), rec.offset)
+        if advanced:
+            self.store.commit_positions(advanced)
+        return done
+
+    def erase(self, req: ErasureRequest) -> Outcome:
+        """Apply `req` to this process's stores, once: a request already done here returns
+        its recorded outcome with `repeat` set (same counts, same times)."""
+        with self.store.lock:
+            rec = self.store.begin(req, self.clock())
+            if rec["state"] != "done":
+                removed: dict[str, int] = {}
+                if self.profiles is not None:
+                    version = int(rec["cutoff"] * 1_000_000)
+                    store = ProfileStore(self.profiles)
+                    removed["profiles"] = store.erase(
+                        req.tenant, req.subject, version, req.request_id
+                    )
+                if self.knowledge is not None:
+                    index = self.knowledge()
+                    removed["documents"] = index.erase(req.tenant, req.subject, req.request_id)
+                if self.cache is not None:
+                    removed.update(self.cache().erase(req.tenant, req.subject))
+                rec = self.store.finish(req.request_id, removed, self.clock())
+                repeat = False
+                log.info(
+                    "erasure %s applied to this process's stores: %s",
+                    req.request_id,
+                    removed,
+                )
+            else:
+                repeat = True
+        return Outcome(
+            req.request_id,
+            rec["tenant"],
+            rec["subject"],
+            rec["cutoff"],
+            rec["received_at"],
+            rec["applied_at"],
+            dict(rec["removed"]),
+            repeat,
+        )
 
 
 _indexes: dict[str, SqliteKnowledgeIndex] = {}

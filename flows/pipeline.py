@@ -7,6 +7,9 @@
                                 ledger ◀── events ─▶ memory ─▶ work ─▶ profiles ─▶ llm
     profiles_in ─▶ profile_errors ─▶ dead letters          responses, audit, dead letters
     (each process: seed + whole profiles input ─▶ its profile store, read to the end first)
+    erasures_in ─▶ erasures ─┬─▶ dead letters
+                             └─▶ (keyed by subject) memory ─▶ erasure_done ─▶ audit
+    (each process: whole erasures input ─▶ its erasure table ─▶ its stores, read first)
 
 Run it with `python -m bytewax.run "flows.pipeline:build('config/kafka-dev.toml')" -r DIR -s
 10 -b 60`, or through `run.py`.
@@ -38,6 +41,7 @@ from connectors.kafka_sink import ReliableKafkaSink
 from connectors.kafka_source import KafkaUnavailable, RawKafkaSource
 from connectors.kafkatool import preflight
 from connectors.reference import (
+    ErasureTable,
     KnowledgeTable,
     ReferenceBootstrapError,
     ReferenceTable,
@@ -63,8 +67,9 @@ from inference.embeddings import shared_embeddings
 from operators.anomaly import detect_anomalies
 from operators.dedup import dedup
 from operators.enrich import attach_knowledge, attach_profiles
+from operators.erasure import complete_erasures, parse_erasures
 from operators.llm import call_llm
-from operators.memory import Remembered, remember
+from operators.memory import Remembered, remember, remember_erasing
 from operators.publish import (
     alert_kv,
     audit_kv,
@@ -80,9 +85,9 @@ from operators.validate import decode_validate
 from runtime import backpressure, metrics
 from runtime.process import process_position, setup_process, start_progress, tune_gc
 from runtime.run_audit import RunAudit
-from state.knowledge import RetrievalSettings, parse_document
+from state.knowledge import RetrievalSettings, SqliteKnowledgeIndex, parse_document
 from state.recovery import check_recovery_directory, recovery_directory_argument
-from state.stores import StoreError, StoreLayout
+from state.stores import ResponseCache, StoreError, StoreLayout
 
 log = logging.getLogger("contextstream.pipeline")
 
@@ -266,7 +271,8 @@ def build_flow(
             peers = tuple(str(p) for p in layout.peer_caches())
             chars = settings.memory.max_chars_per_turn
             cache = str(layout.llm_cache)
-            return shared_executor(llm_cfg, base_url, cache, peers, redactor, chars)
+            erased = str(layout.erasures) if settings.input.erasures is not None else None
+            return shared_executor(llm_cfg, base_url, cache, peers, redactor, chars, erased)
 
     backpressure.configure(settings.llm.max_pending_items)
     summary_task = settings.memory.summary_task if settings.memory.max_tokens else None
@@ -305,7 +311,31 @@ def build_flow(
     with_memory = op.flat_map_batch(
         "needs_memory", accepted, lambda b: [kv for kv in b if kv[1].kind in context_kinds]
     )
-    remembered = remember("memory", with_memory, settings.memory, clock)
+    table = reference_table(settings, process[0])
+    docs = knowledge_table(settings, process[0])
+    erasures = erasure_table(settings, process[0])
+    # Audit records: one per LLM request or cache hit, plus activity records (core.activity).
+    audits: list[Stream[Audit]] = []
+    if erasures is None or settings.input.erasures is None:
+        remembered = remember("memory", with_memory, settings.memory, clock)
+    else:
+        # Each process applies every erasure to its stores (its table, read to the end
+        # before any event is enriched); this input carries them through the memory of
+        # the subject's key to the audit, and dead-letters invalid ones.
+        requests = parse_erasures(
+            "erasures",
+            op.input("erasures_in", flow, _reference_source(settings, settings.input.erasures)),
+        )
+        dead.append(requests.errs)
+        keyed_requests = op.key_on("erasure_key", requests.oks, lambda r: r.key)
+        lookup = _erasure_lookup(erasures, table, docs)
+        memory = remember_erasing(
+            "memory", with_memory, keyed_requests, settings.memory, lookup, clock
+        )
+        remembered = memory.oks
+        audits.append(
+            complete_erasures("erasure_done", memory.erased, lambda: lookup().store, clock)
+        )
     if router.may_route(Kind.METRIC):
         # Metric events keep no memory; the routes send some of them to a task.
         metrics = op.filter("routed_metrics", accepted, lambda kv: kv[1].kind is Kind.METRIC)
@@ -313,12 +343,10 @@ def build_flow(
         remembered = op.merge("with_metrics", remembered, bare)
 
     work = route("route", remembered, detected.alerts, router, clock)
-    table = reference_table(settings, process[0])
     if table is None:
         work = attach_profiles("profiles", work, None)
     else:
         work = attach_profiles("profiles", work, table.store_path, lambda: ensure_reference(table))
-    docs = knowledge_table(settings, process[0])
     retrieving = {t.name: t.knowledge for t in settings.llm.tasks if t.knowledge is not None}
     if docs is None:
         work = attach_knowledge("knowledge", work, None, retrieving)
@@ -333,8 +361,7 @@ def build_flow(
         )
     llm = call_llm("llm", work, settings.llm, executor, clock)
     dead.append(llm.errs)
-    # Audit records: one per LLM request or cache hit, plus activity records (core.activity).
-    audits: list[Stream[Audit]] = [llm.audit]
+    audits.insert(0, llm.audit)
     if any(s.tenants is not None for s in settings.input.sources):
         audits.append(
             op.filter_map("tenant_refusals", valid.errs, lambda dl: tenant_refusal(dl, clock()))
@@ -495,6 +522,57 @@ def knowledge_table(settings: Settings, process: int = 0) -> ReferenceTable | No
     )
 
 
+def erasure_table(settings: Settings, process: int = 0) -> ReferenceTable | None:
+    """The erasure table of process `process`: its erasures input, applied to the stores of
+    its `StoreLayout` (profiles, knowledge index, response cache); None without one."""
+    source = settings.input.erasures
+    if source is None:
+        return None
+    layout = StoreLayout(settings.stores.dir, process)
+    has_profiles = settings.input.profiles is not None or settings.stores.profiles_seed
+    profiles = str(layout.profiles) if has_profiles else None
+    index = str(layout.knowledge)
+    cache, ttl = str(layout.llm_cache), settings.llm.cache_ttl_s
+
+    def knowledge() -> SqliteKnowledgeIndex:
+        return open_knowledge(index)
+
+    def build(path: str) -> ErasureTable:
+        return ErasureTable(
+            path,
+            profiles=profiles,
+            knowledge=knowledge if settings.input.knowledge is not None else None,
+            cache=lambda: ResponseCache(cache, ttl),
+        )
+
+    return ReferenceTable(
+        source,
+        layout.erasures,
+        settings.kafka.client_settings() if settings.input.kind == "kafka" else {},
+        timeout_s=settings.stores.bootstrap_timeout_s,
+        tail=settings.input.tail,
+        table=build,
+    )
+
+
+def _erasure_lookup(
+    erasures: ReferenceTable, *others: ReferenceTable | None
+) -> Callable[[], ErasureTable]:
+    """This process's erasure table, read to its end (after the tables it erases from, so
+    they are opened with their own settings first)."""
+
+    def ready() -> ErasureTable:
+        for other in others:
+            if other is not None:
+                ensure_reference(other)
+        ref = ensure_reference(erasures)
+        found = ref.table(ref.store_path)
+        assert isinstance(found, ErasureTable)
+        return found
+
+    return ready
+
+
 def _hybrid_settings(e: EmbeddingsConfig) -> dict[str, Any]:
     return {
         "rrf_k": e.rrf_k,
@@ -511,6 +589,11 @@ def prepare_stores(settings: Settings, process: int = 0) -> None:
     The profiles lookup would do the same before its first item; the entry points call this
     first so that a problem is one line and an exit code, not a failed worker.
     """
-    for table in (reference_table(settings, process), knowledge_table(settings, process)):
+    tables = (
+        reference_table(settings, process),
+        knowledge_table(settings, process),
+        erasure_table(settings, process),  # last: it erases from the others
+    )
+    for table in tables:
         if table is not None:
             ensure_reference(table)

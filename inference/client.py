@@ -45,7 +45,8 @@ from inference.conversation import prepare, reply_of, summary_of
 from inference.endpoints import Endpoint, EndpointPool
 from inference.limits import BreakerState, Limiter, Outcome
 from runtime import metrics
-from state.stores import ResponseCache
+from state.erasure import open_erasures
+from state.stores import Owner, Reply, ResponseCache, Summary
 
 Sleep = Callable[[float], None]
 log = logging.getLogger("contextstream.llm")
@@ -146,9 +147,13 @@ class LLMExecutor:
         sleep: Sleep = time.sleep,
         rng: random.Random | None = None,
         reply_chars: int = 1000,
+        erased: Callable[[str, str], float | None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.cache = cache
+        self.erased = erased
+        """The erasure lookup (`state.erasure.ErasureStore.cutoff`): answers to items of a
+        subject erased after they were ingested are emitted but not cached."""
         self.reply_chars = reply_chars
         self.redactor = redactor
         self.calibration = calibration or budget.TokenCalibration()
@@ -238,9 +243,13 @@ class LLMExecutor:
         if hits:
             # A replayed answer may come from another process's cache: record its reply here.
             answers = [(a.item, a.answer) for a in out.answered]
+            answers = [(i, a) for i, a in answers if not self._erased(i)]
             replies = [reply_of(spec.conversation, i, a) for i, a in answers]
             summaries = [summary_of(spec.conversation, i, a) for i, a in answers]
-            self.cache.put_many({}, [r for r in replies if r], [s for s in summaries if s])
+            owners = _owners(answers, replies, summaries, {})
+            self.cache.put_many(
+                {}, [r for r in replies if r], [s for s in summaries if s], owners=owners
+            )
             hit_cites = {a.item.item_id: list(a.citations) for a in out.answered if a.citations}
             for model in sorted(set(hit_models.values())):
                 group = [i for i in hits if hit_models[i.item_id] == model]
@@ -345,15 +354,19 @@ class LLMExecutor:
         ok, bad = prompts.parse_answers(spec, content, ids)
         by_id = {i.item_id: i for i in items}
         # Persist before anything is emitted: this is what makes a replay free, and what puts
-        # the replies into the memory of the session's next prompts.
-        replies = [reply_of(spec.conversation, by_id[i], a) for i, a in ok.items()]
-        summaries = [summary_of(spec.conversation, by_id[i], a) for i, a in ok.items()]
+        # the replies into the memory of the session's next prompts. Items of a subject
+        # erased while they were in flight are answered, not kept.
+        kept = [(by_id[i], a) for i, a in ok.items() if not self._erased(by_id[i])]
+        replies = [reply_of(spec.conversation, i, a) for i, a in kept]
+        summaries = [summary_of(spec.conversation, i, a) for i, a in kept]
         cited = prompt.citations
+        fresh = {i.item_id: keys[i.item_id] for i, _ in kept}
         self.cache.put_many(
-            {keys[i]: a for i, a in ok.items()},
+            {fresh[i.item_id]: a for i, a in kept},
             [r for r in replies if r],
             [s for s in summaries if s],
-            {keys[i]: cited[i] for i in ok if i in cited},
+            {fresh[i]: cited[i] for i in fresh if i in cited},
+            owners=_owners(kept, replies, summaries, fresh),
         )
         out.answered.extend(
             Answered(
@@ -387,6 +400,17 @@ class LLMExecutor:
                 self._ask(task, [by_id[item_id]], fps, out, reask=False)
             else:
                 out.failed.append(Failed(by_id[item_id], reason, raw_answer=content))
+
+    def _erased(self, item: WorkItem) -> bool:
+        """Whether a subject of `item` (its entity, its user) was erased after the item was
+        ingested (its context came from before the erasure)."""
+        if self.erased is None:
+            return False
+        for subject in {item.entity, item.profile_id}:
+            cutoff = self.erased(item.tenant, subject)
+            if cutoff is not None and item.ingest_ts <= cutoff:
+                return True
+        return False
 
     def _limit(self, task: TaskConfig) -> tuple[float, int | None]:
         """The model's calibration factor and the prompt size (characters) the budget allows."""
@@ -584,6 +608,29 @@ class LLMExecutor:
         }
 
 
+def _owners(
+    answers: list[tuple[WorkItem, dict[str, Any]]],
+    replies: list[Reply | None],
+    summaries: list[Summary | None],
+    fingerprints: dict[str, str],
+) -> list[Owner]:
+    """The `ResponseCache` owner entries of what is written for `answers`: each answer (by
+    its fingerprint in `fingerprints`), reply and summary under the item's entity and user
+    (a summary also under the users of the turns it folds), so an erasure of any of them
+    finds it."""
+    out: list[Owner] = []
+    for (item, _), reply, summary in zip(answers, replies, summaries, strict=True):
+        subjects = {item.entity, item.profile_id}
+        keys = [fingerprints[item.item_id].encode()] if item.item_id in fingerprints else []
+        if reply is not None:
+            keys.append(reply.key())
+        if summary is not None:
+            keys.append(summary.key())
+            subjects.update(t["user"] for t in item.data.get("turns", ()) if t.get("user"))
+        out.extend((k, item.tenant, s) for k in keys for s in sorted(subjects))
+    return out
+
+
 _executors: dict[tuple[Any, ...], LLMExecutor] = {}
 _exec_lock = threading.Lock()
 
@@ -595,6 +642,7 @@ def shared_executor(
     peers: tuple[str, ...] = (),
     redactor: prompts.Redactor | None = None,
     reply_chars: int = 1000,
+    erasures: str | None = None,
 ) -> LLMExecutor:
     """The process-wide executor for this config (one pool, so one concurrency cap).
 
@@ -602,12 +650,23 @@ def shared_executor(
     `redactor` (the deployment's, from `settings.redaction`; None: disabled) redacts every
     string that enters a prompt; it must compare equal by configuration (part of the key).
     `reply_chars` cuts the replies put into prompts' memory (`memory.max_chars_per_turn`).
+    `erasures` is this process's erasure table (its path), when the deployment has erasures.
     """
-    key = (cfg, base_url, cache_path, peers, redactor, reply_chars)
+    key = (cfg, base_url, cache_path, peers, redactor, reply_chars, erasures)
     with _exec_lock:
         ex = _executors.get(key)
         if ex is None:
             cache = ResponseCache(cache_path, cfg.cache_ttl_s, peers=peers)
-            ex = LLMExecutor(cfg, base_url, cache, redactor=redactor, reply_chars=reply_chars)
+            erased = None
+            if erasures is not None:
+                path = erasures
+
+                def erased(tenant: str, subject: str) -> float | None:
+                    return open_erasures(path).cutoff(tenant, subject)
+
+                cache.erased = erased
+            ex = LLMExecutor(
+                cfg, base_url, cache, redactor=redactor, reply_chars=reply_chars, erased=erased
+            )
             _executors[key] = ex
         return ex

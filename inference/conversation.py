@@ -30,6 +30,9 @@ from typing import Any, Protocol
 from core.records import WorkItem
 from state.stores import Reply, Summary
 
+_HIDDEN = frozenset({"id", "user"})
+"""Keys of a remembered turn that stay out of prompts (for replies and erasures)."""
+
 REPLY_FIELDS: dict[str, str] = {"chat_reply": "reply"}
 """The answer field that is the assistant's side of the conversation, per answer schema."""
 
@@ -113,7 +116,8 @@ def with_replies(item: WorkItem, lookup: RepliesLookup, max_chars: int = 1000) -
     """`item` with each remembered user turn followed by the reply recorded for it (cut to
     `max_chars`, as the memory cuts turns). Turn ids are left out of the prompt.
 
-    Turns without an id (memory from before turns had ids, business events) stay as they are.
+    Turns without an id (memory from before turns had ids, business events) stay as they are;
+    a turn's user (kept for erasures) is left out too.
 
     >>> class Recorded:
     ...     def replies(self, tenant, entity, turn_ids):
@@ -139,7 +143,7 @@ def with_replies(item: WorkItem, lookup: RepliesLookup, max_chars: int = 1000) -
         if turn_id is None:
             turns.append(turn)
             continue
-        turns.append({k: v for k, v in turn.items() if k != "id"})
+        turns.append({k: v for k, v in turn.items() if k not in _HIDDEN})
         reply = found.get(turn_id)
         if reply is not None:
             if len(reply) > max_chars:

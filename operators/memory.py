@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import bytewax.operators as op
 from bytewax.dataflow import operator
@@ -30,6 +30,8 @@ from config.models import MemoryConfig
 from core.clock import Clock, wake_at
 from core.records import Event, Kind
 from inference.prompts import estimate_tokens
+from runtime.metrics import ERASED_DROPPED
+from state.erasure import ErasureRequest
 
 Turn = dict[str, Any]
 
@@ -92,8 +94,32 @@ class Memory:
         if len(text) > limit:
             text = text[: limit - 1] + "…"
         # The id lets the LLM stage put the assistant's reply after the turn
-        # (`inference.conversation`).
-        return {"role": role, "text": text, "ts": event.ts, "id": event.event_id}
+        # (`inference.conversation`); the user lets an erasure of that user find it (both
+        # are left out of prompts).
+        turn = {"role": role, "text": text, "ts": event.ts, "id": event.event_id}
+        user = event.payload.get("user_id")
+        if user:
+            turn["user"] = user
+        return turn
+
+    def purge(self, tenant: str, entity: str, cutoff: Callable[[str, str], float | None]) -> int:
+        """Drop the turns about an erased subject from before its erasure: every turn of
+        an erased entity (this memory's) and every turn of an erased user, with an event
+        time at or before the subject's `cutoff`; returns how many were dropped."""
+        own = cutoff(tenant, entity)
+        kept: list[Turn] = []
+        for turn in self.turns:
+            ts = float(turn.get("ts") or 0.0)
+            user = turn.get("user")
+            mine = own is not None and ts <= own
+            theirs = user is not None and (c := cutoff(tenant, user)) is not None and ts <= c
+            if not (mine or theirs):
+                kept.append(turn)
+        dropped = len(self.turns) - len(kept)
+        if dropped:
+            self.turns = deque(kept, maxlen=self.cfg.max_turns)
+            self._tokens = sum(_turn_tokens(t) for t in kept)
+        return dropped
 
     def observe(self, event: Event, now: float) -> tuple[Turn, ...]:
         """Return the memory before `event`, then remember it."""
@@ -156,6 +182,28 @@ class Remembered:
     fold: Fold | None = None
 
 
+@dataclass(frozen=True)
+class ErasureApplied:
+    """An erasure request that passed the memory step of its subject's key, with the turns
+    it removed there."""
+
+    request: ErasureRequest
+    turns: int
+
+
+class ErasureLookup(Protocol):
+    """What the memory step asks an erasure table (`connectors.reference.ErasureTable`)."""
+
+    @property
+    def generation(self) -> int: ...
+
+    def cutoff(self, tenant: str, subject: str) -> float | None: ...
+
+    def erase(self, req: ErasureRequest) -> object: ...
+
+    def __len__(self) -> int: ...
+
+
 class _MemoryLogic(StatefulBatchLogic[Event, Remembered, tuple[Any, ...]]):
     def __init__(self, mem: Memory, clock: Clock) -> None:
         self.mem = mem
@@ -177,6 +225,61 @@ class _MemoryLogic(StatefulBatchLogic[Event, Remembered, tuple[Any, ...]]):
 
     def snapshot(self) -> tuple[Any, ...]:
         return self.mem.state()
+
+
+class _ErasingMemoryLogic(_MemoryLogic):
+    """The memory logic when erasures are configured: its input also carries the erasure
+    requests of its key, and every batch first drops the turns of subjects erased since
+    the memory last looked (`Memory.purge`) and the events about an erased subject from
+    before its erasure (replays: they are neither remembered nor answered)."""
+
+    def __init__(self, mem: Memory, clock: Clock, table: Callable[[], ErasureLookup]) -> None:
+        super().__init__(mem, clock)
+        self.table = table
+        self._erasures: ErasureLookup | None = None
+        self._seen = -1  # the table's generation last purged against (-1: never)
+
+    def on_batch(  # type: ignore[override]
+        self, values: list[Event | ErasureRequest]
+    ) -> tuple[Iterable[Remembered | ErasureApplied], bool]:
+        table = self._erasures
+        if table is None:
+            table = self._erasures = self.table()
+        now = self.clock()
+        cutoff = table.cutoff
+        out: list[Remembered | ErasureApplied] = []
+        erased = False
+        for value in values:
+            if isinstance(value, ErasureRequest):
+                # The table may not have read the request yet (its follower runs apart
+                # from the flow): apply it here first (idempotent), then purge by it.
+                table.erase(value)
+                self._seen = -1
+                turns = self.mem.purge(value.tenant, value.subject, cutoff)
+                out.append(ErasureApplied(value, turns))
+                erased = True
+                continue
+            if self._seen != table.generation:
+                self._seen = table.generation
+                if len(table):
+                    self.mem.purge(value.tenant, value.entity, cutoff)
+            if len(table) and _erased_event(value, cutoff):
+                ERASED_DROPPED.labels("events").inc()
+                continue
+            out.append(Remembered(value, *self.mem.observe_folding(value, now)))
+        # An erasure that emptied the memory (or met none) leaves no state behind.
+        return out, self.DISCARD if erased and not self.mem.turns else self.RETAIN
+
+
+def _erased_event(event: Event, cutoff: Callable[[str, str], float | None]) -> bool:
+    """Whether `event` is about an erased subject (its entity or its user) and from before
+    the erasure (event time at or before the cutoff)."""
+    for subject in (event.entity, event.payload.get("user_id")):
+        if subject:
+            c = cutoff(event.tenant, subject)
+            if c is not None and event.ts <= c:
+                return True
+    return False
 
 
 @operator
@@ -214,3 +317,75 @@ def remember(
         return _MemoryLogic(Memory(cfg, resume, now), clock)
 
     return op.stateful_batch("memory", up, builder)
+
+
+@dataclass(frozen=True)
+class MemoryOut:
+    """`oks`: events with their memory (as `remember` emits them); `erased`: the erasure
+    requests of the step's input, once each passed the memory of its subject's key."""
+
+    oks: KeyedStream[Remembered]
+    erased: KeyedStream[ErasureApplied]
+
+
+def _is_remembered(kv: tuple[str, Remembered | ErasureApplied]) -> bool:
+    return isinstance(kv[1], Remembered)
+
+
+@operator
+def remember_erasing(
+    step_id: str,
+    up: KeyedStream[Event],
+    erasures: KeyedStream[ErasureRequest],
+    cfg: MemoryConfig,
+    table: Callable[[], ErasureLookup],
+    clock: Clock = time.time,
+) -> MemoryOut:
+    """`remember`, with erasure: `erasures` (keyed by `ErasureRequest.key`, as events are)
+    meet the memory of their subject's key, which drops the subject's turns from before the
+    erasure; every batch also drops the turns of users erased since the memory last looked,
+    and events of an erased subject from before its erasure are dropped, not remembered.
+
+    `table` returns this process's erasure table, read to its end (called at the first
+    batch of each key's logic: the flow passes one that bootstraps it once per process).
+    The state (its snapshot, its bound) is `remember`'s; the step id is too, so a flow
+    gains or loses erasures without losing its memory.
+
+    >>> import bytewax.operators as op
+    >>> from bytewax.dataflow import Dataflow
+    >>> from bytewax.testing import TestingSink, TestingSource, run_main
+    >>> from config.models import MemoryConfig
+    >>> from core.records import Event, Kind
+    >>> from state.erasure import ErasureRequest
+    >>> class Table:  # a table that knows one erasure: user u1 up to t=1.5
+    ...     generation = 1
+    ...     def cutoff(self, tenant, subject):
+    ...         return 1.5 if (tenant, subject) == ("acme", "u1") else None
+    ...     def erase(self, req):
+    ...         pass
+    ...     def __len__(self):
+    ...         return 1
+    >>> def chat(event_id, ts, user):
+    ...     return Event(event_id, "chat[0]@0", "acme", Kind.CHAT, "s1", ts,
+    ...                  {"text": event_id, "role": "user", "user_id": user}, 0.0)
+    >>> flow = Dataflow("erasing_eg")
+    >>> chats = [chat("m1", 1.0, "u1"), chat("m2", 2.0, "u1"), chat("m3", 3.0, "u2")]
+    >>> keyed = op.key_on("key", op.input("in", flow, TestingSource(chats)), lambda e: e.key)
+    >>> asks = [ErasureRequest("r1", "acme", "u1")]
+    >>> erasures = op.key_on("ekey", op.input("er", flow, TestingSource(asks)), lambda r: r.key)
+    >>> out = remember_erasing("memory", keyed, erasures, MemoryConfig(), Table, lambda: 0.0)
+    >>> seen = []
+    >>> op.output("out", out.oks, TestingSink(seen))
+    >>> run_main(flow)
+    >>> [(r.event.event_id, [t["text"] for t in r.memory]) for _, r in seen]
+    [('m2', []), ('m3', ['m2'])]
+    """
+
+    def builder(resume: tuple[Any, ...] | None) -> _ErasingMemoryLogic:
+        now = None if resume is None else clock()
+        return _ErasingMemoryLogic(Memory(cfg, resume, now), clock, table)
+
+    merged = op.merge("with_erasures", up, erasures)
+    stepped = op.stateful_batch("memory", merged, builder)  # type: ignore[arg-type]
+    split = op.branch("split", stepped, _is_remembered)
+    return MemoryOut(split.trues, split.falses)  # type: ignore[arg-type]

@@ -104,6 +104,16 @@ REFERENCE_FRESHNESS = Histogram(
     ["input"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+ERASURE_SECONDS = Histogram(
+    "contextstream_erasure_seconds",
+    "From a process first reading an erasure request to every store of it having applied it.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+ERASED_DROPPED = Counter(
+    "contextstream_erasure_dropped_total",
+    "Data about an erased subject from before its erasure, dropped on arrival (replays).",
+    ["what"],
+)
 REFERENCE_UPDATES = Counter(
     "contextstream_reference_updates_total",
     "Reference records applied after the bootstrap (followed as they arrive).",

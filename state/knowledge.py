@@ -2,8 +2,10 @@
 
 Documents arrive as JSON (a topic, or a file in local mode), one per record:
 
-- a document `{"tenant", "doc_id", "version", "title", "text", "tags"}` (`title` and `tags`
-  optional), which replaces every older version of `tenant/doc_id`;
+- a document `{"tenant", "doc_id", "version", "title", "text", "tags", "subjects"}` (`title`,
+  `tags` and `subjects` optional; each subject the document is about becomes a tag
+  `subject:<id>`, which an erasure of that subject deletes it by), which replaces every older
+  version of `tenant/doc_id`;
 - a deletion `{"tenant", "doc_id", "version", "deleted": true}`, which removes it.
 
 `parse_document` turns one record into a `KnowledgeUpdate` or the reason it is invalid (the
@@ -266,8 +268,12 @@ def parse_document(
         tags = []
     if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
         return "knowledge document `tags` must be a list of non-empty strings"
+    subjects = obj.get("subjects") or []
+    if not isinstance(subjects, list) or not all(isinstance(t, str) and t for t in subjects):
+        return "knowledge document `subjects` must be a list of non-empty strings"
+    tags = [*tags, *(SUBJECT_TAG + t for t in subjects)]
     if len(tags) > MAX_TAGS:
-        return f"knowledge document has more than {MAX_TAGS} `tags`"
+        return f"knowledge document has more than {MAX_TAGS} `tags` and `subjects`"
     return KnowledgeUpdate(
         obj["tenant"],
         obj["doc_id"],
@@ -505,6 +511,16 @@ CREATE VIRTUAL TABLE chunk_text USING fts5 (
     title, text, tokenize = 'porter unicode61 remove_diacritics 2');
 """
 
+_ERASED_TABLE = """CREATE TABLE IF NOT EXISTS erased_subjects (
+    tenant TEXT NOT NULL, subject TEXT NOT NULL, request_id TEXT NOT NULL,
+    PRIMARY KEY (tenant, subject)) WITHOUT ROWID"""
+"""Subjects erased from this index (`SqliteKnowledgeIndex.erase`): a document tagged with
+one of them is never indexed again."""
+
+SUBJECT_TAG = "subject:"
+"""Documents name the subjects they are about as tags `subject:<id>` (the document field
+`subjects` adds them); an erasure of the subject deletes those documents."""
+
 _V2_TABLES = """
 CREATE TABLE vectors (
     id INTEGER PRIMARY KEY, model TEXT NOT NULL, sha BLOB NOT NULL, vec BLOB NOT NULL);
@@ -624,6 +640,8 @@ class SqliteKnowledgeIndex:
         self._conns_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self.generation = 0
+        self.refused = 0
+        """Documents not indexed because they are about an erased subject (this run)."""
         """Counts the commits that changed documents or vectors: a cached search result is
         valid while it is unchanged (one process writes its own index)."""
         self._embed_lock = threading.Lock()  # one embedding round at a time
@@ -637,6 +655,7 @@ class SqliteKnowledgeIndex:
         self._vectors_lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open_checked()
+        self._ensure_erased_table()
         if embedder is not None and self.pending_vectors():
             self._start_backfill(failures=0)  # chunks left without vectors by an earlier run
 
@@ -716,6 +735,11 @@ class SqliteKnowledgeIndex:
             raise self._mismatch(f"format {found!r}, of another version of ContextStream")
         raise self._mismatch(f"format {found!r}")
 
+    def _ensure_erased_table(self) -> None:
+        # Additive to knowledge-v2 (code before erasures ignores it), so no format change.
+        with self._write_lock:
+            self._conn.execute(_ERASED_TABLE)
+
     def close(self) -> None:
         """Stop the embedding backfill and close every thread's connection (once no thread
         uses the index any more)."""
@@ -780,6 +804,9 @@ class SqliteKnowledgeIndex:
         for u in batch:
             if 0 <= u.offset < committed.get((u.origin, u.partition), 0):
                 continue  # a replay of what the index has applied
+            if not u.deleted and self._about_erased(conn, u):
+                self.refused += 1
+                continue  # about an erased subject: never indexed again
             row = conn.execute(
                 "SELECT version, origin, partition, offset FROM docs "
                 "WHERE tenant = ? AND doc_id = ?",
@@ -817,6 +844,53 @@ class SqliteKnowledgeIndex:
                 (origin, partition, nxt),
             )
         return changed
+
+    @staticmethod
+    def _about_erased(conn: sqlite3.Connection, u: KnowledgeUpdate) -> bool:
+        subjects = [t[len(SUBJECT_TAG) :] for t in u.tags if t.startswith(SUBJECT_TAG)]
+        if not subjects:
+            return False
+        marks = ",".join("?" * len(subjects))
+        row = conn.execute(
+            f"SELECT 1 FROM erased_subjects WHERE tenant = ? AND subject IN ({marks}) LIMIT 1",
+            (u.tenant, *subjects),
+        ).fetchone()
+        return row is not None
+
+    def erase(self, tenant: str, subject: str, request_id: str) -> int:
+        """Delete `tenant`'s documents tagged `subject:<subject>` (each left as a tombstone
+        of its version, as a deletion leaves it) and refuse such documents from now on, any
+        version, in one transaction; returns the documents deleted (again: 0).
+
+        The deleted chunks leave the FTS5 index's segments at their next merge (`compact`)."""
+        with self._write_lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT OR IGNORE INTO erased_subjects VALUES (?, ?, ?)",
+                    (tenant, subject, request_id),
+                )
+                rows = conn.execute(
+                    "SELECT t.doc_id FROM doc_tags AS t JOIN docs AS d "
+                    "ON d.tenant = t.tenant AND d.doc_id = t.doc_id "
+                    "WHERE t.tenant = ? AND t.tag = ? AND d.deleted = 0",
+                    (tenant, SUBJECT_TAG + subject),
+                ).fetchall()
+                for (doc_id,) in rows:
+                    self._drop_chunks(conn, tenant, doc_id)
+                    conn.execute(
+                        "UPDATE docs SET deleted = 1, title = '', tags = '[]' "
+                        "WHERE tenant = ? AND doc_id = ?",
+                        (tenant, doc_id),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            if rows:
+                self.generation += 1
+        return len(rows)
 
     @staticmethod
     def _tenant_range(conn: sqlite3.Connection, tenant: str, create: bool) -> tuple[int, int]:

@@ -37,6 +37,15 @@ from rocksdict import AccessType, Options, Rdict, WriteBatch
 
 _lock = threading.Lock()
 _open: dict[str, Rdict] = {}
+_write_locks: dict[str, threading.Lock] = {}
+
+
+def write_lock(path: str | Path) -> threading.Lock:
+    """The process-wide lock serialising read-modify-write batches on the store at `path`
+    (a profile follower and an erasure may write one key at the same time)."""
+    key = str(Path(path).resolve())
+    with _lock:
+        return _write_locks.setdefault(key, threading.Lock())
 
 
 class StoreError(Exception):
@@ -147,7 +156,8 @@ def _dump(obj: Any) -> bytes:
 
 
 class ProfileUpdate(NamedTuple):
-    """One profile update: attributes for `tenant/entity`, from `origin` at `offset`.
+    """One profile update: attributes for `tenant/entity`, from `origin` at `offset`
+    (attributes None: an erasure's tombstone, `ProfileStore.erase`).
 
     `version` is the update's own version (an integer; `updated_at` timestamps arrive here as
     microseconds since the epoch), or None when the update carries none.
@@ -155,7 +165,7 @@ class ProfileUpdate(NamedTuple):
 
     tenant: str
     entity: str
-    attributes: dict[str, Any]
+    attributes: dict[str, Any] | None
     origin: str
     offset: int
     version: int | None = None
@@ -204,7 +214,11 @@ class ProfileStore:
        wins; a seed (origin `seed:...`) never replaces a value from another source (the
        profile stream), while a stream update replaces a seed value or a value of another
        stream origin (offsets of different origins are not comparable: the later write
-       wins; give such updates versions when that is not what you want).
+       wins; give such updates versions when that is not what you want);
+    4. an erasure (`erase`) leaves a tombstone (no attributes) versioned by the erasure's
+       time in microseconds since the epoch, so by rule 2 only an update with a later
+       `updated_at` re-creates the profile; every other update for the key, replays and
+       seeds included, is dropped.
 
     Within one batch the same rule picks the winner per key. Positions assume a source's
     offsets only grow: a re-created topic (offsets from 0 again) needs a fresh store.
@@ -244,8 +258,35 @@ class ProfileStore:
         raw = self.db.get(f"{tenant}/{entity}".encode())
         if raw is None:
             return None
-        attrs: dict[str, Any] = json.loads(raw)["attributes"]
-        return attrs
+        attrs: dict[str, Any] | None = json.loads(raw)["attributes"]
+        return attrs  # None: an erasure's tombstone
+
+    def erase(self, tenant: str, entity: str, version: int, request_id: str) -> int:
+        """Replace the profile of `tenant/entity` by an erasure tombstone of `version` (the
+        erasure's time in microseconds since the epoch, the `updated_at` scale); returns 1
+        when a profile was removed, 0 when there was none (the tombstone is written anyway,
+        so an older update read later never creates it).
+
+        The tombstone is an ordinary versioned value without attributes: by the ordering
+        rule only an update with a higher version replaces it (an `updated_at` after the
+        erasure); unversioned updates, integer versions (far below that scale) and seeds
+        without a later `updated_at` are dropped. Idempotent: erasing again removes nothing.
+        """
+        key = f"{tenant}/{entity}".encode()
+        with write_lock(self.path):
+            prior = self._stored(key)
+            if prior is not None and prior.attributes is None and (prior.version or 0) >= version:
+                return 0
+            doc = {
+                "attributes": None,
+                "version": version,
+                "origin": f"erasure:{request_id}",
+                "offset": 0,
+            }
+            wb = WriteBatch(raw_mode=True)
+            wb.put(key, _dump(doc))
+            self.db.write(wb)
+        return int(prior is not None and prior.attributes is not None)
 
     def positions(self) -> dict[str, int]:
         """The highest offset applied per origin (committed with the data)."""
@@ -275,6 +316,12 @@ class ProfileStore:
 
         Returns the number of profiles written.
         """
+        with write_lock(self.path):
+            return self._upsert_many(updates)
+
+    def _upsert_many(
+        self, updates: Iterable[ProfileUpdate | tuple[str, str, dict[str, Any], str, int]]
+    ) -> int:
         committed: dict[str, int] = {}
         advanced: dict[str, int] = {}
         latest: dict[bytes, ProfileUpdate | None] = {}
@@ -330,6 +377,7 @@ class StoreLayout:
         self.profiles = self.own / "profiles"
         self.llm_cache = self.own / "llm-cache"
         self.knowledge = self.own / "knowledge.sqlite"
+        self.erasures = self.own / "erasures"
 
     def peer_caches(self) -> list[Path]:
         """The LLM caches other processes wrote (other `process-N` directories, and the
@@ -384,6 +432,21 @@ def summary_key(tenant: str, entity: str) -> bytes:
 _SUMMARY_PREFIX = b"summary\x00"
 
 
+_OWNER_PREFIX = b"owner\x00"
+
+
+def owner_prefix(tenant: str, subject: str) -> bytes:
+    """The prefix of the index entries `owner\\0[tenant, subject]\\0<key>` that name the
+    cache entries (answers, replies, summaries) written for a subject, so an erasure finds
+    them without reading the cache."""
+    ids = json.dumps([tenant, subject], separators=(",", ":")).encode()
+    return _OWNER_PREFIX + ids + b"\x00"
+
+
+Owner = tuple[bytes, str, str]
+"""A cache key written for a subject: (key, tenant, subject)."""
+
+
 _TTL_SUFFIX = 4
 """Bytes RocksDB's TTL mode appends to each value (its write time), visible to a read-only
 handle, which opens the store without TTL mode."""
@@ -417,6 +480,9 @@ class ResponseCache:
             db = open_read_only(peer)
             self._check_format(db, Path(peer), stamped=True)
             self.peers.append(db)
+        self.erased: Callable[[str, str], float | None] | None = None
+        """The erasure lookup (`state.erasure.ErasureStore.cutoff`): summaries of erased
+        conversations older than the erasure are not read, here or in a peer cache."""
         self._compact_every = min(ttl_s / 2, 3600.0)
         self._last_compaction = clock()
         self._lock = threading.Lock()
@@ -473,13 +539,17 @@ class ResponseCache:
         replies: Iterable[Reply] = (),
         summaries: Iterable[Summary] = (),
         citations: dict[str, list[dict[str, Any]]] | None = None,
+        owners: Iterable[Owner] = (),
     ) -> None:
         """Write answers by fingerprint (with the knowledge chunks each one's prompt cited,
         by fingerprint) and, in the same batch, the conversation replies and summaries among
         them (first reply per turn wins, see `Reply`; a summary only
-        over an older one, see `Summary`)."""
+        over an older one, see `Summary`) and the `owners` index entries (which subject
+        each written key is about, for `erase`; writing one again changes nothing)."""
         now = self.clock()
         wb = WriteBatch(raw_mode=True)
+        for key, tenant, subject in owners:
+            wb.put(owner_prefix(tenant, subject) + key, b"")
         cited = citations or {}
         for fp, answer in entries.items():
             doc = {"a": answer, "t": now}
@@ -513,8 +583,11 @@ class ResponseCache:
             hit = peer.get(key)
             if hit is not None:
                 candidates.append(hit[:-_TTL_SUFFIX])
+        cutoff = None if self.erased is None else self.erased(tenant, entity)
         for doc in map(json.loads, candidates):
             version = (float(doc["v"][0]), int(doc["v"][1]))
+            if cutoff is not None and version[0] <= cutoff:
+                continue  # covers turns of an erased conversation (a peer's, or late)
             if best is None or version > best[0]:
                 best = (version, doc["s"])
         return None if best is None else best[1]
@@ -536,6 +609,49 @@ class ResponseCache:
                     continue
             found[turn_id] = json.loads(raw)["r"]
         return found
+
+    def erase(self, tenant: str, subject: str) -> dict[str, int]:
+        """Delete what this cache holds for `tenant/subject`: every entry its `owners` index
+        names (answers, replies, summaries written for items of the subject as entity or
+        user), the conversation's summary and replies (also those written before the index
+        existed), and the index entries, in one batch. Returns the entries removed by kind
+        (`answers`, `replies`, `summaries`); idempotent (again: all zero).
+
+        Peer caches are read-only here: each process erases its own cache (every process
+        applies every erasure), and a read of a peer's summary checks `erased`."""
+        targets: set[bytes] = set()
+        drop: list[bytes] = []
+        prefix = owner_prefix(tenant, subject)
+        for key in self.db.keys(from_key=prefix):
+            assert isinstance(key, bytes)  # raw mode
+            if not key.startswith(prefix):
+                break
+            drop.append(key)
+            targets.add(key[len(prefix) :])
+        targets.add(summary_key(tenant, subject))
+        conversation = Reply(tenant, subject, "", "").key()[:-3]  # `...,"subject",` prefix
+        for key in self.db.keys(from_key=conversation):
+            assert isinstance(key, bytes)
+            if not key.startswith(conversation):
+                break
+            targets.add(key)
+        removed = {"answers": 0, "replies": 0, "summaries": 0}
+        wb = WriteBatch(raw_mode=True)
+        for key in sorted(targets):
+            if self.db.get(key) is None:
+                continue
+            wb.delete(key)
+            if key.startswith(_REPLY_PREFIX):
+                removed["replies"] += 1
+            elif key.startswith(_SUMMARY_PREFIX):
+                removed["summaries"] += 1
+            else:
+                removed["answers"] += 1
+        for key in drop:
+            wb.delete(key)
+        if drop or any(removed.values()):
+            self.db.write(wb)
+        return removed
 
     def _maybe_compact(self, now: float) -> None:
         with self._lock:

@@ -55,6 +55,8 @@ class Deployment:
     """Extra lines for the `[kafka]` table (e.g. `message_max_bytes = 20000`)."""
     knowledge: bool = False
     """Give the deployment a knowledge input (topic `topics["knowledge"]`, 2 partitions)."""
+    erasures: bool = False
+    """Give the deployment an erasures input (topic `topics["erasures"]`, 1 partition)."""
     topics: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -64,6 +66,8 @@ class Deployment:
             self.topics[name] = create_topic(self.bootstrap, f"{name}-{tag}", parts)
         if self.knowledge:
             self.topics["knowledge"] = create_topic(self.bootstrap, f"knowledge-{tag}", 2)
+        if self.erasures:
+            self.topics["erasures"] = create_topic(self.bootstrap, f"erasures-{tag}", 1)
         self.recovery = self.workdir / "recovery"
         self.recovery.mkdir(parents=True, exist_ok=True)
         init_db_dir(self.recovery, 1)
@@ -78,6 +82,8 @@ class Deployment:
             if self.knowledge
             else ""
         )
+        if self.erasures:
+            knowledge += f'\nerasures = {{ name = "erasures", topic = "{t["erasures"]}" }}'
         self.config.write_text(
             f"""
 [app]

@@ -82,7 +82,8 @@ def step_id_problems(
 
 
 def contract_settings(tmp: Path) -> Settings:
-    """A deployment with every input (events, profiles, knowledge), for building the flow."""
+    """A deployment with every input (events, profiles, knowledge, erasures), for building
+    the flow."""
     return Settings.model_validate(
         {
             "app": {"profile": "dev"},
@@ -91,6 +92,7 @@ def contract_settings(tmp: Path) -> Settings:
                 "sources": [{"name": "s", "path": str(tmp / "x.jsonl")}],
                 "profiles": {"name": "p", "path": str(tmp / "p.jsonl")},
                 "knowledge": {"name": "k", "path": str(tmp / "k.jsonl")},
+                "erasures": {"name": "e", "path": str(tmp / "e.jsonl")},
             },
             "output": {"kind": "file", "dir": str(tmp / "out")},
             "stores": {"dir": str(tmp / "stores")},
