@@ -66,9 +66,7 @@ def changed_series(kind: str | None, seed: int, after: int = 400) -> ChangedSeri
         if changed and kind == "variance":
             noise *= mag
         v += noise
-        if kind == "spike" and i == c:
-            v += sign * mag
-        elif changed and kind == "level_shift":
+        if (kind == "spike" and i == c) or (changed and kind == "level_shift"):
             v += sign * mag
         elif changed and kind == "trend":
             v += sign * mag * (i - c + 1)

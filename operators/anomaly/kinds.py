@@ -172,7 +172,8 @@ def classify(
             if sae_season < 0.7 * sae_level:
                 ev[what] = _r(amount)
                 return Change(ChangeKind.SEASONALITY, ev)
-    trend = hinge_sae < _MARGIN * step_sae or (len(post) >= 8 and rise * height > 0 and abs(rise) >= 0.6 * abs(height))
+    drifting = len(post) >= 8 and rise * height > 0 and abs(rise) >= 0.6 * abs(height)
+    trend = hinge_sae < _MARGIN * step_sae or drifting
     if trend:
         ev["change_at"] = float(hinge_at - ia)
         return Change(ChangeKind.TREND, ev)
@@ -183,9 +184,7 @@ def _theil_sen(xs: Sequence[float]) -> float:
     """Median of the pairwise slopes (at most 48 points, evenly picked)."""
     n = len(xs)
     idx = list(range(n)) if n <= 48 else [round(i * (n - 1) / 47) for i in range(48)]
-    slopes = [
-        (xs[j] - xs[i]) / (j - i) for a, i in enumerate(idx) for j in idx[a + 1 :] if j > i
-    ]
+    slopes = [(xs[j] - xs[i]) / (j - i) for a, i in enumerate(idx) for j in idx[a + 1 :] if j > i]
     return median(slopes) if slopes else 0.0
 
 
@@ -282,9 +281,7 @@ class ChangeTracker:
         ref = res[max(0, at - _REF) : at]
         m0 = median(ref)
         s0 = max(_mad(ref, m0), 1e-12)
-        return abs(res[at] - m0) >= _FAR * s0 and all(
-            abs(r - m0) < _FAR * s0 for r in res[-_BACK:]
-        )
+        return abs(res[at] - m0) >= _FAR * s0 and all(abs(r - m0) < _FAR * s0 for r in res[-_BACK:])
 
     def hold(self, alert: Alert) -> list[Alert]:
         """Hold `alert` (raised on the reading just observed); a held one is named now."""
@@ -299,18 +296,20 @@ class ChangeTracker:
         if held is None:
             return []
         self.held = None
-        at = len(self.values) - 1 - self.since
+        change = self._name(len(self.values) - 1 - self.since)
+        return [held if change is None else replace(held, change=change)]
+
+    def name_last(self) -> dict[str, Any] | None:
+        """The change of the reading just observed, named at once (no hold)."""
+        return self._name(len(self.values) - 1)
+
+    def _name(self, at: int) -> dict[str, Any] | None:
         if at < 2:
-            return [held]
+            return None
         change = classify(
-            list(self.values),
-            list(self.baselines),
-            at,
-            list(self.ts),
-            self.profile,
-            self.period,
+            list(self.values), list(self.baselines), at, list(self.ts), self.profile, self.period
         )
-        return [replace(held, change=change.to_json())]
+        return change.to_json()
 
     def state(self) -> tuple[Any, ...]:
         held = None if self.held is None else asdict(self.held)
