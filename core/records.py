@@ -187,6 +187,10 @@ class Alert:
     event_ids: tuple[str, ...]
     source: str
     message: str
+    change: dict[str, Any] | None = None
+    """What kind of change raised it (`operators.anomaly.kinds`): `{"kind": "spike" |
+    "level_shift" | "trend" | "variance" | "seasonality", ...evidence}`; None where no kind
+    was named (an alert held at the very start of a series)."""
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

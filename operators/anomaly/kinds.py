@@ -1,0 +1,322 @@
+"""What kind of change an alert is: spike, level shift, trend, variance or seasonality.
+
+`classify(values, baselines, at)` looks at a series' recent readings around the one that
+raised an alert (`at`) and names the change with simple robust statistics on the residuals
+`value - baseline` (the baseline is what the series detector expected: the seasonal slot
+mean of the ensemble, the EWMA mean of `ewma`), scaled by the median and MAD of an older
+reference stretch (z-scores):
+
+- `spike`: the alert reading is far out (|z| >= 3.5) and the readings after it are back (at
+  most a quarter of them far out), as were the readings just before it;
+- `variance`: the readings around the alert scatter (robust spread >= 2.5 times the
+  reference's) about a median that did not move much (at most 0.6 of the spread);
+- otherwise the residuals of the recent stretch are fitted by three models, each by the sum
+  of absolute errors: a step (two medians, best split: `level_shift`), a hinge (flat, then a
+  line with a median slope from the best start: `trend`) and the seasonal profile's own
+  shape after the best split (least squares on the centred profile and its slope:
+  `seasonality`, tried only where the profile moves by at least one reference spread over
+  the stretch). A model must beat the step by 20 % to be chosen: a level shift is the
+  default.
+
+`ChangeTracker` keeps what `classify` needs per series, bounded: the last `HISTORY` readings
+and baselines, and at most one alert held back (`hold` readings at most, so that the change
+has readings after it to be named by; a spike is named as soon as a reading is back). Its
+snapshot (`state()`) is plain data (packed doubles and the held alert's fields), an
+immutable copy; a tracker resumed from it names the same kinds at the same readings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from enum import StrEnum
+from statistics import median
+from typing import Any
+
+from core.records import Alert
+from operators.anomaly.detectors import pack_floats, unpack_floats
+
+__all__ = ["HISTORY", "Change", "ChangeKind", "ChangeTracker", "classify"]
+
+HISTORY = 192
+"""Readings a tracker keeps: a reference stretch of 64 and a recent one of up to 128."""
+_REF = 64
+_BEFORE = 96
+"""Readings before the alert that the models are fitted on (with those after it)."""
+_FAR = 3.5
+_MAD_SCALE = 1.4826
+_MARGIN = 0.8
+_BACK = 3
+
+
+class ChangeKind(StrEnum):
+    SPIKE = "spike"
+    LEVEL_SHIFT = "level_shift"
+    TREND = "trend"
+    VARIANCE = "variance"
+    SEASONALITY = "seasonality"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """The kind of a change and the statistics that named it (rounded, JSON-ready)."""
+
+    kind: ChangeKind
+    evidence: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": str(self.kind), **self.evidence}
+
+
+def _mad(xs: Sequence[float], center: float) -> float:
+    return _MAD_SCALE * median([abs(x - center) for x in xs])
+
+
+def _sae_median(xs: Sequence[float]) -> tuple[float, float]:
+    m = median(xs)
+    return sum(abs(x - m) for x in xs), m
+
+
+def _r(x: float) -> float:
+    return round(x, 4) if math.isfinite(x) else 0.0
+
+
+def classify(
+    values: Sequence[float],
+    baselines: Sequence[float],
+    at: int,
+    ts: Sequence[float] | None = None,
+    profile: Callable[[float], float | None] | None = None,
+    period: float = 86_400.0,
+) -> Change:
+    """The kind of the change whose alert was raised by reading `at` of `values`.
+
+    `baselines[i]` is what the detector expected for `values[i]`; readings after `at` (if
+    any) are the ones that came since. Needs at least a few readings before `at`. With
+    `ts` (the readings' event times) and `profile` (the detector's seasonal baseline at a
+    time, over `period` seconds), a seasonal change can be told from a level shift.
+    """
+    res = [v - b for v, b in zip(values, baselines, strict=True)]
+    start = max(0, at - _BEFORE)
+    if start >= 16:
+        ref = res[max(0, start - _REF) : start]
+    else:  # a young series: the first half of what there is before the alert
+        start = max(1, at // 2)
+        ref = res[:start]
+    m0 = median(ref)
+    level = median(values[max(0, start - _REF) : start] or values[:1])
+    scale = _mad(ref, m0)
+    floor = 1e-6 * max(abs(level), 1.0)
+    s0 = scale if scale > floor else floor
+    z = [(r - m0) / s0 for r in res[start:]]
+    ia = at - start
+    after = z[ia + 1 :]
+    before_near = z[max(0, ia - 8) : ia]
+    za = z[ia]
+    ev: dict[str, float] = {"before_level": _r(level), "scale": _r(s0), "z": _r(za)}
+
+    def share_far(xs: Sequence[float]) -> float:
+        return sum(1 for x in xs if abs(x) >= _FAR) / len(xs) if xs else 0.0
+
+    if abs(za) >= _FAR and share_far(after) <= 0.25 and share_far(before_near) <= 0.25:
+        ev["after_level"] = _r(median(values[at + 1 :]) if after else values[at])
+        return Change(ChangeKind.SPIKE, ev)
+
+    near = z[max(0, ia - 8) :]
+    mid = median(near)
+    spread = _mad(near, mid)
+    if spread >= 2.5 and abs(mid) <= 0.6 * spread:
+        ev["variance_ratio"] = _r(spread)
+        ev["after_level"] = _r(median(values[max(0, at - 8) :]))
+        return Change(ChangeKind.VARIANCE, ev)
+
+    m = len(z)
+    step_sae, split = math.inf, 1
+    for c in range(2, m - 1):
+        left, _ = _sae_median(z[:c])
+        right, _ = _sae_median(z[c:])
+        if left + right < step_sae:
+            step_sae, split = left + right, c
+    post = z[split:]
+    height = median(post) - median(z[:split])
+    after_level = median(values[start + split :])
+    ev["after_level"] = _r(after_level)
+    ev["change_at"] = float(split - ia)  # readings from the alert to where the change began
+    ev["variance_ratio"] = _r(_mad(post, median(post)))
+
+    hinge_sae, hinge_at, slope = math.inf, 0, 0.0
+    for c in range(0, m - 3):
+        base = median(z[:c]) if c else 0.0
+        s = median([(z[t] - base) / (t - c + 1) for t in range(c, m)])
+        sae = sum(abs(z[t] - base) for t in range(c)) + sum(
+            abs(z[t] - base - s * (t - c + 1)) for t in range(c, m)
+        )
+        if sae < hinge_sae:
+            hinge_sae, hinge_at, slope = sae, c, s
+    ev["slope"] = _r(slope * s0)  # value units per reading
+    # The rise within the changed stretch, against the step's height: a level shift is flat
+    # after its step, a drift keeps going.
+    rise = _theil_sen(post) * len(post)
+    ev["rise_ratio"] = _r(rise / height if height else 0.0)
+
+    if profile is not None and ts is not None and len(post) >= 6:
+        x_post = values[start + split :]
+        t_post = ts[start + split :]
+        season = _seasonal_fit(x_post, t_post, profile, period, s0)
+        if season is not None:
+            sae_season, what, amount = season
+            p_post = baselines[start + split :]
+            sae_level, _ = _sae_median([x - p for x, p in zip(x_post, p_post, strict=True)])
+            if sae_season < 0.7 * sae_level:
+                ev[what] = _r(amount)
+                return Change(ChangeKind.SEASONALITY, ev)
+    drifting = len(post) >= 8 and rise * height > 0 and abs(rise) >= 0.6 * abs(height)
+    trend = hinge_sae < _MARGIN * step_sae or drifting
+    if trend:
+        ev["change_at"] = float(hinge_at - ia)
+        return Change(ChangeKind.TREND, ev)
+    return Change(ChangeKind.LEVEL_SHIFT, ev)
+
+
+def _theil_sen(xs: Sequence[float]) -> float:
+    """Median of the pairwise slopes (at most 48 points, evenly picked)."""
+    n = len(xs)
+    idx = list(range(n)) if n <= 48 else [round(i * (n - 1) / 47) for i in range(48)]
+    slopes = [(xs[j] - xs[i]) / (j - i) for a, i in enumerate(idx) for j in idx[a + 1 :] if j > i]
+    return median(slopes) if slopes else 0.0
+
+
+def _seasonal_fit(
+    x: Sequence[float],
+    ts: Sequence[float],
+    profile: Callable[[float], float | None],
+    period: float,
+    s0: float,
+) -> tuple[float, str, float] | None:
+    """How well the changed readings fit the seasonal profile reshaped: scaled about its mean
+    (an amplitude change) or moved in time (a phase change). The best sum of absolute errors,
+    what it was and by how much (the gain, or the phase as a share of the period); None
+    where the profile is unknown or barely moves."""
+    grid = 96
+    prof = [profile(i * period / grid) for i in range(grid)]
+    known = [p for p in prof if p is not None]
+    if len(known) < grid // 2 or max(known) - min(known) < 4.0 * s0:
+        return None
+    mean_p = sum(known) / len(known)
+    p_now = [profile(t) for t in ts]
+    if any(p is None for p in p_now):
+        return None
+    dp = [p - mean_p for p in p_now if p is not None]
+    dx = [v - mean_p for v in x]
+    sqq = sum(d * d for d in dp)
+    gain = sum(a * b for a, b in zip(dx, dp, strict=True)) / sqq if sqq > 0 else 1.0
+    best = (sum(abs(a - gain * b) for a, b in zip(dx, dp, strict=True)), "profile_gain", gain)
+    if abs(gain - 1.0) < 0.5:
+        best = (math.inf, "profile_gain", gain)
+    for k in range(grid // 12, grid - grid // 12 + 1):
+        lag = k * period / grid
+        moved = [profile(t + lag) for t in ts]
+        if any(p is None for p in moved):
+            continue
+        sae = sum(abs(v - p) for v, p in zip(x, moved, strict=True) if p is not None)
+        if sae < best[0]:
+            best = (sae, "phase_shift", k / grid)
+    return None if best[0] == math.inf else best
+
+
+class ChangeTracker:
+    """The recent readings of one series and the alert held until its change can be named.
+
+    `observe(ts, value, baseline)` per reading (O(1)); `hold(alert)` when the series detector
+    alerts on the reading just observed; both return the alerts that are now due, with their
+    `change`. An alert is due `hold` readings after its own, or as soon as the last
+    `_BACK` readings are back near the level before it (a spike). `flush()` names and returns a
+    held alert at once (the end of the input). `hold` 0 names every alert on its own reading.
+    `profile` (the series detector's seasonal baseline at an event time, over `period`
+    seconds) lets seasonal changes be named; it is not part of the state.
+
+    State: at most `HISTORY` event times, readings and baselines, the held alert and how many
+    readings came after it.
+    """
+
+    __slots__ = ("baselines", "held", "hold_points", "period", "profile", "since", "ts", "values")
+
+    def __init__(
+        self,
+        hold: int,
+        state: tuple[Any, ...] | None = None,
+        profile: Callable[[float], float | None] | None = None,
+        period: float = 86_400.0,
+    ) -> None:
+        self.hold_points = hold
+        self.profile = profile
+        self.period = period
+        times, vals, bases, held, since = state or (b"", b"", b"", None, 0)
+        self.ts: deque[float] = deque(unpack_floats(times), maxlen=HISTORY)
+        self.values: deque[float] = deque(unpack_floats(vals), maxlen=HISTORY)
+        self.baselines: deque[float] = deque(unpack_floats(bases), maxlen=HISTORY)
+        self.held: Alert | None = None if held is None else Alert(**held)
+        self.since: int = since
+
+    def observe(self, ts: float, value: float, baseline: float) -> list[Alert]:
+        self.ts.append(ts)
+        self.values.append(value)
+        self.baselines.append(baseline)
+        if self.held is None:
+            return []
+        self.since += 1
+        if self.since >= self.hold_points or self._back():
+            return self.flush()
+        return []
+
+    def _back(self) -> bool:
+        """The last `_BACK` readings are back near the level before the held alert's."""
+        vals, since = self.values, self.since
+        at = len(vals) - 1 - since
+        if at < 8 or since < _BACK:
+            return False
+        res = [v - b for v, b in zip(vals, self.baselines, strict=True)]
+        ref = res[max(0, at - _REF) : at]
+        m0 = median(ref)
+        s0 = max(_mad(ref, m0), 1e-12)
+        return abs(res[at] - m0) >= _FAR * s0 and all(abs(r - m0) < _FAR * s0 for r in res[-_BACK:])
+
+    def hold(self, alert: Alert) -> list[Alert]:
+        """Hold `alert` (raised on the reading just observed); a held one is named now."""
+        out = self.flush()
+        self.held, self.since = alert, 0
+        if self.hold_points == 0:
+            out.extend(self.flush())
+        return out
+
+    def flush(self) -> list[Alert]:
+        held = self.held
+        if held is None:
+            return []
+        self.held = None
+        change = self._name(len(self.values) - 1 - self.since)
+        return [held if change is None else replace(held, change=change)]
+
+    def name_last(self) -> dict[str, Any] | None:
+        """The change of the reading just observed, named at once (no hold)."""
+        return self._name(len(self.values) - 1)
+
+    def _name(self, at: int) -> dict[str, Any] | None:
+        if at < 2:
+            return None
+        change = classify(
+            list(self.values), list(self.baselines), at, list(self.ts), self.profile, self.period
+        )
+        return change.to_json()
+
+    def state(self) -> tuple[Any, ...]:
+        held = None if self.held is None else asdict(self.held)
+        return (
+            pack_floats(self.ts),
+            pack_floats(self.values),
+            pack_floats(self.baselines),
+            held,
+            self.since,
+        )
