@@ -84,7 +84,9 @@ def audit_writer(settings: Settings) -> Writer:
     topic = out.audit
 
     def write_kafka(record: dict[str, Any]) -> None:
-        producer = Producer({**conf, "enable.idempotence": "true"})
+        # One record, sent once: no idempotent producer (its producer-id round trip would
+        # lengthen every start and stop).
+        producer = Producer({**conf, "linger.ms": "0"})
         key = (record.get("tenant") or "").encode()
         producer.produce(topic, value=json.dumps(record).encode(), key=key)
         left = producer.flush(FLUSH_TIMEOUT_S)

@@ -247,7 +247,8 @@ def graceful(ctx: Ctx) -> Outcome:
     """SIGTERM, then SIGINT, under load (input still arriving): each exits within 10 s with a
     documented code (0: drained with a final snapshot; 143/130: drain deadline passed); the
     restarts lose nothing and repeat no answered LLM call."""
-    n, rate = (30_000, 2_000) if ctx.quick else (100_000, 4_000)
+    # Long enough that input still arrives at the second signal, after a stop and a start.
+    n, rate = (40_000, 2_000) if ctx.quick else (100_000, 4_000)
     with _sim(latency_ms=300, jitter_ms=100, max_concurrency=64) as sim:
         dep = _new_dep(ctx, "graceful", sim, partitions=2, tail=True)
         sent = mixed(n)
