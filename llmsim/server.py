@@ -951,6 +951,8 @@ class LLMSimulator:
         self._in_flight = 0
         self._serving = 0  # requests holding a slot (queueing mode)
         self._slot_free = threading.Condition(self._lock)
+        self._answering = 0  # requests being answered, not yet logged
+        self._all_logged = threading.Condition(self._lock)
         self._next_ticket = 0
         self._now_serving = 0
         self._window: deque[float] = deque()
@@ -978,7 +980,8 @@ class LLMSimulator:
         return self
 
     def stop(self) -> None:
-        """Stop serving and release the port. Idempotent."""
+        """Stop serving and release the port; requests being answered are dropped (logged with
+        status 0) before it returns. Idempotent."""
         server, thread = self._server, self._thread
         if server is None:
             return
@@ -992,6 +995,8 @@ class LLMSimulator:
                 conn.shutdown(socket.SHUT_RDWR)
         if thread is not None:
             thread.join(timeout=5)
+        with self._lock:  # the dropped requests log themselves as they wake: wait for them
+            self._all_logged.wait_for(lambda: self._answering == 0, timeout=5)
         self._server = None
         self._thread = None
 
@@ -1181,6 +1186,8 @@ class LLMSimulator:
         and latency either way."""
         started = time.monotonic()
         resp: _Response | None = None
+        with self._lock:
+            self._answering += 1
         try:
             resp = answer(raw, entry)
             return resp
@@ -1193,6 +1200,8 @@ class LLMSimulator:
             entry["latency_s"] = time.monotonic() - started
             with self._lock:
                 into.append(entry)
+                self._answering -= 1
+                self._all_logged.notify_all()
 
     def _answer_chat(self, raw: bytes, entry: dict[str, Any]) -> _Response | None:
         try:
