@@ -1286,6 +1286,15 @@ class TenantConfig(Frozen):
     """The LLM tasks this tenant's events and alerts may go to; a route naming another task
     leaves the event context only for this tenant (its ledger route says so). None: every
     task. Internal memory summaries are not restricted."""
+    daily_token_budget: int | None = Field(default=None, ge=1)
+    """Tokens (prompt and completion, as the endpoint reports them) this tenant's LLM requests
+    may spend per UTC day, shared by the deployment's processes (`state.budgets`); cache hits
+    are free. None: no budget."""
+    on_budget_spent: Literal["wait", "dead_letter"] = "wait"
+    """What happens to the tenant's work once the day's budget is spent: `wait` holds it in
+    the LLM stage until the next UTC midnight (up to `llm.max_held_items` per key and task;
+    beyond that, and at the end of a finite input, it is dead-lettered), `dead_letter`
+    dead-letters it at once. Answers already cached are still emitted."""
 
 
 class Settings(Frozen):
@@ -1323,6 +1332,14 @@ class Settings(Frozen):
                 )
                 raise ValueError(msg)
         return self
+
+    def token_budgets(self) -> tuple[tuple[str, int, str], ...]:
+        """`(tenant, daily_token_budget, on_budget_spent)` of each tenant that has a budget."""
+        return tuple(
+            (name, rules.daily_token_budget, rules.on_budget_spent)
+            for name, rules in sorted(self.tenants.items())
+            if rules.daily_token_budget is not None
+        )
 
     def tenant_tasks(self) -> dict[str, frozenset[str]]:
         """The task allow-list of each tenant that has one."""

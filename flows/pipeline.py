@@ -85,6 +85,7 @@ from operators.validate import decode_validate
 from runtime import backpressure, metrics
 from runtime.process import process_position, setup_process, start_progress, tune_gc
 from runtime.run_audit import RunAudit
+from state.budgets import shared_budgets
 from state.knowledge import RetrievalSettings, SqliteKnowledgeIndex, parse_document
 from state.recovery import check_recovery_directory, recovery_directory_argument
 from state.stores import ResponseCache, StoreError, StoreLayout
@@ -266,13 +267,18 @@ def build_flow(
     if executor is None:
         base_url = llm_base_url(settings)
         llm_cfg = settings.llm.process_share(*process)
+        budgets = shared_budgets(
+            settings.token_budgets(), layout.budgets, layout.peer_budgets, process
+        )
 
         def executor() -> LLMExecutor:
             peers = tuple(str(p) for p in layout.peer_caches())
             chars = settings.memory.max_chars_per_turn
             cache = str(layout.llm_cache)
             erased = str(layout.erasures) if settings.input.erasures is not None else None
-            return shared_executor(llm_cfg, base_url, cache, peers, redactor, chars, erased)
+            return shared_executor(
+                llm_cfg, base_url, cache, peers, redactor, chars, erased, budgets
+            )
 
     backpressure.configure(settings.llm.max_pending_items)
     summary_task = settings.memory.summary_task if settings.memory.max_tokens else None

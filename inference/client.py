@@ -22,6 +22,11 @@ its context trimmed to fit. The budget is in the endpoint's tokens; the offline 
 multiplied by the model's calibration factor (`budget.TokenCalibration`, learned from each
 answer's `usage.prompt_tokens`). A pack whose items' own data would not fit is split into
 several requests first.
+
+Tenants' daily token budgets (`state.budgets`): a request whose tenant has spent its budget
+is not sent (its items come back as failures marked `over_budget`, for the stage to hold or
+dead-letter); each answered request's reported tokens are charged to its tenant, and the
+request that spends the last of a day's budget adds a `budget_spent` activity record.
 """
 
 from __future__ import annotations
@@ -39,12 +44,14 @@ from typing import Any
 import openai
 
 from config.models import LLMConfig, TaskConfig
-from core.records import WorkItem
+from core.activity import activity_record
+from core.records import Audit, WorkItem
 from inference import budget, prompts
 from inference.conversation import prepare, reply_of, summary_of
 from inference.endpoints import Endpoint, EndpointPool
 from inference.limits import BreakerState, Limiter, Outcome
 from runtime import metrics
+from state.budgets import TokenBudgets
 from state.erasure import open_erasures
 from state.stores import Owner, Reply, ResponseCache, Summary
 
@@ -76,6 +83,9 @@ class Failed:
     retry_smaller: bool = False
     """The request carried other items too and its prompt exceeded the model's context: ask
     this item again in a smaller pack (`operators.llm` halves it) instead of giving up."""
+    over_budget: bool = False
+    """Not asked: the tenant's daily token budget is spent (`state.budgets`); the stage holds
+    the item until the budget starts again or dead-letters it (`on_budget_spent`)."""
 
 
 @dataclass
@@ -148,9 +158,13 @@ class LLMExecutor:
         rng: random.Random | None = None,
         reply_chars: int = 1000,
         erased: Callable[[str, str], float | None] | None = None,
+        budgets: TokenBudgets | None = None,
     ) -> None:
         self.cfg = cfg
         self.cache = cache
+        self.budgets = budgets
+        """The tenants' daily token budgets (None: none): a request is not sent while its
+        tenant's is spent, and every answered request is charged to it."""
         self.erased = erased
         """The erasure lookup (`state.erasure.ErasureStore.cutoff`): answers to items of a
         subject erased after they were ingested are emitted but not cached."""
@@ -273,8 +287,52 @@ class LLMExecutor:
             limit = self._limit(task)[1]
             groups = prompts.split_for_budget(spec, todo, limit)
         for group in groups:
+            tenant = group[0].tenant
+            if self.budgets is not None and self.budgets.exhausted(tenant):
+                reason = self.budgets.spent_reason(tenant)
+                out.failed.extend(Failed(i, reason, over_budget=True) for i in group)
+                continue
             self._ask(task, group, fps, out, reask=True)
         return out
+
+    def _charge(
+        self, items: list[WorkItem], usage: dict[str, int], request_id: str
+    ) -> Audit | None:
+        """Charge a request's tokens to its tenant's budget; the `budget_spent` activity
+        record when this request spent the last of it (else None)."""
+        if self.budgets is None:
+            return None
+        tenant = items[0].tenant
+        tokens = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
+        charge = self.budgets.charge(tenant, tokens)
+        if charge is None:
+            return None
+        metrics.TENANT_TOKENS.labels(tenant).inc(tokens)
+        metrics.TENANT_BUDGET_LEFT.labels(tenant).set(max(0, charge.allowance - charge.spent))
+        if not charge.crossed:
+            return None
+        rules = self.budgets.budget(tenant)
+        assert rules is not None
+        log.warning(
+            "tenant %r spent its daily token budget for %s: its work %s until the next UTC day",
+            tenant,
+            charge.day,
+            "waits" if rules.on_spent == "wait" else "is dead-lettered",
+        )
+        return activity_record(
+            "budget_spent",
+            about=(tenant, charge.day),
+            tenant=tenant,
+            at=time.time(),
+            day=charge.day,
+            budget=rules.tokens,
+            allowance=charge.allowance,
+            spent=charge.spent,
+            process=self.budgets.process[0],
+            action=rules.on_spent,
+            request_id=request_id,
+            resets_at=self.budgets.resets_at(),
+        )
 
     def _ask(
         self,
@@ -380,20 +438,22 @@ class LLMExecutor:
             )
             for i, a in ok.items()
         )
-        out.audits.append(
-            self._audit(
-                task,
-                items,
-                outcome="ok" if not bad else "partial",
-                prompt=prompt,
-                estimate=estimate,
-                attempts=attempts,
-                latency_s=time.monotonic() - started,
-                usage=usage,
-                invalid=len(bad),
-                served=served,
-            )
+        audit = self._audit(
+            task,
+            items,
+            outcome="ok" if not bad else "partial",
+            prompt=prompt,
+            estimate=estimate,
+            attempts=attempts,
+            latency_s=time.monotonic() - started,
+            usage=usage,
+            invalid=len(bad),
+            served=served,
         )
+        out.audits.append(audit)
+        spent = self._charge(items, usage, audit["request_id"])
+        if spent is not None:
+            out.audits.append(spent.record)
         for item_id, reason in bad.items():
             if reask:
                 # Ask again alone: a packed answer missing one item must not lose it.
@@ -643,6 +703,7 @@ def shared_executor(
     redactor: prompts.Redactor | None = None,
     reply_chars: int = 1000,
     erasures: str | None = None,
+    budgets: TokenBudgets | None = None,
 ) -> LLMExecutor:
     """The process-wide executor for this config (one pool, so one concurrency cap).
 
@@ -651,8 +712,9 @@ def shared_executor(
     string that enters a prompt; it must compare equal by configuration (part of the key).
     `reply_chars` cuts the replies put into prompts' memory (`memory.max_chars_per_turn`).
     `erasures` is this process's erasure table (its path), when the deployment has erasures.
+    `budgets` are the tenants' daily token budgets (`state.budgets.shared_budgets`).
     """
-    key = (cfg, base_url, cache_path, peers, redactor, reply_chars, erasures)
+    key = (cfg, base_url, cache_path, peers, redactor, reply_chars, erasures, id(budgets))
     with _exec_lock:
         ex = _executors.get(key)
         if ex is None:
@@ -666,7 +728,13 @@ def shared_executor(
 
                 cache.erased = erased
             ex = LLMExecutor(
-                cfg, base_url, cache, redactor=redactor, reply_chars=reply_chars, erased=erased
+                cfg,
+                base_url,
+                cache,
+                redactor=redactor,
+                reply_chars=reply_chars,
+                erased=erased,
+                budgets=budgets,
             )
             _executors[key] = ex
         return ex

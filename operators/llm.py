@@ -16,11 +16,19 @@ A pack whose prompt the endpoint refuses as over the model's context (a 400, see
 two halves, halving again while refused, then alone; an item refused alone is dead-lettered
 with the endpoint's reason.
 
+A tenant whose daily token budget is spent (`state.budgets`; the executor sends no request
+for it) has its items, but for answers already cached, held here with `on_budget_spent =
+"wait"`, up to `llm.max_held_items` per key and task (the newest beyond are dead-lettered),
+and sent again once the budget starts again (at the next UTC midnight, checked then and at
+the key's next item); with `"dead_letter"`, or when a finite input ends, they are
+dead-lettered with the reason. Held items do not count towards backpressure: one tenant's
+spent budget does not pause the inputs of the others.
+
 State (the snapshot, an immutable tuple of frozen work items): every item not yet emitted,
-whether still buffered or in flight. On resume those items are submitted again; the executor
-finds the ones answered before the crash in the response cache and emits them without a new
-request. It is bounded by the input rate times the LLM latency; the logic is discarded when
-nothing is pending.
+whether still buffered, in flight or held for a budget. On resume those items are submitted
+again; the executor finds the ones answered before the crash in the response cache and emits
+them without a new request. It is bounded by the input rate times the LLM latency; the logic
+is discarded when nothing is pending.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from config.models import LLMConfig, TaskConfig
 from core.clock import Clock
 from core.records import Audit, DeadLetter, Response, WorkItem
 from inference import prompts
-from inference.client import CallOutcome, LLMExecutor
+from inference.client import CallOutcome, Failed, LLMExecutor
 from runtime import backpressure, metrics
 
 LLMEmit = Response | Audit | DeadLetter
@@ -127,6 +135,8 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
         self.batcher = MicroBatcher(task, _token_cache)
         self.inflight: list[tuple[list[WorkItem], Future[CallOutcome]]] = []
         self.held = 0  # items buffered or in flight: the process's inputs pause on the sum
+        self.waiting: list[WorkItem] = []  # held until their tenant's budget starts again
+        self.wait_until: float | None = None
         backpressure.register(self)
         if resume:
             # Re-send what was pending at the snapshot, without waiting for a batch to fill.
@@ -213,8 +223,9 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
             out.extend(
                 self._dead(f.item, f.reason, f.raw_answer)
                 for f in outcome.failed
-                if not f.retry_smaller
+                if not (f.retry_smaller or f.over_budget)
             )
+            out.extend(self._hold_for_budget([f for f in outcome.failed if f.over_budget]))
             smaller = [f.item for f in outcome.failed if f.retry_smaller]
             if smaller:
                 half = (len(smaller) + 1) // 2
@@ -229,6 +240,40 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
                 self.held += len(group)
                 self.inflight.append((group, executor.submit(self.task, group)))
         return out
+
+    def _hold_for_budget(self, failed: list[Failed]) -> list[LLMEmit]:
+        """Items not asked because their tenant's budget is spent: held (`wait`, within
+        `max_held_items`) or dead-lettered."""
+        if not failed:
+            return []
+        executor = self.executor()
+        tenant, reason = failed[0].item.tenant, failed[0].reason
+        rules = executor.budgets.budget(tenant) if executor.budgets else None
+        dropped = failed
+        if rules is not None and rules.on_spent == "wait" and executor.budgets is not None:
+            limit = executor.cfg.max_held_items
+            room = max(0, limit - len(self.waiting))
+            kept, dropped = failed[:room], failed[room:]
+            self.waiting.extend(f.item for f in kept)
+            self.wait_until = executor.budgets.resets_at()
+            metrics.TENANT_BUDGET_ITEMS.labels(tenant, "held").inc(len(kept))
+            metrics.TENANT_BUDGET_WAITING.inc(len(kept))
+            reason += f", and {limit} items already wait for it (llm.max_held_items)"
+        metrics.TENANT_BUDGET_ITEMS.labels(tenant, "dead_lettered").inc(len(dropped))
+        return [self._dead(f.item, reason, None) for f in dropped]
+
+    def _resume_waiting(self, now: float) -> None:
+        """Send the held items again once their tenant's budget has started again."""
+        if not self.waiting:
+            return
+        budgets = self.executor().budgets
+        if budgets is not None and budgets.exhausted(self.waiting[0].tenant):
+            self.wait_until = budgets.resets_at()
+            return
+        items, self.waiting, self.wait_until = self.waiting, [], None
+        metrics.TENANT_BUDGET_WAITING.dec(len(items))
+        metrics.TENANT_BUDGET_ITEMS.labels(items[0].tenant, "resumed").inc(len(items))
+        self._add(items, now - self.task.max_wait_ms / 1000)
 
     def _dead(self, item: WorkItem, reason: str, raw_answer: str | None) -> DeadLetter:
         return DeadLetter(
@@ -245,16 +290,20 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
         )
 
     def _done(self) -> bool:
-        return not self.inflight and not self.batcher.pending
+        return not self.inflight and not self.batcher.pending and not self.waiting
 
     def on_batch(self, values: list[WorkItem]) -> tuple[Iterable[LLMEmit], bool]:
         now = self.clock()
+        self._resume_waiting(now)
         self._add(values, now)
         self._submit_due(now)
         return self._shed() + self._collect(), self.RETAIN
 
     def on_notify(self) -> tuple[Iterable[LLMEmit], bool]:
-        self._submit_due(self.clock())
+        now = self.clock()
+        if self.wait_until is not None and time.time() >= self.wait_until:
+            self._resume_waiting(now)
+        self._submit_due(now)
         out = self._shed() + self._collect()
         return out, self.DISCARD if self._done() else self.RETAIN
 
@@ -272,18 +321,34 @@ class _LLMLogic(StatefulBatchLogic[WorkItem, LLMEmit, tuple[WorkItem, ...]]):
                     timeout=self.poll_s * 10,
                     return_when=FIRST_COMPLETED,
                 )
+        if self.waiting:
+            # Nothing will come to wake them: a finite run ends with them dead-lettered.
+            n, tenant = len(self.waiting), self.waiting[0].tenant
+            budgets = self.executor().budgets
+            reason = budgets.spent_reason(tenant) if budgets else "daily token budget spent"
+            reason += f"; the input ended while {n} items waited for it"
+            metrics.TENANT_BUDGET_WAITING.dec(n)
+            metrics.TENANT_BUDGET_ITEMS.labels(self.waiting[0].tenant, "dead_lettered").inc(n)
+            out += [self._dead(i, reason, None) for i in self.waiting]
+            self.waiting = []
         return out, self.DISCARD
 
     def notify_at(self) -> datetime | None:
         if self.inflight:
             return datetime.fromtimestamp(self.clock() + self.poll_s, UTC)
         at = self.batcher.wake_at()
+        if at is None and self.wait_until is not None:
+            return datetime.fromtimestamp(self.wait_until, UTC)  # wall clock: a UTC midnight
         return None if at is None else datetime.fromtimestamp(at, UTC)
 
     def snapshot(self) -> tuple[WorkItem, ...]:
         # Items are frozen; the tuple is a fresh container, so later mutation of our lists
         # cannot change a snapshot already taken.
-        return tuple(i for batch, _ in self.inflight for i in batch) + tuple(self.batcher.pending)
+        return (
+            tuple(i for batch, _ in self.inflight for i in batch)
+            + tuple(self.batcher.pending)
+            + tuple(self.waiting)
+        )
 
 
 _tokens: dict[str, int] = {}

@@ -130,6 +130,26 @@ KNOWLEDGE_LEXICAL_ONLY = Counter(
     "Searches of an index with embeddings answered lexically only (no query vector: the "
     "endpoint failed, or is backed off after a failure).",
 )
+TENANT_TOKENS = Counter(
+    "contextstream_tenant_tokens_total",
+    "Tokens the LLM requests of a tenant spent (prompt and completion).",
+    ["tenant"],
+)
+TENANT_BUDGET_LEFT = Gauge(
+    "contextstream_tenant_budget_remaining_tokens",
+    "Tokens this process may still spend today for a tenant with a daily token budget.",
+    ["tenant"],
+)
+TENANT_BUDGET_ITEMS = Counter(
+    "contextstream_tenant_budget_items_total",
+    "Work items of a tenant whose daily token budget was spent: held, resumed the next day, "
+    "or dead-lettered.",
+    ["tenant", "action"],
+)
+TENANT_BUDGET_WAITING = Gauge(
+    "contextstream_tenant_budget_waiting_items",
+    "Work items held in the LLM stage until their tenant's daily token budget starts again.",
+)
 LLM_PENDING = Gauge("contextstream_llm_pending_items", "Items buffered or in flight.")
 
 OUTPUT_STALLED = Gauge(

@@ -126,6 +126,11 @@ def open_read_only(path: str | Path) -> Rdict:
         return db
 
 
+def open_read_only_fresh(path: str | Path) -> Rdict:
+    """A new read-only handle of the store at `path`, as of now (not shared: close it)."""
+    return _open_read_only(Path(path).resolve())
+
+
 def _open_read_only(path: Path, attempts: int = 5) -> Rdict:
     # The owner may be recovering the store at this moment (replaying its log into new files
     # and deleting the old ones), which a concurrent read-only open can trip over: retry.
@@ -378,12 +383,19 @@ class StoreLayout:
         self.llm_cache = self.own / "llm-cache"
         self.knowledge = self.own / "knowledge.sqlite"
         self.erasures = self.own / "erasures"
+        self.budgets = self.own / "budgets"
 
     def peer_caches(self) -> list[Path]:
         """The LLM caches other processes wrote (other `process-N` directories, and the
         single-directory layout of earlier versions), as found now."""
         found = [self.root / "llm-cache", *sorted(self.root.glob("process-*/llm-cache"))]
         own = self.llm_cache.resolve()
+        return [p for p in found if (p / "CURRENT").exists() and p.resolve() != own]
+
+    def peer_budgets(self) -> list[Path]:
+        """The token-budget stores of the other `process-N` directories, as found now."""
+        own = self.budgets.resolve()
+        found = sorted(self.root.glob("process-*/budgets"))
         return [p for p in found if (p / "CURRENT").exists() and p.resolve() != own]
 
 

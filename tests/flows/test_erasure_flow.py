@@ -21,6 +21,7 @@ from flows.pipeline import build_flow
 from llmsim import LLMSimulator
 from state.erasure import close_erasures
 from state.stores import close_all
+from support.outputs import read_outputs
 
 BASE = time.time() - 3600.0  # event times: the last hour
 SECRET = "zanzibar"  # in everything about u1: its turns, its profile, its document
@@ -45,13 +46,6 @@ def _append(path: Path, *docs: dict[str, Any]) -> None:
     with path.open("a") as f:
         for d in docs:
             f.write(json.dumps(d) + "\n")
-
-
-def _read(tmp: Path, name: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for f in sorted((tmp / "out").glob(f"{name}*.jsonl")):
-        out.extend(json.loads(line) for line in f.read_text().splitlines())
-    return out
 
 
 @pytest.fixture(autouse=True)
@@ -162,7 +156,7 @@ def test_erased_user_leaves_prompts_and_does_not_come_back(tmp_path: Path, llm_s
     u1_prompt = [b for b in second if "new question" in b]
     assert u1_prompt  # the user's new chat is answered, without anything from before
 
-    done = [a for a in _read(tmp_path, "audit") if a.get("activity") == "erasure_completed"]
+    done = [a for a in read_outputs(tmp_path, "audit") if a.get("activity") == "erasure_completed"]
     assert len(done) == 1
     record = done[0]
     assert record["request_id"] == "gdpr-1" and record["subject"] == "u1"
@@ -171,7 +165,7 @@ def test_erased_user_leaves_prompts_and_does_not_come_back(tmp_path: Path, llm_s
     assert removed["profiles"] == 1 and removed["documents"] == 1
     assert removed["replies"] == 3 and removed["answers"] == 3
     assert record["completed_at"] >= record["received_at"]
-    dead = _read(tmp_path, "dead_letters")
+    dead = read_outputs(tmp_path, "dead_letters")
     assert [d["step_id"] for d in dead] == ["erasures_in"]
 
     # Restart without the snapshot: every chat (and the request) is read again; u1's
@@ -180,13 +174,13 @@ def test_erased_user_leaves_prompts_and_does_not_come_back(tmp_path: Path, llm_s
     fresh = tmp_path / "recovery-2"
     fresh.mkdir()
     init_db_dir(fresh, 1)
-    answered_before = {r["item_id"] for r in _read(tmp_path, "responses")}
+    answered_before = {r["item_id"] for r in read_outputs(tmp_path, "responses")}
     third = _run(tmp_path, llm_sim, fresh)
     assert not any(SECRET in b for b in third)
     later = [b for b in third if "refund please, later" in b]
     assert later and "new question" in later[0]  # newer data of the user is kept
-    replayed = [r for r in _read(tmp_path, "responses") if r["item_id"].startswith("u1-")]
+    replayed = [r for r in read_outputs(tmp_path, "responses") if r["item_id"].startswith("u1-")]
     assert {r["item_id"] for r in replayed} - answered_before == {"u1-later"}
-    again = [a for a in _read(tmp_path, "audit") if a.get("activity") == "erasure_completed"]
+    again = [a for a in read_outputs(tmp_path, "audit") if a.get("activity") == "erasure_completed"]
     assert len(again) == 2 and again[1]["activity_id"] == record["activity_id"]
     assert again[1]["repeat"] is True and again[1]["removed"] == removed

@@ -18,6 +18,7 @@ from flows.pipeline import build_flow
 from llmsim import LLMSimulator
 from state.stores import close_all
 from support import workload
+from support.outputs import read_outputs
 
 
 def _settings(tmp: Path, inputs: list[Path], base_url: str, **over: Any) -> Settings:
@@ -34,13 +35,6 @@ def _settings(tmp: Path, inputs: list[Path], base_url: str, **over: Any) -> Sett
     for section, values in over.items():
         raw.setdefault(section, {}).update(values)
     return Settings.model_validate(raw)
-
-
-def _read(tmp: Path, name: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for f in sorted((tmp / "out").glob(f"{name}*.jsonl")):
-        out.extend(json.loads(line) for line in f.read_text().splitlines())
-    return out
 
 
 @pytest.fixture(autouse=True)
@@ -68,9 +62,9 @@ def test_flow_accounts_for_every_record(tmp_path: Path, llm_sim: LLMSimulator, r
         cluster_main(flow, [], 0, worker_count_per_proc=2)
 
     ledger, dead, responses = (
-        _read(tmp_path, "ledger"),
-        _read(tmp_path, "dead_letters"),
-        _read(tmp_path, "responses"),
+        read_outputs(tmp_path, "ledger"),
+        read_outputs(tmp_path, "dead_letters"),
+        read_outputs(tmp_path, "responses"),
     )
     routes = Counter(e["route"] for e in ledger)
     assert routes == {"chat_reply": 200, "none": 1000, "duplicate": 10}
@@ -95,7 +89,7 @@ def test_rerun_on_same_recovery_directory_reads_nothing_twice(
     run_main(build_flow(settings), epoch_interval=timedelta(seconds=1), recovery_config=cfg)
     first = len(llm_sim.requests())
     run_main(build_flow(settings), epoch_interval=timedelta(seconds=1), recovery_config=cfg)
-    assert len(_read(tmp_path, "ledger")) == 50
+    assert len(read_outputs(tmp_path, "ledger")) == 50
     assert len(llm_sim.requests()) == first
 
 
@@ -108,7 +102,7 @@ def test_replay_without_state_answers_from_the_cache(tmp_path: Path, llm_sim: LL
     run_main(build_flow(settings))
     first = len(llm_sim.requests())
     run_main(build_flow(settings))
-    responses = _read(tmp_path, "responses")
+    responses = read_outputs(tmp_path, "responses")
     assert len(llm_sim.requests()) == first
     assert Counter(r["cached"] for r in responses) == {False: 64, True: 64}
     assert {json.dumps(r["answer"], sort_keys=True) for r in responses if r["cached"]} == {
@@ -124,10 +118,10 @@ def test_llm_failures_after_retry_budget_go_to_dead_letters(tmp_path: Path, llm_
         tmp_path, [a], sim.base_url, llm={"max_attempts": 2, "backoff_base_s": 0.01}
     )
     run_main(build_flow(settings))
-    dead = _read(tmp_path, "dead_letters")
+    dead = read_outputs(tmp_path, "dead_letters")
     assert {d["event_id"] for d in dead} == {i for i, _ in chats}
     assert all("after 2 attempt(s)" in d["reason"] for d in dead)
-    audit = _read(tmp_path, "audit")
+    audit = read_outputs(tmp_path, "audit")
     assert {a["outcome"] for a in audit} == {"error"}
 
 
@@ -147,7 +141,7 @@ def test_llm_concurrency_is_the_deployments(
     run_main(build_flow(settings, process=process))
     faults = Counter(r.get("fault") for r in sim.requests())
     assert (faults["429"] > 0) is refused, faults
-    answered = {r["item_id"] for r in _read(tmp_path, "responses")}
+    answered = {r["item_id"] for r in read_outputs(tmp_path, "responses")}
     assert answered == {i for i, _ in chats}
 
 
@@ -184,6 +178,6 @@ def test_inputs_pause_while_the_llm_stage_is_full(tmp_path: Path, llm_sim_factor
         done.set()
         watcher.join()
     assert 64 <= peak <= 64 + 2 * 16, peak
-    answered = {r["item_id"] for r in _read(tmp_path, "responses")}
+    answered = {r["item_id"] for r in read_outputs(tmp_path, "responses")}
     assert answered == {i for i, _ in chats}
     assert backpressure.pending() == 0

@@ -19,6 +19,7 @@ from flows.pipeline import build_flow
 from llmsim import LLMSimulator
 from state.stores import close_all
 from support import workload
+from support.outputs import read_outputs
 
 ROUTES: list[dict[str, Any]] = [
     {
@@ -95,13 +96,6 @@ def _settings(tmp: Path, inputs: list[Path], base_url: str) -> Settings:
     )
 
 
-def _read(tmp: Path, name: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for f in sorted((tmp / "out").glob(f"{name}*.jsonl")):
-        out.extend(json.loads(line) for line in f.read_text().splitlines())
-    return out
-
-
 @pytest.fixture(autouse=True)
 def _close_stores():
     yield
@@ -124,9 +118,9 @@ def test_conditional_routes_reach_their_tasks(tmp_path: Path, llm_sim: LLMSimula
         cluster_main(flow, [], 0, worker_count_per_proc=2)
 
     ledger, dead, responses = (
-        _read(tmp_path, "ledger"),
-        _read(tmp_path, "dead_letters"),
-        _read(tmp_path, "responses"),
+        read_outputs(tmp_path, "ledger"),
+        read_outputs(tmp_path, "dead_letters"),
+        read_outputs(tmp_path, "responses"),
     )
     assert dead == []
     hot = {json.loads(v)["reading_id"] for _, v in metrics if json.loads(v)["value"] > 58}

@@ -17,6 +17,7 @@ from flows.pipeline import build_flow
 from llmsim import LLMSimulator
 from operators.validate import Decoder
 from state.stores import close_all
+from support.outputs import read_outputs
 
 NOW = 1_793_520_000.0
 
@@ -91,13 +92,6 @@ def _close_stores() -> Any:
     close_all()
 
 
-def _read(tmp: Path, name: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for f in sorted((tmp / "out").glob(f"{name}*.jsonl")):
-        out.extend(json.loads(line) for line in f.read_text().splitlines())
-    return out
-
-
 def test_the_flow_dead_letters_and_audits_refused_tenants(
     tmp_path: Path, llm_sim: LLMSimulator
 ) -> None:
@@ -126,9 +120,9 @@ def test_the_flow_dead_letters_and_audits_refused_tenants(
     )
     run_main(build_flow(settings, clock=lambda: NOW))
 
-    ledger, dead = _read(tmp_path, "ledger"), _read(tmp_path, "dead_letters")
-    responses = _read(tmp_path, "responses")
-    activity = [r for r in _read(tmp_path, "audit") if r["type"] == "activity"]
+    ledger, dead = read_outputs(tmp_path, "ledger"), read_outputs(tmp_path, "dead_letters")
+    responses = read_outputs(tmp_path, "responses")
+    activity = [r for r in read_outputs(tmp_path, "audit") if r["type"] == "activity"]
     allowed = {f"m{i}" for i, t in enumerate(claims) if t in ("acme", "globex")}
     assert {e["event_id"] for e in ledger} == allowed
     assert len(ledger) + len(dead) == len(claims)  # in = ok + dead letters
@@ -169,8 +163,8 @@ def test_a_tenant_runs_only_its_allowed_tasks(tmp_path: Path, llm_sim: LLMSimula
         }
     )
     run_main(build_flow(settings, clock=lambda: NOW))
-    ledger = {e["event_id"]: e for e in _read(tmp_path, "ledger")}
-    responses = _read(tmp_path, "responses")
+    ledger = {e["event_id"]: e for e in read_outputs(tmp_path, "ledger")}
+    responses = read_outputs(tmp_path, "responses")
     assert {i for i, e in ledger.items() if e["route"] == "chat_reply"} == {
         f"m{i}" for i in range(1, 10, 2)
     }
