@@ -208,3 +208,23 @@ def test_held_work_survives_a_restart_and_goes_on_the_next_day(
         assert len(held) == 3 - day
     assert asked == ["acme-1", "acme-2", "acme-3"]
     assert len(llm_sim.requests()) == sent + 3  # acme-0 was never asked again
+
+
+def test_held_work_is_bounded(tmp_path: Path, llm_sim: LLMSimulator) -> None:
+    """Beyond `llm.max_held_items` per key and task, the newest held items are dead-lettered
+    with the reason; in = answered + held + dead letters."""
+    cfg = CFG.model_copy(update={"max_held_items": 2})
+    layout = StoreLayout(tmp_path / "stores")
+    budgets = TokenBudgets({"acme": Budget(1, "wait")}, layout.budgets, clock=Clock(NOW))
+    pool = LLMExecutor(cfg, llm_sim.base_url, ResponseCache(str(layout.llm_cache)), budgets=budgets)
+    logic = _TasksLogic({TASK.name: TASK}, lambda: pool, 0.005, Clock(NOW), None)
+    out = [*logic.on_batch([item(i, "acme") for i in range(6)])[0], *drain(logic)]
+    pool.close()
+    answered = [r.item.item_id for r in out if isinstance(r, Response)]
+    dead = [r for r in out if isinstance(r, DeadLetter)]
+    held = [i.item_id for i in logic.snapshot()]
+    assert answered == ["acme-0"] and held == ["acme-1", "acme-2"]
+    assert sorted(str(d.event_id) for d in dead) == ["acme-3", "acme-4", "acme-5"]
+    assert all(
+        d.reason.endswith(", and 2 items already wait for it (llm.max_held_items)") for d in dead
+    )
