@@ -321,7 +321,7 @@ class LLMExecutor:
         )
         return activity_record(
             "budget_spent",
-            about=(tenant, charge.day),
+            about=(tenant, charge.day, self.budgets.process[0]),
             tenant=tenant,
             at=time.time(),
             day=charge.day,
