@@ -3,6 +3,7 @@
     python -m bench.nab --data DIR --out DIR [--config config/local.toml] [--detector NAME]
     python -m bench.nab --cost [--points 20000]
     python -m bench.nab --throughput [--events 200000] [--repeat 2]
+    python -m bench.nab --synthetic [--seeds 20] [--hold N]
 
 `--data` is laid out like NAB's `data/` folder (`<category>/<file>.csv`, columns
 `timestamp,value`, any depth). Each series goes through `operators.anomaly.series.make_series`
@@ -23,6 +24,9 @@ The last stdout line is one JSON object: `files`, `readings`, `seconds`, `detect
 `--cost` times each detector alone on a synthetic series (µs per reading). `--throughput`
 runs `bench.throughput`'s workload once through a Bytewax passthrough and then through the
 pipeline with each metric detector, in one broker session, so the ratios compare.
+`--synthetic` runs generated series with known changes of each kind through the pipeline's
+per-entity detector and reports detection, delay, false alarms and the kinds named
+(`bench.synthetic`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import synthetic as kinds_bench
 from config.models import AnomalyConfig
 from operators.anomaly.series import make_series
 
@@ -202,11 +207,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--throughput", action="store_true", help="pipeline events/s per detector")
     p.add_argument("--events", type=int, default=200_000)
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--synthetic", action="store_true", help="alert kinds on generated series")
+    p.add_argument("--seeds", type=int, default=20, help="generated series per kind")
+    p.add_argument("--hold", type=int, help="override anomaly.change_hold_points")
     args = p.parse_args(argv)
 
     if args.cost:
         for name, us in cost(args.points).items():
             print(f"{name:45s} {us:7.2f} µs/reading")
+        return 0
+    if args.synthetic:
+        result = kinds_bench.report(
+            load_anomaly_config(args.config, args.detector), args.seeds, args.hold
+        )
+        print(json.dumps(result))
         return 0
     if args.throughput:
         result = throughput(args.events, args.repeat, ["ewma", "ensemble"])

@@ -592,6 +592,15 @@ class AnomalyConfig(Frozen):
     late_policy: LatePolicy = "count"
     idle_ttl_s: float = Field(default=6 * 3600.0, gt=0)
     """Per-entity detector state is discarded after this long without events (wall clock)."""
+    change_hold_points: int = Field(default=12, ge=0, le=64)
+    """Readings a metric alert waits for so its `change` (spike, level shift, trend, variance,
+    seasonality; `operators.anomaly.kinds`) is named from readings after it too; a spike is
+    released as soon as three readings are back. Alerts raised meanwhile on the series are
+    the same change and go out with it. 0: every alert at once, its kind named from the
+    readings before it only (level shifts then look like spikes: `bench.nab --synthetic`)."""
+    change_hold_s: float = Field(default=3600.0, gt=0)
+    """The longest (wall clock) an alert waits for those readings: a series that stops
+    reporting releases its alert named from what it has."""
 
     @model_validator(mode="after")
     def _context_pairs(self) -> AnomalyConfig:

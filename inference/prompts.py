@@ -47,7 +47,11 @@ _INSTRUCTIONS = {
     ),
     "anomaly_explanation": (
         "For each anomaly alert, explain to an on-call engineer what happened, the most "
-        "likely cause given the evidence, and how severe it is."
+        "likely cause given the evidence, and how severe it is. The alert's `change`, when "
+        "given, names the kind of change the readings show (spike: one reading out, then "
+        "back; level_shift: a new level that stays; trend: a sustained drift; variance: the "
+        "readings scatter more about the same level; seasonality: the daily pattern moved "
+        "or grew) with its measured evidence: let it shape the cause you suggest."
     ),
     "conversation_summary": (
         "For each item, write a short running summary of a support conversation for the "

@@ -389,6 +389,7 @@ class Router:
             "score": alert.score,
             "threshold": alert.threshold,
             "window": alert.window,
+            "change": alert.change,
         }
         return [
             WorkItem(

@@ -55,6 +55,7 @@ from config.models import AnomalyConfig
 from core.clock import Clock, wake_at
 from core.records import Alert, Event, Kind
 from operators.anomaly.detectors import ContextNovelty, EwmaZScore, RankShift, SeasonalResidual
+from operators.anomaly.kinds import ChangeTracker
 from operators.anomaly.series import (
     EnsembleSeries,
     EwmaSeries,
@@ -291,6 +292,14 @@ class EntityDetector:
             series = None
         self.series: SeriesDetector = make_series(cfg, series[1] if series else None)
         self.rate = RateWindows(cfg, s.get("rate"))
+        # The kind of each metric alert's change (an alert waits here for readings after it).
+        self.changes = ChangeTracker(
+            cfg.change_hold_points,
+            s.get("change") if series else None,
+            profile=self.series.seasonal_baseline,
+            period=cfg.season_period_s,
+        )
+        self.held_wall: float | None = s.get("held_wall") if self.changes.held else None
         self.last_wall: float = s.get("last_wall", 0.0)
         # The last wall time read (events, wake-ups, end of input): where a resume continues.
         self.now: float = s.get("now", self.last_wall)
@@ -298,6 +307,8 @@ class EntityDetector:
             dt = now - self.now
             self.last_wall += dt
             self.rate.shift(dt)
+            if self.held_wall is not None:
+                self.held_wall += dt
             self.now = now
         self.tenant: str = s.get("tenant", "")
         self.entity: str = s.get("entity", "")
@@ -315,8 +326,13 @@ class EntityDetector:
             if e.kind is Kind.METRIC:
                 value = e.payload["value"]
                 verdict = self.series.update(e.ts, value)
+                out.extend(self.changes.observe(e.ts, value, verdict.baseline))
+                if self.changes.held is None:
+                    self.held_wall = None
                 if verdict.alert:
-                    out.append(self._metric_alert(e, value, verdict))
+                    out.extend(self.changes.hold(self._metric_alert(e, value, verdict)))
+                    if self.changes.held is not None and self.held_wall is None:
+                        self.held_wall = now
         out.extend(self.tick(now))
         return out
 
@@ -326,13 +342,26 @@ class EntityDetector:
         for w in self.rate.close_due(now):
             if w.alert:
                 alerts.append(self._rate_alert(w))
+        release = self.release_at()
+        if release is not None and now >= release:
+            # The series stopped reporting: name the held alert from what there is.
+            alerts.extend(self.changes.flush())
+            self.held_wall = None
         return alerts
+
+    def release_at(self) -> float | None:
+        """When a held metric alert goes out without more readings (wall clock)."""
+        if self.held_wall is None:
+            return None
+        return self.held_wall + self.cfg.change_hold_s
 
     def flush(self, now: float) -> list[Alert]:
         """At the end of the input: close what is due, then report the windows still open
-        (`RateWindows.report_open`); the series detector has nothing pending."""
+        (`RateWindows.report_open`) and a metric alert still held for its change."""
         alerts = self.tick(now)
         alerts.extend(self._rate_alert(w) for w in self.rate.report_open() if w.alert)
+        alerts.extend(self.changes.flush())
+        self.held_wall = None
         return alerts
 
     def _metric_alert(self, e: Event, value: float, v: Verdict) -> Alert:
@@ -399,6 +428,8 @@ class EntityDetector:
         return {
             "series": (self.cfg.detector, self.series.state()),
             "rate": self.rate.state(),
+            "change": self.changes.state(),
+            "held_wall": self.held_wall,
             "last_wall": self.last_wall,
             "now": self.now,
             "tenant": self.tenant,
@@ -428,9 +459,9 @@ class _DetectLogic(StatefulBatchLogic[Event, Flagged, dict[str, Any]]):
 
     def notify_at(self) -> datetime | None:
         at = self.det.expires_at()
-        close = self.det.rate.next_close_wall()
-        if close is not None:
-            at = min(at, close)
+        for t in (self.det.rate.next_close_wall(), self.det.release_at()):
+            if t is not None:
+                at = min(at, t)
         return wake_at(at)
 
     def snapshot(self) -> dict[str, Any]:

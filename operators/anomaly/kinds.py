@@ -237,11 +237,21 @@ class ChangeTracker:
     `profile` (the series detector's seasonal baseline at an event time, over `period`
     seconds) lets seasonal changes be named; it is not part of the state.
 
-    State: at most `HISTORY` event times, readings and baselines, the held alert and how many
-    readings came after it.
+    State: at most `HISTORY` event times, readings and baselines, the held alert, how many
+    readings came after it and the alerts raised since (at most one per reading).
     """
 
-    __slots__ = ("baselines", "held", "hold_points", "period", "profile", "since", "ts", "values")
+    __slots__ = (
+        "baselines",
+        "followers",
+        "held",
+        "hold_points",
+        "period",
+        "profile",
+        "since",
+        "ts",
+        "values",
+    )
 
     def __init__(
         self,
@@ -253,12 +263,14 @@ class ChangeTracker:
         self.hold_points = hold
         self.profile = profile
         self.period = period
-        times, vals, bases, held, since = state or (b"", b"", b"", None, 0)
+        times, vals, bases, held, since, *rest = state or (b"", b"", b"", None, 0, ())
         self.ts: deque[float] = deque(unpack_floats(times), maxlen=HISTORY)
         self.values: deque[float] = deque(unpack_floats(vals), maxlen=HISTORY)
         self.baselines: deque[float] = deque(unpack_floats(bases), maxlen=HISTORY)
         self.held: Alert | None = None if held is None else Alert(**held)
         self.since: int = since
+        # Alerts raised while one is held: the same change, named with it.
+        self.followers: list[Alert] = [Alert(**a) for a in (rest[0] if rest else ())]
 
     def observe(self, ts: float, value: float, baseline: float) -> list[Alert]:
         self.ts.append(ts)
@@ -284,20 +296,25 @@ class ChangeTracker:
         return abs(res[at] - m0) >= _FAR * s0 and all(abs(r - m0) < _FAR * s0 for r in res[-_BACK:])
 
     def hold(self, alert: Alert) -> list[Alert]:
-        """Hold `alert` (raised on the reading just observed); a held one is named now."""
-        out = self.flush()
+        """Hold `alert` (raised on the reading just observed). While one is held, a new
+        alert is part of the same change: it follows the held one and is named with it."""
+        if self.held is not None:
+            self.followers.append(alert)
+            return []
         self.held, self.since = alert, 0
         if self.hold_points == 0:
-            out.extend(self.flush())
-        return out
+            return self.flush()
+        return []
 
     def flush(self) -> list[Alert]:
         held = self.held
         if held is None:
             return []
-        self.held = None
+        followers, self.held, self.followers = self.followers, None, []
         change = self._name(len(self.values) - 1 - self.since)
-        return [held if change is None else replace(held, change=change)]
+        if change is None:
+            return [held, *followers]
+        return [replace(a, change=change) for a in (held, *followers)]
 
     def name_last(self) -> dict[str, Any] | None:
         """The change of the reading just observed, named at once (no hold)."""
@@ -319,4 +336,5 @@ class ChangeTracker:
             pack_floats(self.baselines),
             held,
             self.since,
+            tuple(asdict(a) for a in self.followers),
         )

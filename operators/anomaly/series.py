@@ -93,6 +93,10 @@ class SeriesDetector(Protocol):
 
     def evidence(self) -> dict[str, Any]: ...
 
+    def seasonal_baseline(self, ts: float) -> float | None:
+        """The usual value at this time of the season (None: unknown, or no seasonal model)."""
+        ...
+
     def state(self) -> tuple[Any, ...]: ...
 
 
@@ -294,6 +298,9 @@ class EnsembleSeries:
             "n": self.n,
         }
 
+    def seasonal_baseline(self, ts: float) -> float | None:
+        return self.season.baseline(ts)
+
     def state(self) -> tuple[Any, ...]:
         """The packed snapshot (format `_FORMAT`): a tuple of numbers, short tuples and bytes.
 
@@ -412,6 +419,9 @@ class EwmaSeries:
 
     def evidence(self) -> dict[str, Any]:
         return {"alpha": self.cfg.ewma_alpha, "std": self.std, "n": self.ewma.n - 1}
+
+    def seasonal_baseline(self, ts: float) -> float | None:
+        return None
 
     def state(self) -> tuple[Any, ...]:
         return (self.ewma.state(), tuple(self._recent), self.std)

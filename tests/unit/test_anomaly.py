@@ -426,7 +426,8 @@ def test_process_tags_late_events() -> None:
 
 
 def test_process_emits_metric_alert_with_evidence() -> None:
-    det = EntityDetector(cfg(warmup=5, z_threshold=4.0))
+    """`change_hold_points` 0: the alert goes out on its own reading."""
+    det = EntityDetector(cfg(warmup=5, z_threshold=4.0, change_hold_points=0))
     events = [metric(T0 + i, 10.0 + (0.5 if i % 2 else -0.5)) for i in range(10)]
     assert [tag(f) for f in det.process(events, now=1.0)] == [EVENT] * 10
     out = det.process([metric(T0 + 10, 50.0, eid="spike")], now=2.0)
@@ -502,6 +503,8 @@ def test_detector_state_round_trip_continues_statistics() -> None:
     assert resumed.expires_at() == live.expires_at()
 
     more = [metric(T0 + 12 + i, 10.0 + (i % 3)) for i in range(3)] + [metric(T0 + 15, 80.0)]
+    # Readings back to normal after the spike release its alert (held to name its change).
+    more += [metric(T0 + 16 + i, 10.0 + (i % 3)) for i in range(c.change_hold_points)]
     out_live = live.process(more, now=60.0)
     out_resumed = resumed.process(more, now=60.0)
     assert out_resumed == out_live

@@ -302,7 +302,11 @@ def test_entity_detector_metric_alert_carries_evidence() -> None:
     out = det.process([metric(i, daily(i)) for i in range(spike)], now=1.0)
     assert len(out) == spike and not any(isinstance(f, Alert) for f in out)
     out = det.process([metric(spike, 140.0)], now=2.0)
+    assert not [f for f in out if isinstance(f, Alert)]  # held until its change is named
+    after = [metric(i, daily(i)) for i in range(spike + 1, spike + 4)]
+    out = det.process(after, now=3.0)
     [alert] = [f for f in out if isinstance(f, Alert)]
+    assert alert.change is not None and alert.change["kind"] == "spike"
     assert alert.detector.startswith("ensemble/")
     assert alert.value == 140.0 and alert.event_ids == (f"m-{spike}",)
     assert alert.threshold == 0.9 and 0.9 <= alert.score <= 1.0

@@ -151,14 +151,17 @@ def test_warmed_snapshot_size() -> None:
     """The pickled state Bytewax writes per warmed entity (default configuration) holds the
     seasonal residual window as doubles (8 bytes a reading: ranks are only exact against the
     exact values) plus the shift detector's tape (2 bytes a reading), and no window of shift
-    means: 33,792 bytes here, against 60,323 in the unversioned layout."""
+    means: 33,792 bytes here, against 60,323 in the unversioned layout; plus the change
+    tracker's last 192 event times, readings and baselines (4.6 kB) that name alert kinds."""
     cfg = AnomalyConfig()
     det = EntityDetector(cfg)
     det.process(metric_events(signal(5000), 0), now=1.0)
     assert isinstance(det.series, EnsembleSeries)
     size = len(pickle.dumps(det.state()))
     legacy = {**det.state(), "series": ("ensemble", legacy_state(det.series))}
-    assert size <= 34 * 1024
+    tracker = len(pickle.dumps(det.state()["change"]))
+    assert tracker <= 24 * 192 + 200
+    assert size - tracker <= 34 * 1024
     assert len(pickle.dumps(legacy)) - size >= 8 * cfg.rank_window  # the shift window is gone
 
 
