@@ -322,10 +322,10 @@ def _metric(metrics: dict[str, float], prefix: str) -> float:
 
 
 def broker_stall(ctx: Ctx) -> Outcome:
-    """The broker is frozen (SIGSTOP) mid-run for 60 s (quick: 12 s) with output in flight,
+    """The broker is frozen (SIGSTOP) mid-run for 60 s (quick: 8 s) with output in flight,
     then resumed. The flow neither exits nor loses anything; lag returns to zero; the stall
     shows in the metrics (`contextstream_output_stalled`) and in the log."""
-    pause_s = 12.0 if ctx.quick else 60.0
+    pause_s = 8.0 if ctx.quick else 60.0  # quick: twice the delivery timeout below
     n = 20_000 if ctx.quick else 100_000
     port = free_port()
     env = _api_env(ctx, port)
@@ -365,7 +365,7 @@ def broker_stall(ctx: Ctx) -> Outcome:
             def caught_up() -> bool:
                 return sum(c.count() for c in counted) >= total or not runner.alive()
 
-            _wait_for(caught_up, 120 if ctx.quick else 300, 1.0)
+            _wait_for(caught_up, 120 if ctx.quick else 300, 0.25)
             lag_zero = sum(c.count() for c in counted) >= total
             for c in counted:
                 c.close()
