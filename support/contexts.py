@@ -61,13 +61,15 @@ def text(rng: random.Random, style: str, chars: int) -> str:
     if style == "ja":
         return _words(rng, _JA, chars // 2, sep="")
     parts: list[str] = []
+    size = 0  # sum of the parts' lengths, kept as they are added
     if style == "json":
-        while sum(len(p) for p in parts) < chars:
+        while size < chars:
             key = rng.choice(_EN)
             value = rng.choice((f'"{rng.choice(_EN)}"', str(rng.randint(0, 99999)), "null"))
             parts.append(f'"{key}":{value}')
+            size += len(parts[-1])
         return "{" + ",".join(parts) + "}"
-    while sum(len(p) for p in parts) < chars:
+    while size < chars:
         parts.append(
             rng.choice(
                 (
@@ -78,6 +80,7 @@ def text(rng: random.Random, style: str, chars: int) -> str:
                 )
             )
         )
+        size += len(parts[-1])
     return " ".join(parts)
 
 
