@@ -11,6 +11,8 @@ import random
 import time
 from datetime import UTC, datetime
 
+from core.records import WorkItem
+
 Record = tuple[str | None, bytes]
 
 
@@ -127,3 +129,23 @@ def mixed(n: int, *, seed: int = 7) -> list[Record]:
     recs = m + b + c + bad
     rng.shuffle(recs)
     return recs
+
+
+def work_items(n: int, prefix: str = "w", tenant: str = "acme") -> list[WorkItem]:
+    """`n` LLM work items of task `chat` (five sessions), ids `<prefix>-<i>`, for tests that
+    drive the LLM stage or its executor directly."""
+    return [
+        WorkItem(
+            item_id=f"{prefix}-{i}",
+            event_ids=(f"{prefix}-{i}",),
+            tenant=tenant,
+            entity=f"s-{i % 5}",
+            profile_id="p",
+            task="chat",
+            source=f"t[0]@{i}",
+            data={"text": f"question {i}"},
+            context={},
+            ingest_ts=time.time(),
+        )
+        for i in range(n)
+    ]

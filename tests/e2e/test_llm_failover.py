@@ -30,28 +30,11 @@ from operators.llm import call_llm
 from state.stores import ResponseCache, close_all
 from support.harness import chat_items
 from support.llmproc import QueueSource, SimProcess
+from support.workload import work_items
 
 WAIT_S = 120.0
 """Generous bound on any condition a test waits for (a slow machine only makes it slower)."""
 SIM_ARGS = ("--latency-ms", "20", "--max-concurrency", "64")
-
-
-def items(n: int, prefix: str) -> list[WorkItem]:
-    return [
-        WorkItem(
-            item_id=f"{prefix}-{i}",
-            event_ids=(f"{prefix}-{i}",),
-            tenant="acme",
-            entity=f"s-{i % 5}",
-            profile_id="p",
-            task="chat",
-            source=f"t[0]@{i}",
-            data={"text": f"question {i}"},
-            context={},
-            ingest_ts=time.time(),
-        )
-        for i in range(n)
-    ]
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
@@ -175,7 +158,7 @@ def audit_items(stage: Stage, endpoint: str) -> set[str]:
 
 def test_kill_moves_traffic_to_the_second_and_restart_brings_it_back(sims, tmp_path):
     a, b = sims
-    p1, p2, p3 = items(80, "p1"), items(40, "p2"), items(400, "p3")
+    p1, p2, p3 = work_items(80, "p1"), work_items(40, "p2"), work_items(400, "p3")
     fed: list[WorkItem] = []
     restored: dict[str, bool] = {}
 
@@ -222,7 +205,7 @@ def audit_items_before_restart(stage: Stage) -> set[str]:
 
 def test_both_down_holds_then_the_first_back_serves_everything(sims, tmp_path):
     a, b = sims
-    p1, p2 = items(20, "p1"), items(30, "p2")
+    p1, p2 = work_items(20, "p1"), work_items(30, "p2")
 
     def control(stage: Stage) -> None:
         stage.source.put(p1)
@@ -249,7 +232,7 @@ def test_both_down_holds_then_the_first_back_serves_everything(sims, tmp_path):
 
 def test_both_down_beyond_the_hold_bound_dead_letters_the_excess(sims, tmp_path):
     a, b = sims
-    first, rest = items(8, "a"), items(40, "b")
+    first, rest = work_items(8, "a"), work_items(40, "b")
 
     def control(stage: Stage) -> None:
         a.kill()
@@ -280,7 +263,7 @@ def test_fallback_answers_are_marked_and_cached_under_their_own_model(sims, tmp_
         fallback=FallbackConfig(model="sim-small", endpoint="b", after_s=0.5),
     )
     cfg = config(a, b, task=task)
-    p1, p2 = items(12, "p1"), items(20, "p2")
+    p1, p2 = work_items(12, "p1"), work_items(20, "p2")
 
     def control(stage: Stage) -> None:
         stage.source.put(p1)

@@ -29,27 +29,10 @@ from llmsim import LLMSimulator
 from operators.llm import call_llm
 from state.stores import ResponseCache, close_all
 from support.harness import chat_items
+from support.workload import work_items
 
 WAIT_S = 120.0
 """Generous bound on any condition a test waits for (a slow machine only makes it slower)."""
-
-
-def items(n: int, prefix: str = "w") -> list[WorkItem]:
-    return [
-        WorkItem(
-            item_id=f"{prefix}-{i}",
-            event_ids=(f"{prefix}-{i}",),
-            tenant="acme",
-            entity=f"s-{i % 5}",
-            profile_id="p",
-            task="chat",
-            source=f"t[0]@{i}",
-            data={"text": f"question {i}"},
-            context={},
-            ingest_ts=time.time(),
-        )
-        for i in range(n)
-    ]
 
 
 class WatchedExecutor(LLMExecutor):
@@ -150,7 +133,7 @@ def assert_each_once(run: Run, work: list[WorkItem]) -> None:
 
 def test_429_storm_is_absorbed_by_adaptive_concurrency(llm_sim_factory, tmp_path):
     sim = llm_sim_factory(latency_ms=50, max_concurrency=2)
-    work = items(160)
+    work = work_items(160)
     run = run_llm(sim, tmp_path, work, concurrency=32, adaptive_concurrency=True, max_batch=4)
     assert_each_once(run, work)
     assert not run.errs
@@ -161,7 +144,7 @@ def test_429_storm_is_absorbed_by_adaptive_concurrency(llm_sim_factory, tmp_path
 
 def test_server_errors_are_retried(llm_sim_factory, tmp_path):
     sim = llm_sim_factory(latency_ms=5, error_rate=0.3, seed=3)
-    work = items(80)
+    work = work_items(80)
     run = run_llm(sim, tmp_path, work, max_attempts=8, breaker_failures=50)
     assert_each_once(run, work)
     assert not run.errs
@@ -173,7 +156,7 @@ def test_attempts_longer_than_the_timeout_are_retried(llm_sim_factory, tmp_path)
     attempt in the audit is one request the simulator hung (none was waited out, or its
     request would have counted as answered at the first attempt)."""
     sim = llm_sim_factory(latency_ms=5, timeout_rate=0.3, hang_s=3, seed=5)
-    work = items(40)
+    work = work_items(40)
     run = run_llm(
         sim, tmp_path, work, timeout_s=0.3, max_attempts=8, breaker_failures=50, concurrency=8
     )
@@ -191,7 +174,7 @@ def test_attempts_longer_than_the_timeout_are_retried(llm_sim_factory, tmp_path)
 
 def test_malformed_answers_are_reasked_once(llm_sim_factory, tmp_path):
     sim = llm_sim_factory(latency_ms=5, malformed_rate=0.3, seed=7)
-    work = items(64)
+    work = work_items(64)
     run = run_llm(sim, tmp_path, work)
     assert_each_once(run, work)
     # items whose batch answer was malformed were asked again alone
@@ -209,7 +192,7 @@ def test_always_malformed_answers_become_dead_letters_with_the_raw_answer(
     llm_sim_factory, tmp_path
 ):
     sim = llm_sim_factory(latency_ms=5, malformed_rate=1.0)
-    work = items(8)
+    work = work_items(8)
     run = run_llm(sim, tmp_path, work)
     assert_each_once(run, work)
     assert len(run.errs) == 8
@@ -219,7 +202,7 @@ def test_always_malformed_answers_become_dead_letters_with_the_raw_answer(
 
 def test_packed_answer_missing_items_are_asked_again_alone(llm_sim_factory, tmp_path):
     sim = llm_sim_factory(latency_ms=5, drop_item_rate=0.25, seed=11)
-    work = items(64)
+    work = work_items(64)
     run = run_llm(sim, tmp_path, work, max_batch=16)
     assert_each_once(run, work)
     assert any(a["outcome"] == "partial" for a in run.audit)
@@ -240,7 +223,7 @@ def test_outage_opens_the_breaker_holds_requests_and_loses_nothing(llm_sim_facto
     than `max_attempts` = 3): held requests are not charged attempts, only probes reach the
     endpoint, and when it returns everything is answered."""
     sim = llm_sim_factory(latency_ms=10, down=True)
-    work = items(120)
+    work = work_items(120)
 
     def long_outage(run: Run) -> bool:
         return run.executor is not None and run.executor.limiter.breaker.opened_count >= 5
@@ -271,7 +254,7 @@ def test_outage_beyond_the_hold_bound_dead_letters_the_excess(llm_sim_factory, t
     """The endpoint stays down until the stage has shed what exceeds `max_held_items` (a
     dead letter emitted, or a request it had queued cancelled); the rest is answered."""
     sim = llm_sim_factory(latency_ms=10, down=True)
-    first = items(8, "a")
+    first = work_items(8, "a")
 
     def shed(run: Run) -> bool:
         ex = run.executor
@@ -280,7 +263,7 @@ def test_outage_beyond_the_hold_bound_dead_letters_the_excess(llm_sim_factory, t
     run = run_llm(
         sim,
         tmp_path,
-        first + items(40, "b"),
+        first + work_items(40, "b"),
         restore_when=shed,
         breaker_failures=1,
         breaker_open_s=0.5,
@@ -289,7 +272,7 @@ def test_outage_beyond_the_hold_bound_dead_letters_the_excess(llm_sim_factory, t
         max_held_items=12,
     )
     assert run.restored_on_condition
-    assert_each_once(run, first + items(40, "b"))
+    assert_each_once(run, first + work_items(40, "b"))
     assert run.errs and all("llm.max_held_items" in e.reason for e in run.errs)
     assert len(run.answers) >= 12
 
@@ -303,7 +286,7 @@ def test_a_queueing_server_is_not_flooded(llm_sim_factory, tmp_path):
     slots (`tolerance x 4 + queue` at most); without it, all 32 pile up in its queue."""
     slots = 4
     sim = llm_sim_factory(latency_ms=100, queue_slots=slots)
-    work = items(240)
+    work = work_items(240)
     run = run_llm(sim, tmp_path, work, mode="fanout", concurrency=32)
     assert_each_once(run, work)
     assert not run.errs
@@ -321,12 +304,12 @@ def test_a_queueing_server_is_not_flooded(llm_sim_factory, tmp_path):
     flooded = run_llm(
         sim,
         tmp_path / "aimd",
-        items(240, "a"),
+        work_items(240, "a"),
         mode="fanout",
         concurrency=32,
         latency_tolerance=None,
     )
-    assert_each_once(flooded, items(240, "a"))
+    assert_each_once(flooded, work_items(240, "a"))
     assert max(r["in_flight"] for r in sim.requests()) > 2 * bound
 
 
@@ -339,7 +322,7 @@ SHORT_TOKENS_LIMIT = 300
 def mixed_items(n: int) -> tuple[list[WorkItem], set[str]]:
     """`n` items, every fifth one long (about 200 prompt tokens more than a short one)."""
     work = []
-    for i, item in enumerate(items(n)):
+    for i, item in enumerate(work_items(n)):
         text = "why " * 200 if i % 5 == 0 else item.data["text"]
         work.append(dataclasses.replace(item, data={"text": text}))
     return work, {w.item_id for i, w in enumerate(work) if i % 5 == 0}
