@@ -73,29 +73,29 @@ def test_the_next_utc_day_starts_afresh(tmp_path: Path) -> None:
     assert charge is not None and (charge.day, charge.spent) == ("2026-12-04", 10)
 
 
+def allowances(processes: list[TokenBudgets]) -> list[int]:
+    """What each process may spend of acme's day (read by charging nothing)."""
+    out = []
+    for b in processes:
+        c = b.charge("acme", 0)
+        assert c is not None
+        out.append(c.allowance)
+    return out
+
+
 def test_processes_share_what_the_deployment_has_left(tmp_path: Path) -> None:
     """Three processes get 334 + 333 + 333; restarted as two after process 0 spent 334,
     they share the 666 left, so the day never exceeds the budget."""
     clock = Clock(DAY1)
     three = [budgets(tmp_path, (i, 3), clock) for i in range(3)]
-    shares = []
-    for b in three:
-        c = b.charge("acme", 0)
-        assert c is not None
-        shares.append(c.allowance)
-    assert shares == [334, 333, 333]
+    assert allowances(three) == [334, 333, 333]
     c0 = three[0].charge("acme", 334)
     assert c0 is not None and c0.exhausted and c0.crossed
     assert not three[1].exhausted("acme")
     close_all()
-    two = [budgets(tmp_path, (i, 2), clock) for i in range(2)]
-    allowances = []
-    for b in two:
-        c = b.charge("acme", 0)
-        assert c is not None
-        allowances.append(c.allowance)
+    two = allowances([budgets(tmp_path, (i, 2), clock) for i in range(2)])
     # Process 0 keeps its 334 spent and may spend half of the 666 left; process 1 the rest.
-    assert allowances == [334 + 333, 333] and sum(allowances) - 334 == 666
+    assert two == [334 + 333, 333] and sum(two) - 334 == 666
 
 
 def test_tenants_without_a_budget_are_never_held(tmp_path: Path) -> None:
