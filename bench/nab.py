@@ -146,6 +146,9 @@ def cost(points: int) -> dict[str, float]:
     for name in ("ewma", "ensemble"):
         det = make_series(load_anomaly_config(None, name))
         timed(f"series:{name}", det.update)
+    # The baseline of the default sketches, in the same run: the ensemble on exact windows.
+    exact = load_anomaly_config(None).model_copy(update={"rank_sketch_accuracy": None})
+    timed("series:ensemble(exact windows)", make_series(exact).update)
     return timings
 
 

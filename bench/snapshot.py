@@ -1,24 +1,27 @@
-"""Bytes one epoch's snapshot writes for warmed metric series: packed format vs the old layout.
+"""Bytes one epoch's snapshot writes for warmed metric series: default sketches vs exact windows.
 
     python -m bench.snapshot [--series 10000] [--prototypes 16] [--readings 5000]
 
 Every key a Bytewax epoch touched is snapshotted again: the `anomaly.detect` step pickles each
-key's `EntityDetector.state()` (default `AnomalyConfig`, ensemble detector). This builds
-`--series` warmed, active series, touches each with one new reading, and sums the pickled
-size of each key's state, once as the flow writes it (format 2, `EnsembleSeries.state`) and
-once with the series in the unversioned layout the loader still accepts
-(`series.legacy_state`), the baseline.
+key's `EntityDetector.state()`. This builds `--series` warmed, active series, touches each
+with one new reading, and sums the pickled size of each key's state, once with the default
+`AnomalyConfig` (ranks from `WindowSketch`es, format 4) and once, the baseline, with exact
+rank windows (`rank_sketch_accuracy = None`, format 2: what the flow wrote before the
+sketches), both in this process on the same readings. The series' own part
+(`state["series"]`) is reported apart from the change tracker's (`state["change"]`), which is
+the same in both.
 
 Warming 10,000 series from scratch would take minutes, so `--prototypes` series are warmed
 with `--readings` readings each (daily patterns with noise and spikes at different scales),
 and every series is resumed from one of them, as a restarted flow resumes its keys, under its
 own entity name, before its new reading. A warmed snapshot's size depends on the window
-lengths, which are full in every one of them, not on the values. Series are handled one at a
-time, so memory stays that of one detector.
+lengths, which are full in every one of them, far more than on the values. Series are
+handled one at a time, so memory stays that of one detector.
 
-Prints bytes per series, MiB per epoch and the ratio, the time to encode and to resume one
-key's state, and as the last line one JSON object: `series`, `bytes_per_series`,
-`legacy_bytes_per_series`, `epoch_mib`, `ratio`.
+Prints bytes per key and per series, MiB per epoch and the ratio, the time to encode and to
+resume one key's state, and as the last line one JSON object: `series`, `bytes_per_series`
+(whole key), `series_bytes` (the ensemble's part), `tracker_bytes`, `exact_bytes_per_series`,
+`exact_series_bytes`, `epoch_mib`, `exact_epoch_mib`, `ratio` (exact / default, whole keys).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any
 from config.models import AnomalyConfig
 from core.records import Event, Kind
 from operators.anomaly import EntityDetector
-from operators.anomaly.series import EnsembleSeries, legacy_state
+from operators.anomaly.series import EnsembleSeries
 
 T0 = 1_700_000_000.0 - (1_700_000_000.0 % 86_400)
 STEP_S = 300.0
@@ -77,40 +80,53 @@ def warm(cfg: AnomalyConfig, seed: int, readings: int) -> bytes:
     return pickle.dumps(det.state())
 
 
-def measure(series: int, prototypes: int, readings: int) -> dict[str, Any]:
-    cfg = AnomalyConfig()
+def measure_one(
+    cfg: AnomalyConfig, series: int, prototypes: int, readings: int
+) -> dict[str, float]:
+    """Bytes and times per key for one configuration."""
     protos = [warm(cfg, seed, readings) for seed in range(min(prototypes, series))]
-    packed = legacy = 0
-    encode = encode_legacy = resume = 0.0
+    whole = part = tracker = 0
+    encode = resume = 0.0
     for k in range(series):
         seed = k % len(protos)
         started = time.perf_counter()
         det = EntityDetector(cfg, pickle.loads(protos[seed]))
         resume += time.perf_counter() - started
         det.process([event(f"host-{k:05d}.cpu", seed, readings)], now=readings + 1.0)
-
-        started = time.perf_counter()
-        packed += len(pickle.dumps(det.state()))
-        encode += time.perf_counter() - started
-
-        started = time.perf_counter()
-        series_det = det.series
-        if not isinstance(series_det, EnsembleSeries):
-            msg = f"bench.snapshot: the default detector is {series_det.name!r}, not the ensemble"
+        if not isinstance(det.series, EnsembleSeries):
+            msg = f"bench.snapshot: the detector is {det.series.name!r}, not the ensemble"
             raise TypeError(msg)
-        old = {**det.state(), "series": ("ensemble", legacy_state(series_det))}
-        legacy += len(pickle.dumps(old))
-        encode_legacy += time.perf_counter() - started
+        started = time.perf_counter()
+        state = det.state()
+        whole += len(pickle.dumps(state))
+        encode += time.perf_counter() - started
+        part += len(pickle.dumps(state["series"]))
+        tracker += len(pickle.dumps(state["change"]))
+    return {
+        "bytes": whole / series,
+        "series_bytes": part / series,
+        "tracker_bytes": tracker / series,
+        "epoch_mib": whole / MIB,
+        "encode_us": encode / series * 1e6,
+        "resume_us": resume / series * 1e6,
+    }
+
+
+def measure(series: int, prototypes: int, readings: int) -> dict[str, Any]:
+    sketch = measure_one(AnomalyConfig(), series, prototypes, readings)
+    exact = measure_one(AnomalyConfig(rank_sketch_accuracy=None), series, prototypes, readings)
     return {
         "series": series,
-        "bytes_per_series": round(packed / series, 1),
-        "legacy_bytes_per_series": round(legacy / series, 1),
-        "epoch_mib": round(packed / MIB, 2),
-        "legacy_epoch_mib": round(legacy / MIB, 2),
-        "ratio": round(legacy / packed, 3),
-        "encode_us": encode / series * 1e6,
-        "encode_legacy_us": encode_legacy / series * 1e6,
-        "resume_us": resume / series * 1e6,
+        "bytes_per_series": round(sketch["bytes"], 1),
+        "series_bytes": round(sketch["series_bytes"], 1),
+        "tracker_bytes": round(sketch["tracker_bytes"], 1),
+        "exact_bytes_per_series": round(exact["bytes"], 1),
+        "exact_series_bytes": round(exact["series_bytes"], 1),
+        "epoch_mib": round(sketch["epoch_mib"], 2),
+        "exact_epoch_mib": round(exact["epoch_mib"], 2),
+        "ratio": round(exact["bytes"] / sketch["bytes"], 3),
+        "sketch": sketch,
+        "exact": exact,
     }
 
 
@@ -124,21 +140,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--series, --prototypes and --readings must be at least 1")
 
     r = measure(args.series, args.prototypes, args.readings)
-    print(
-        f"{r['series']} warmed series, one epoch touching all of them "
-        f"(ensemble, default AnomalyConfig):"
-    )
-    print(
-        f"  packed (format 2): {r['bytes_per_series']:9,.1f} bytes/series "
-        f"{r['epoch_mib']:8.2f} MiB/epoch   encode {r['encode_us']:6.0f} µs/key"
-    )
-    print(
-        f"  unversioned:       {r['legacy_bytes_per_series']:9,.1f} bytes/series "
-        f"{r['legacy_epoch_mib']:8.2f} MiB/epoch   encode {r['encode_legacy_us']:6.0f} µs/key"
-    )
-    print(f"  ratio {r['ratio']:.2f}x; resuming one key from its state: {r['resume_us']:.0f} µs")
-    keys = ("series", "bytes_per_series", "legacy_bytes_per_series", "epoch_mib", "ratio")
-    print(json.dumps({k: r[k] for k in keys}))
+    print(f"{r['series']} warmed series, one epoch touching all of them (ensemble):")
+    for label, m in (("sketches (default)", r["sketch"]), ("exact windows", r["exact"])):
+        print(
+            f"  {label:19s} {m['bytes']:9,.1f} bytes/key (series {m['series_bytes']:8,.1f}, "
+            f"tracker {m['tracker_bytes']:6,.1f})  {m['epoch_mib']:8.2f} MiB/epoch   "
+            f"encode {m['encode_us']:5.0f} µs/key  resume {m['resume_us']:5.0f} µs/key"
+        )
+    print(f"  ratio exact / default: {r['ratio']:.2f}x")
+    print(json.dumps({k: v for k, v in r.items() if k not in ("sketch", "exact")}))
     return 0
 
 

@@ -569,10 +569,17 @@ class AnomalyConfig(Frozen):
     (0.999 -> 0.90)."""
     shift_span: int = Field(default=30, ge=2, le=1000)
     """Ensemble: readings the shift detector averages the residual ranks' surprise over."""
-    rank_sketch_accuracy: float | None = Field(default=None, gt=0, lt=0.5)
-    """Ensemble: None ranks against exact windows of `rank_window` values; a relative
-    accuracy (e.g. 0.02) ranks against a log-binned sketch instead (`RankSketch`: weights
-    halved every `rank_window` readings; a snapshot of a few KB instead of about 33 KB)."""
+    rank_sketch_accuracy: float | None = Field(default=0.2, gt=0, lt=0.5)
+    """Ensemble: the relative accuracy of the log-spaced bins the seasonal residuals and the
+    shift means are ranked in (`WindowSketch`: the same sliding window of `rank_window`
+    readings, counted in `rank_sketch_blocks` blocks of bins, its `rank_sketch_tail` largest
+    values kept exactly, so the ranks that can raise an alert are exact; a snapshot of about
+    5 KB). None: exact windows (8 bytes a value, a snapshot of about 33 KB)."""
+    rank_sketch_blocks: int = Field(default=16, ge=1, le=1000)
+    """Ensemble, sketch: blocks the window is counted in (the oldest leaves as a whole: the
+    window holds between `rank_window` x (1 - 1 / blocks) and `rank_window` readings)."""
+    rank_sketch_tail: int = Field(default=64, ge=1, le=10_000)
+    """Ensemble, sketch: the window's largest values kept exactly (8 bytes each)."""
     context_levels: tuple[int, ...] = (5, 6, 7)
     context_orders: tuple[int, ...] = (1, 1, 1)
     context_capacity: int = Field(default=2048, ge=16, le=100_000)

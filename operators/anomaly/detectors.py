@@ -65,9 +65,11 @@ def pack_ints(values: Iterable[int]) -> bytes:
     """Integers in the narrowest signed type that holds them all, its type code first."""
     vals = list(values)
     lo, hi = min(vals, default=0), max(vals, default=0)
-    for code in "bhiq":
-        bound = 1 << (8 * array(code).itemsize - 1)
-        if -bound <= lo and hi < bound:
+    for code in "BHIQbhiq" if lo >= 0 else "bhiq":
+        bits = 8 * array(code).itemsize
+        if code.isupper() and hi < 1 << bits:
+            break
+        if -(1 << (bits - 1)) <= lo and hi < 1 << (bits - 1):
             break
     return code.encode() + _le(array(code, vals))
 
@@ -292,136 +294,206 @@ class Rank:
         return pack_floats(self.ring[h:] + self.ring[:h])
 
 
-class RankSketch:
-    """An approximate `Rank` in bounded memory: counts in log-spaced bins, slowly forgotten.
+class WindowSketch:
+    """`Rank` over the same sliding window in a few hundred bytes: exact near the top.
 
-    A value x > 0 falls in bin floor(log(x) / log(gamma)), gamma = (1 + a) / (1 - a) for a
-    relative `accuracy` a (as in DDSketch: every value of a bin is within a factor gamma of
-    the others), offset so that the first positive value lands mid-array; values beyond
-    the `bins` bins are clamped into the end bins, values <= 0 are counted apart. The rank
-    of x is the share of the counted weight below its bin plus half its own bin's weight,
-    and exactly 1.0 above the highest bin with any weight (a new extreme, as with `Rank`).
-    Instead of sliding a window, every `halve_every` pushes all weights are halved (weights
-    that fall under 1/1024 are dropped), so the past fades with a half-life of `halve_every`
-    readings. Prefix sums come from a Fenwick tree: an update or a rank costs O(log bins).
+    The window's values are counted in log-spaced bins (a value x > 0 falls in bin
+    floor(log(x) / log(gamma)), gamma = (1 + a) / (1 - a) for a relative `accuracy` a, offset
+    so that the first positive value lands mid-array and clamped into the `bins` bins;
+    values <= 0 share bin 0), one count array per block of `window / blocks` readings: the
+    oldest block leaves as a whole, so the counted window holds between `window - window /
+    blocks` and `window` readings. Next to the bins, the `tail` largest values of the exact
+    sliding window (the last `window` readings) are kept exactly with their arrival: every
+    value of the window above the smallest of them is among them, so a value above that
+    smallest one ranks exactly as `Rank` ranks it (the share of the last `window` values
+    strictly below it, 1.0 above them all). Only such ranks reach an alert (the ensemble
+    scores rank ** 100: a rank of 0.98 scores 0.13); below, the rank is the bins' share
+    below plus half its own bin, within one bin of the truth, which is what the shift
+    detector's mean surprise needs.
 
-    State (`pack()`): the parameters, the bin offset, the counters and the weights of the
-    bins from the lowest to the highest with weight, as exact doubles; usually a few
-    hundred bins, whatever the history's length.
+    State (`pack()`): the bin offset, the reading count, per block its lowest bin and its
+    counts up to its highest, and the tail's values (doubles) and ages; typically 1-2 KB,
+    whatever the window's length. Integers and doubles only: a sketch rebuilt from it ranks
+    and updates exactly as the one it was taken from.
     """
 
     __slots__ = (
-        "accuracy",
+        "_last",
         "base",
         "bins",
+        "blocks",
         "cnt",
-        "halve_every",
         "log_gamma",
+        "max_blocks",
+        "n",
         "pushes",
-        "top",
-        "total",
+        "size",
+        "tail",
+        "tail_at",
+        "tail_next",
+        "tail_v",
         "tree",
-        "zero",
+        "wide",
+        "window",
     )
-
-    _DROP = 1.0 / 1024  # weights below this are dropped when halving
 
     def __init__(
         self,
-        accuracy: float = 0.02,
-        halve_every: int = 3000,
-        bins: int = 1024,
+        accuracy: float = 0.2,
+        window: int = 3000,
+        blocks: int = 16,
+        tail: int = 64,
+        bins: int = 256,
         state: tuple[Any, ...] | None = None,
     ) -> None:
-        self.accuracy = accuracy
-        self.halve_every = halve_every
-        self.bins = bins
         self.log_gamma = math.log((1 + accuracy) / (1 - accuracy))
-        self.cnt = [0.0] * bins
-        self.tree = [0.0] * (bins + 1)
-        base, zero, pushes, lo, weights = state or (None, 0.0, 0, 0, ())
+        self.window = window
+        self.max_blocks = blocks
+        self.size = max(1, window // blocks)
+        self.wide = self.size > 255  # a block's counts need two bytes each
+        self.tail = tail
+        self.bins = bins
+        self.cnt = [0] * bins
+        self.tree = [0] * (bins + 1)
+        self.blocks: deque[bytearray | array[int]] = deque()
+        self.n = 0
+        base, pushes, blocks_s, tail_v, tail_at = state or (None, 0, (), (), ())
         self.base: int | None = base
-        self.zero: float = zero
         self.pushes: int = pushes
-        self.top = -1
-        for i, w in enumerate(weights, lo):
-            if w:
-                self._add(i, w)
-        self.total: float = zero + math.fsum(weights)
+        for lo, counts in blocks_s:
+            block = self._block()
+            for i, c in enumerate(counts, lo):
+                if c:
+                    block[i] = c
+                    self._add(i, c)
+            self.blocks.append(block)
+        self.tail_v: list[float] = list(tail_v)
+        self.tail_at: list[int] = list(tail_at)
+        self.tail_next = min(self.tail_at, default=0)  # the oldest arrival in the tail
+        self._last: tuple[float, int] = (math.nan, 0)  # the last value binned, and its bin
 
     def __len__(self) -> int:
-        """The counted weight, rounded (the length of the window `Rank` would have)."""
-        return round(self.total)
+        return self.n
+
+    def _block(self) -> bytearray | array[int]:
+        return array("H", bytes(2 * self.bins)) if self.wide else bytearray(self.bins)
 
     def _bin(self, x: float) -> int:
+        last = self._last
+        if x == last[0]:  # `rank(x)` then `push(x)`: the same bin
+            return last[1]
+        if x <= 0.0:
+            return 0
         k = math.floor(math.log(x) / self.log_gamma)
         if self.base is None:
             self.base = k - self.bins // 2
-        return min(max(k - self.base, 0), self.bins - 1)
+        i = k - self.base
+        i = 1 if i < 1 else self.bins - 1 if i >= self.bins else i
+        self._last = (x, i)
+        return i
 
-    def _add(self, i: int, w: float) -> None:
-        self.cnt[i] += w
-        self.top = max(self.top, i)
+    def _add(self, i: int, c: int) -> None:
+        self.cnt[i] += c
+        self.n += c
         tree, j, n = self.tree, i + 1, self.bins
         while j <= n:
-            tree[j] += w
+            tree[j] += c
             j += j & -j
 
-    def _below(self, i: int) -> float:
-        """The weight of bins 0 .. i-1."""
-        tree, s = self.tree, 0.0
+    def _below(self, i: int) -> int:
+        """The count of bins 0 .. i-1."""
+        tree, s = self.tree, 0
         while i > 0:
             s += tree[i]
             i -= i & -i
         return s
 
     def rank(self, x: float) -> float:
-        if self.total <= 0.0 or x <= 0.0:
+        tail_v = self.tail_v
+        if tail_v and x > tail_v[0]:
+            m = min(self.pushes, self.window)
+            return (m - len(tail_v) + bisect_left(tail_v, x)) / m
+        n = self.n
+        if not n:
             return 0.0
         i = self._bin(x)
-        if i > self.top:
-            return 1.0
-        return (self.zero + self._below(i) + 0.5 * self.cnt[i]) / self.total
-
-    def below(self, x: float) -> int:
-        """`rank` times the length, rounded down (the count `Rank.below` gives)."""
-        return int(self.rank(x) * len(self))
+        return (self._below(i) + 0.5 * self.cnt[i]) / n
 
     def push(self, x: float) -> None:
-        if x <= 0.0:
-            self.zero += 1.0
-        else:
-            self._add(self._bin(x), 1.0)
-        self.total += 1.0
+        if self.pushes % self.size == 0:  # a new block begins
+            if len(self.blocks) == self.max_blocks:
+                old = self.blocks.popleft()
+                for i, c in enumerate(old):
+                    if c:
+                        self._add(i, -c)
+            self.blocks.append(self._block())
         self.pushes += 1
-        if self.pushes % self.halve_every == 0:
-            self._halve()
+        i = self._bin(x)
+        self.blocks[-1][i] += 1
+        self._add(i, 1)
+        tail_v, tail_at = self.tail_v, self.tail_at
+        expired = self.pushes - self.window
+        if tail_at and self.tail_next <= expired:
+            keep = [k for k, at in enumerate(tail_at) if at > expired]
+            self.tail_v = tail_v = [tail_v[k] for k in keep]
+            self.tail_at = tail_at = [tail_at[k] for k in keep]
+            self.tail_next = min(tail_at, default=0)
+        if len(tail_v) < self.tail or x > tail_v[0]:
+            k = bisect_left(tail_v, x)
+            tail_v.insert(k, x)
+            tail_at.insert(k, self.pushes)
+            if len(tail_at) == 1:
+                self.tail_next = self.pushes
+            if len(tail_v) > self.tail:
+                gone = tail_at[0]
+                del tail_v[0], tail_at[0]
+                if gone == self.tail_next:
+                    self.tail_next = min(tail_at)
 
-    def _halve(self) -> None:
-        old = self.cnt
-        self.cnt = [0.0] * self.bins
-        self.tree = [0.0] * (self.bins + 1)
-        self.top = -1
-        for i, w in enumerate(old):
-            if w * 0.5 >= self._DROP:
-                self._add(i, w * 0.5)
-        self.zero = self.zero * 0.5 if self.zero * 0.5 >= self._DROP else 0.0
-        self.total = self.zero + math.fsum(self.cnt)
+    def _used(self) -> list[tuple[int, bytearray | array[int]]]:
+        """Per block, its lowest bin with a count and its counts up to its highest."""
+        out = []
+        width = 2 if self.wide else 1
+        for block in self.blocks:
+            raw = block.tobytes() if isinstance(block, array) else block
+            # zero counts are zero bytes whatever the byte order
+            lo = (len(raw) - len(raw.lstrip(b"\0"))) // width
+            hi = (len(raw.rstrip(b"\0")) + width - 1) // width
+            out.append((lo, block[lo:hi]) if hi > lo else (0, block[:0]))
+        return out
 
     def state(self) -> tuple[Any, ...]:
-        """(base, zero weight, pushes, lowest bin with weight, weights up to the highest)."""
-        lo = next((i for i, w in enumerate(self.cnt) if w), 0)
-        return (self.base, self.zero, self.pushes, lo, tuple(self.cnt[lo : self.top + 1]))
+        """(bin offset, readings pushed, per block (lowest bin, counts up to the highest),
+        tail values ascending, their arrivals)."""
+        blocks = tuple((lo, tuple(counts)) for lo, counts in self._used())
+        return (self.base, self.pushes, blocks, tuple(self.tail_v), tuple(self.tail_at))
 
     def pack(self) -> tuple[Any, ...]:
-        """`state()` with the weights as packed doubles."""
-        base, zero, pushes, lo, weights = self.state()
-        return (base, zero, pushes, lo, pack_floats(weights))
+        """`state()` with the counts (one byte each while a block holds at most 255 readings)
+        and the tail's ages (readings ago) as packed integers, its values as packed doubles."""
+        pushes = self.pushes
+        if self.wide:
+            blocks = tuple((lo, b"H" + _le(array("H", c))) for lo, c in self._used())
+        else:
+            blocks = tuple((lo, b"B" + bytes(c)) for lo, c in self._used())
+        return (
+            self.base,
+            pushes,
+            blocks,
+            pack_floats(self.tail_v),
+            pack_ints(pushes - at for at in self.tail_at),
+        )
 
     @staticmethod
     def unpack(packed: tuple[Any, ...]) -> tuple[Any, ...]:
-        base, zero, pushes, lo, weights = packed
-        return (base, zero, pushes, lo, tuple(unpack_floats(weights)))
+        base, pushes, blocks, tail_v, ages = packed
+        return (
+            base,
+            pushes,
+            tuple((lo, tuple(unpack_ints(counts))) for lo, counts in blocks),
+            tuple(unpack_floats(tail_v)),
+            tuple(pushes - age for age in unpack_ints(ages)),
+        )
 
 
 class SeasonalResidual:
@@ -445,7 +517,7 @@ class SeasonalResidual:
         window: int = 1500,
         period_s: float = 86400.0,
         state: tuple[Any, ...] | None = None,
-        rank: RankSketch | None = None,
+        rank: WindowSketch | None = None,
     ) -> None:
         """`rank`: rank residuals with this sketch instead of an exact window of `window`
         (the sketch then carries its own state and `state`'s ranking window is ignored)."""
@@ -454,7 +526,7 @@ class SeasonalResidual:
         self.period = period_s
         means, ranks = state or ((), ())
         self.slot_mean: dict[int, float] = dict(means)
-        self.rank: Rank | RankSketch = Rank(window, ranks) if rank is None else rank
+        self.rank: Rank | WindowSketch = Rank(window, ranks) if rank is None else rank
 
     def _slot(self, ts: float) -> int:
         return int((ts % self.period) / self.period * self.slots)
@@ -477,11 +549,15 @@ class SeasonalResidual:
             return 0.0, UNRANKED
         r = abs(x - mean)
         rank = self.rank
-        below = rank.below(r)
-        n = len(rank)
+        if isinstance(rank, WindowSketch):
+            score, below = rank.rank(r), 0
+        else:
+            below = rank.below(r)
+            n = len(rank)
+            score = below / n if n else 0.0
         rank.push(r)
         self.slot_mean[slot] = mean + self.alpha * (x - mean)
-        return (below / n if n else 0.0), below
+        return score, below
 
     def state(self) -> tuple[Any, ...]:
         return (tuple(self.slot_mean.items()), self.rank.state())
@@ -498,12 +574,14 @@ class SeasonalResidual:
         return (mask.to_bytes(width, "little"), means, self.rank.pack())
 
     @staticmethod
-    def unpack(packed: tuple[bytes, bytes, bytes]) -> tuple[Any, ...]:
-        """The `state()` layout of a `pack()`."""
+    def unpack(packed: tuple[bytes, bytes, Any], sketched: bool = False) -> tuple[Any, ...]:
+        """The `state()` layout of a `pack()` (`sketched`: of a detector ranking with a
+        `WindowSketch`, whose packed state is returned as it is)."""
         mask_bytes, means, ranks = packed
         mask = int.from_bytes(mask_bytes, "little")
         slots = [i for i in range(8 * len(mask_bytes)) if mask >> i & 1]
-        return (tuple(zip(slots, unpack_floats(means), strict=True)), unpack_floats(ranks))
+        pairs = tuple(zip(slots, unpack_floats(means), strict=True))
+        return (pairs, ranks if sketched else unpack_floats(ranks))
 
 
 class RankShift:
@@ -529,7 +607,7 @@ class RankShift:
         span: int = 30,
         window: int = 3000,
         state: tuple[Any, ...] | None = None,
-        rank: RankSketch | None = None,
+        rank: WindowSketch | None = None,
     ) -> None:
         """`rank`: rank the means with this sketch instead of an exact window (as in
         `SeasonalResidual`)."""
@@ -538,7 +616,7 @@ class RankShift:
         self.ring: deque[float] = deque(ring, maxlen=span)
         self.total: float = total
         self.n: int = n
-        self.rank: Rank | RankSketch = Rank(window, ranks) if rank is None else rank
+        self.rank: Rank | WindowSketch = Rank(window, ranks) if rank is None else rank
 
     def update(self, r: float) -> float:
         mean = self.advance(self.surprise(r))

@@ -32,11 +32,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
+from itertools import pairwise
 from statistics import median
 from typing import Any
 
 from core.records import Alert
-from operators.anomaly.detectors import pack_floats, unpack_floats
+from operators.anomaly.detectors import pack_floats, pack_ints, unpack_floats, unpack_ints
 
 __all__ = ["HISTORY", "Change", "ChangeKind", "ChangeTracker", "classify"]
 
@@ -49,6 +50,28 @@ _FAR = 3.5
 _MAD_SCALE = 1.4826
 _MARGIN = 0.8
 _BACK = 3
+
+
+def pack_times(ts: Sequence[float]) -> bytes | tuple[int, int, bytes]:
+    """Event times, exactly: as (unit, first, steps) in whole seconds or milliseconds when
+    they all are (usually a few bytes a reading instead of 8), as packed doubles otherwise."""
+    for unit in (1, 1000):
+        ticks = [round(t * unit) for t in ts]
+        if ticks and all(k / unit == t for k, t in zip(ticks, ts, strict=True)):
+            steps = [b - a for a, b in pairwise(ticks)]
+            return (unit, ticks[0], pack_ints(steps))
+    return pack_floats(ts)
+
+
+def unpack_times(packed: bytes | tuple[int, int, bytes]) -> list[float]:
+    if isinstance(packed, bytes):
+        return list(unpack_floats(packed))
+    unit, tick, steps = packed
+    ticks = [tick]
+    for step in unpack_ints(steps):
+        tick += step
+        ticks.append(tick)
+    return [k / unit for k in ticks]
 
 
 class ChangeKind(StrEnum):
@@ -264,7 +287,7 @@ class ChangeTracker:
         self.profile = profile
         self.period = period
         times, vals, bases, held, since, *rest = state or (b"", b"", b"", None, 0, ())
-        self.ts: deque[float] = deque(unpack_floats(times), maxlen=HISTORY)
+        self.ts: deque[float] = deque(unpack_times(times), maxlen=HISTORY)
         self.values: deque[float] = deque(unpack_floats(vals), maxlen=HISTORY)
         self.baselines: deque[float] = deque(unpack_floats(bases), maxlen=HISTORY)
         self.held: Alert | None = None if held is None else Alert(**held)
@@ -331,7 +354,7 @@ class ChangeTracker:
     def state(self) -> tuple[Any, ...]:
         held = None if self.held is None else asdict(self.held)
         return (
-            pack_floats(self.ts),
+            pack_times(self.ts),
             pack_floats(self.values),
             pack_floats(self.baselines),
             held,

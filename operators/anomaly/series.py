@@ -25,12 +25,17 @@ call it, so NAB scores measure the code that runs in the flow.
 Both return a `Verdict` per reading and snapshot as plain tuples (an immutable copy); memory
 per series is bounded by the config (`rank_window`, `context_capacity`, `season_slots`).
 
-The ensemble's snapshot is packed (format `_FORMAT`, see `EnsembleSeries.state`): the seasonal
-residual window as doubles (8 bytes a reading: a rank is only exact against the exact values),
-the shift detector as its `RankTape` (2 bytes a reading instead of its window of 8-byte means),
-the rest in a few hundred bytes; with the defaults (`rank_window` 3000) about 33 KiB instead of
-59 KiB. A detector resumed from it gives the same verdicts, bit for bit, as one that never
-stopped. Older, unversioned snapshots (`legacy_state`) still load.
+The ensemble ranks with two `WindowSketch`es by default (`rank_sketch_accuracy` 0.2): the
+same sliding window of `rank_window` readings, its largest values exact (so every rank that
+can raise an alert is the exact window's), the rest in log-spaced bins counted per block. Its
+snapshot (format `_SKETCH_FORMAT`, see `EnsembleSeries._sketched_state`) is about 5.5 KB per
+warmed series. With `rank_sketch_accuracy = None` it ranks against exact windows instead
+(format `_FORMAT`, see `EnsembleSeries.state`): the seasonal residual window as doubles (8
+bytes a reading), the shift detector as its `RankTape` (2 bytes a reading instead of its
+window of 8-byte means), about 33 KB. Either snapshot resumes a detector that gives the same
+verdicts, bit for bit, as one that never stopped. An exact-window snapshot resumed under the
+sketch is converted (its windows pushed into the sketches); older, unversioned snapshots
+(`legacy_state`) still load.
 """
 
 from __future__ import annotations
@@ -45,9 +50,9 @@ from operators.anomaly.detectors import (
     ContextNovelty,
     EwmaZScore,
     RankShift,
-    RankSketch,
     RankTape,
     SeasonalResidual,
+    WindowSketch,
     pack_floats,
     unpack_floats,
 )
@@ -55,8 +60,10 @@ from operators.anomaly.detectors import (
 _FORMAT = 2
 """Version of `EnsembleSeries.state()`'s packed layout (`legacy_state`'s had none)."""
 _FORMAT_LEN = 10
-_SKETCH_FORMAT = 3
-"""Layout of `EnsembleSeries.state()` with `rank_sketch_accuracy` set (no rank windows)."""
+_SKETCH_FORMAT = 4
+"""Layout of `EnsembleSeries.state()` with `rank_sketch_accuracy` set (`WindowSketch`es, no
+rank windows). Format 3 (an earlier sketch with decaying weights) is not read: such a series
+starts afresh."""
 _SKETCH_FORMAT_LEN = 11
 _STATE_LEN = 9  # the legacy layout
 _COMPONENTS = 3  # seasonal residual, residual shift, context novelty
@@ -175,62 +182,76 @@ class EnsembleSeries:
         self.comp_peak: list[float] = list(comp_peak)
 
     def _init_sketched(self, cfg: AnomalyConfig, state: tuple[Any, ...] | None) -> None:
-        """Ranks from two `RankSketch`es, resumed from a `_SKETCH_FORMAT` snapshot (any other
-        snapshot, exact windows included, is not converted: the series starts afresh)."""
-        acc, every = cfg.rank_sketch_accuracy or 0.0, cfg.rank_window
-        ok = (
-            state is not None
-            and len(state) == _SKETCH_FORMAT_LEN
-            and state[0] == _SKETCH_FORMAT
-            and state[1] == acc
+        """Ranks from two `WindowSketch`es, resumed from a `_SKETCH_FORMAT` snapshot taken
+        under the same sketch parameters; a snapshot with exact windows (format 2 or the
+        legacy layout) is converted (its windows pushed into the sketches, in order); any
+        other (an earlier sketch's format 3) starts the series afresh."""
+        params = _sketch_params(cfg)
+        if state is not None and not (
+            len(state) == _SKETCH_FORMAT_LEN and state[0] == _SKETCH_FORMAT and state[1] == params
+        ):
+            if isinstance(state[0], tuple) or state[0] == _FORMAT:
+                exact = cfg.model_copy(update={"rank_sketch_accuracy": None})
+                self._adopt(EnsembleSeries(exact, state))
+                return
+            state = None
+        n, last_hit, parts, comp_hit, comp_peak, recent, season, shift, ctx = (
+            state[2:] if state is not None else (0, None, (), None, None, b"", None, None, None)
         )
-        if not ok or state is None:
-            state = (
-                _SKETCH_FORMAT,
-                acc,
-                0,
-                None,
-                (),
-                (None,) * _COMPONENTS,
-                (0.0,) * _COMPONENTS,
-                b"",
-                None,
-                None,
-                None,
-            )
-        _, _, n, last_hit, parts, comp_hit, comp_peak, recent, season, shift, ctx = state
-        season_s = shift_s = None
-        season_r = shift_r = None
+        season_s = shift_s = season_r = shift_r = None
         if season is not None:
-            mask, means, season_r = season
-            season_s = (SeasonalResidual.unpack((mask, means, b""))[0], ())
+            season_s, season_r = SeasonalResidual.unpack(season, sketched=True)
             ring, total, count, shift_r = shift
             shift_s = (tuple(unpack_floats(ring)), total, count, ())
-            season_r, shift_r = RankSketch.unpack(season_r), RankSketch.unpack(shift_r)
+            season_r, shift_r = WindowSketch.unpack(season_r), WindowSketch.unpack(shift_r)
         if ctx is not None and len(ctx) != len(cfg.context_levels):
             ctx = None
         self.season = SeasonalResidual(
             cfg.season_slots,
             cfg.season_alpha,
-            every,
+            cfg.rank_window,
             cfg.season_period_s,
-            season_s,
-            rank=RankSketch(acc, every, state=season_r),
+            None if season_s is None else (season_s, ()),
+            rank=_sketch(cfg, season_r),
         )
-        self.shift = RankShift(
-            cfg.shift_span, every, shift_s, rank=RankSketch(acc, every, state=shift_r)
-        )
-        contexts_s = None if ctx is None else tuple(ContextNovelty.unpack(c) for c in ctx)
+        self.shift = RankShift(cfg.shift_span, cfg.rank_window, shift_s, rank=_sketch(cfg, shift_r))
         self._init_common(
             cfg,
-            contexts_s,
+            None if ctx is None else tuple(ContextNovelty.unpack(c) for c in ctx),
             n,
             last_hit,
             tuple(unpack_floats(recent)),
             parts,
-            comp_hit,
-            comp_peak,
+            comp_hit or (None,) * _COMPONENTS,
+            comp_peak or (0.0,) * _COMPONENTS,
         )
+
+    def _adopt(self, exact: EnsembleSeries) -> None:
+        """Carry on from `exact` (a series resumed from an exact-window snapshot): the same
+        counters, contexts and slot means, its windows of
+        residuals and of shift means pushed into fresh sketches, oldest first."""
+        cfg, season, shift = self.cfg, exact.season, exact.shift
+        means = tuple(season.slot_mean.items())
+        self.season = SeasonalResidual(
+            cfg.season_slots,
+            cfg.season_alpha,
+            cfg.rank_window,
+            cfg.season_period_s,
+            (means, ()),
+            rank=_sketch(cfg),
+        )
+        ring = (tuple(shift.ring), shift.total, shift.n, ())
+        self.shift = RankShift(cfg.shift_span, cfg.rank_window, ring, rank=_sketch(cfg))
+        for window, sketch in (
+            (season.rank.state(), self.season.rank),
+            (shift.rank.state(), self.shift.rank),
+        ):
+            for v in window:
+                sketch.push(v)
+        self.contexts = exact.contexts
+        self.n, self.last_hit, self.parts = exact.n, exact.last_hit, exact.parts
+        self._recent = exact._recent
+        self.comp_hit, self.comp_peak = exact.comp_hit, exact.comp_peak
 
     def update(self, ts: float, value: float) -> Verdict:
         baseline = self.season.baseline(ts)
@@ -327,25 +348,39 @@ class EnsembleSeries:
         )
 
     def _sketched_state(self) -> tuple[Any, ...]:
-        """The `_SKETCH_FORMAT` snapshot: `(_SKETCH_FORMAT, accuracy, n, last_hit, parts,
-        comp_hit, comp_peak, recent, (slot mask, slot means, residual sketch), (shift ring,
-        total, count, mean sketch), contexts)`; the sketches as `RankSketch.pack()`."""
-        mask, means, ranks = self.season.pack()
+        """The `_SKETCH_FORMAT` snapshot: `(_SKETCH_FORMAT, (accuracy, blocks, tail, window),
+        n, last_hit, parts, comp_hit, comp_peak, recent, (slot mask, slot means, residual
+        sketch), (shift ring, total, count, mean sketch), contexts)`: the sketches as
+        `WindowSketch.pack()`."""
         shift = self.shift
-        contexts = tuple(c.pack() for c in self.contexts)
+        assert isinstance(shift.rank, WindowSketch)
         return (
             _SKETCH_FORMAT,
-            self.cfg.rank_sketch_accuracy,
+            _sketch_params(self.cfg),
             self.n,
             self.last_hit,
             self.parts,
             tuple(self.comp_hit),
             tuple(self.comp_peak),
             pack_floats(self._recent),
-            (mask, means, ranks),
+            self.season.pack(),
             (pack_floats(shift.ring), shift.total, shift.n, shift.rank.pack()),
-            contexts,
+            tuple(c.pack() for c in self.contexts),
         )
+
+
+def _sketch_params(cfg: AnomalyConfig) -> tuple[Any, ...]:
+    return (cfg.rank_sketch_accuracy, cfg.rank_sketch_blocks, cfg.rank_sketch_tail, cfg.rank_window)
+
+
+def _sketch(cfg: AnomalyConfig, state: tuple[Any, ...] | None = None) -> WindowSketch:
+    return WindowSketch(
+        cfg.rank_sketch_accuracy or 0.2,
+        cfg.rank_window,
+        cfg.rank_sketch_blocks,
+        cfg.rank_sketch_tail,
+        state=state,
+    )
 
 
 def _unpack(state: tuple[Any, ...]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
@@ -369,8 +404,12 @@ def legacy_state(det: EnsembleSeries) -> tuple[Any, ...]:
     """`det`'s snapshot in the unversioned layout that snapshots had before `_FORMAT`.
 
     `EnsembleSeries(cfg, legacy_state(det))` resumes `det` exactly (the loader keeps
-    accepting it); `bench.snapshot` measures the packed format against it.
+    accepting it). Exact windows only (`rank_sketch_accuracy` None): a sketched series has
+    no unversioned layout.
     """
+    if det.tape is None:
+        msg = "legacy_state: only a series with exact rank windows has the unversioned layout"
+        raise ValueError(msg)
     return (
         det.season.state(),
         det.shift.state(),

@@ -1,5 +1,5 @@
 """`python -m bench.snapshot --series 200` as a subprocess: the epoch's snapshot bytes for
-warmed ensemble series, packed format against the unversioned layout."""
+warmed ensemble series, the default sketches against exact rank windows."""
 
 from __future__ import annotations
 
@@ -27,17 +27,22 @@ def test_bench_snapshot_short_run() -> None:
     assert set(summary) == {
         "series",
         "bytes_per_series",
-        "legacy_bytes_per_series",
+        "series_bytes",
+        "tracker_bytes",
+        "exact_bytes_per_series",
+        "exact_series_bytes",
         "epoch_mib",
+        "exact_epoch_mib",
         "ratio",
     }
     assert summary["series"] == 200
-    # The seasonal residual window (3000 doubles) is the floor; the shift's window is gone.
-    # The change tracker that names alert kinds adds its 192 times, readings and baselines
-    # (4.6 kB) to both layouts.
-    assert summary["bytes_per_series"] <= 34 * 1024 + 24 * 192 + 200
-    assert summary["legacy_bytes_per_series"] - summary["bytes_per_series"] >= 8 * 3000
-    assert summary["ratio"] >= 1.6
+    # The ensemble's part within 8 KiB; exact windows need the seasonal residual window as
+    # doubles (3000 x 8) and the shift's tape. The change tracker that names alert kinds
+    # adds its 192 times, readings and baselines to both.
+    assert summary["series_bytes"] <= 8 * 1024
+    assert summary["exact_series_bytes"] >= 8 * 3000
+    assert summary["tracker_bytes"] <= 24 * 192 + 200
+    assert summary["ratio"] >= 2.0
     mib = summary["bytes_per_series"] * 200 / 2**20
     assert abs(summary["epoch_mib"] - mib) < 0.01
-    assert any("bytes/series" in line for line in lines[:-1])
+    assert any("bytes/key" in line for line in lines[:-1])

@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 from config.models import AnomalyConfig
 from core.records import Alert, Event, Kind
 from operators.anomaly import EntityDetector
-from operators.anomaly.detectors import ContextNovelty, Rank, RankShift, SeasonalResidual
+from operators.anomaly.detectors import (
+    ContextNovelty,
+    Rank,
+    RankShift,
+    SeasonalResidual,
+    WindowSketch,
+)
 from operators.anomaly.series import EnsembleSeries, EwmaSeries, legacy_state, make_series
 
 T0 = 1_700_000_000.0 - (1_700_000_000.0 % 86_400)  # midnight UTC
@@ -211,7 +217,7 @@ def test_component_rest_outlasts_the_overall_rest() -> None:
 
 
 def test_ensemble_resumes_a_snapshot_from_before_component_rest() -> None:
-    cfg = ens_cfg()
+    cfg = ens_cfg(rank_sketch_accuracy=None)  # exact windows: the layout had no sketches
     live = EnsembleSeries(cfg)
     feed(live, 400)
     old = legacy_state(live)[:7]  # the layout without per-component rest
@@ -259,17 +265,31 @@ def test_snapshot_is_an_immutable_copy() -> None:
 
 
 def test_ensemble_state_is_bounded() -> None:
-    cfg = ens_cfg(rank_window=100, context_capacity=50, season_slots=24, evidence_points=4)
-    det = EnsembleSeries(cfg)
-    rnd = random.Random(9)
-    for i in range(3000):
-        det.update(T0 + i * 37.0, rnd.random() * 1000)
-    season, shift, contexts, *_ = legacy_state(det)
-    assert len(season[0]) <= 24 and len(season[1]) == 100
-    assert len(shift[0]) == cfg.shift_span and len(shift[3]) == 100
-    assert len(contexts) == len(cfg.context_levels)
-    assert all(len(c[2]) <= 50 for c in contexts)
-    assert len(det.recent()) == 4
+    for exact in (True, False):
+        cfg = ens_cfg(
+            rank_window=100,
+            context_capacity=50,
+            season_slots=24,
+            evidence_points=4,
+            rank_sketch_accuracy=None if exact else 0.2,
+        )
+        det = EnsembleSeries(cfg)
+        rnd = random.Random(9)
+        for i in range(3000):
+            det.update(T0 + i * 37.0, rnd.random() * 1000)
+        assert len(det.season.slot_mean) <= 24
+        assert len(det.shift.ring) == cfg.shift_span
+        if exact:
+            season, shift, *_ = legacy_state(det)
+            assert len(season[1]) == 100 and len(shift[3]) == 100
+        for sketch in (det.season.rank, det.shift.rank):
+            assert len(sketch) <= 100
+            if isinstance(sketch, WindowSketch):
+                assert len(sketch.blocks) <= cfg.rank_sketch_blocks
+                assert len(sketch.tail_v) <= cfg.rank_sketch_tail
+        assert len(det.contexts) == len(cfg.context_levels)
+        assert all(len(c.mem) <= 50 for c in det.contexts)
+        assert len(det.recent()) == 4
 
 
 def test_ewma_series_score_scale() -> None:

@@ -1,5 +1,6 @@
-"""The ensemble's packed snapshot (`EnsembleSeries.state`, format 2): exact resume, size, and
-the older layouts it still loads."""
+"""The ensemble's snapshots: exact resume and size, with ranks from `WindowSketch`es (the
+default, format 4) and from exact windows (`rank_sketch_accuracy = None`, format 2), and the
+older layouts they still load."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from operators.anomaly.detectors import pack_ints, unpack_ints
 from operators.anomaly.series import EnsembleSeries, Verdict, legacy_state
 
 T0 = 1_700_000_000.0 - (1_700_000_000.0 % 86_400)  # midnight UTC
+EXACT: dict[str, Any] = {"rank_sketch_accuracy": None}
+"""Exact rank windows (and the shift detector's `RankTape`) instead of the default sketches."""
+MODES = [pytest.param({}, id="sketch"), pytest.param(EXACT, id="exact")]
 
 
 def signal(n: int, seed: int = 7, gaps: bool = False) -> list[tuple[float, float]]:
@@ -54,10 +58,11 @@ def leaves(x: Any) -> list[Any]:
 # --- exact resume ---------------------------------------------------------------------------
 
 
-def test_resume_half_way_gives_the_uninterrupted_verdicts() -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_resume_half_way_gives_the_uninterrupted_verdicts(mode: dict[str, Any]) -> None:
     """Default configuration, 6,000 readings: stopped after 3,000 (windows full), pickled,
     resumed; every verdict after that is the uninterrupted run's, and so are the states."""
-    cfg = AnomalyConfig()
+    cfg = AnomalyConfig(**mode)
     readings = signal(6000)
     live = EnsembleSeries(cfg)
     feed(live, readings[:3000])
@@ -71,6 +76,7 @@ def test_resume_half_way_gives_the_uninterrupted_verdicts() -> None:
     assert resumed.evidence() == live.evidence() and resumed.recent() == live.recent()
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(
     "over",
     [
@@ -79,10 +85,13 @@ def test_resume_half_way_gives_the_uninterrupted_verdicts() -> None:
         {"rank_window": 200, "shift_span": 30, "season_slots": 288},
     ],
 )
-def test_restarts_at_every_phase_give_the_uninterrupted_verdicts(over: dict[str, Any]) -> None:
+def test_restarts_at_every_phase_give_the_uninterrupted_verdicts(
+    over: dict[str, Any], mode: dict[str, Any]
+) -> None:
     """Restarted every 17 readings, through warm-up (windows filling, slots first seen late)
-    and long past it (the tape moving from checkpoint to checkpoint)."""
-    cfg = AnomalyConfig(min_points=20, **over)
+    and long past it (the sketch's blocks leaving, the tape moving from checkpoint to
+    checkpoint)."""
+    cfg = AnomalyConfig(min_points=20, **over, **mode)
     readings = signal(1500, seed=3, gaps=True)
     live, restarted = EnsembleSeries(cfg), EnsembleSeries(cfg)
     for i in range(0, len(readings), 17):
@@ -90,8 +99,9 @@ def test_restarts_at_every_phase_give_the_uninterrupted_verdicts(over: dict[str,
         assert feed(restarted, chunk) == feed(live, chunk)
         restarted = round_trip(cfg, restarted)
         assert restarted.state() == live.state()
-        assert live.tape is not None
-        assert len(live.tape.codes) <= cfg.rank_window + cfg.shift_span + 64  # bounded
+        if mode:
+            assert live.tape is not None
+            assert len(live.tape.codes) <= cfg.rank_window + cfg.shift_span + 64  # bounded
 
 
 @settings(max_examples=25, deadline=None)
@@ -100,9 +110,19 @@ def test_restarts_at_every_phase_give_the_uninterrupted_verdicts(over: dict[str,
     span=st.integers(2, 80),
     stops=st.lists(st.integers(0, 600), max_size=4),
     seed=st.integers(0, 1000),
+    exact=st.booleans(),
 )
-def test_resume_anywhere_is_exact(window: int, span: int, stops: list[int], seed: int) -> None:
-    cfg = AnomalyConfig(rank_window=window, shift_span=span, season_slots=24, min_points=10)
+def test_resume_anywhere_is_exact(
+    window: int, span: int, stops: list[int], seed: int, exact: bool
+) -> None:
+    cfg = AnomalyConfig(
+        rank_window=window,
+        shift_span=span,
+        season_slots=24,
+        min_points=10,
+        rank_sketch_blocks=7,
+        **(EXACT if exact else {}),
+    )
     readings = signal(600, seed=seed, gaps=seed % 2 == 0)
     live, restarted = EnsembleSeries(cfg), EnsembleSeries(cfg)
     at = 0
@@ -110,8 +130,9 @@ def test_resume_anywhere_is_exact(window: int, span: int, stops: list[int], seed
         assert feed(restarted, readings[at:stop]) == feed(live, readings[at:stop])
         restarted = round_trip(cfg, restarted)
         at = max(at, stop)
-        assert restarted.tape is not None
-        assert len(restarted.tape.codes) <= window + span + 64
+        if exact:
+            assert restarted.tape is not None
+            assert len(restarted.tape.codes) <= window + span + 64
     assert restarted.state() == live.state()
 
 
@@ -148,21 +169,25 @@ def test_entity_detector_resumes_exactly_from_its_pickled_snapshot() -> None:
 
 
 def test_warmed_snapshot_size() -> None:
-    """The pickled state Bytewax writes per warmed entity (default configuration) holds the
-    seasonal residual window as doubles (8 bytes a reading: ranks are only exact against the
-    exact values) plus the shift detector's tape (2 bytes a reading), and no window of shift
-    means: 33,792 bytes here, against 60,323 in the unversioned layout; plus the change
-    tracker's last 192 event times, readings and baselines (4.6 kB) that name alert kinds."""
-    cfg = AnomalyConfig()
-    det = EntityDetector(cfg)
+    """The pickled state Bytewax writes per warmed entity (default configuration): the series
+    in at most 8 KiB (its two sketches, the slot means as doubles, the contexts), plus the
+    change tracker's last 192 event times, readings and baselines that name alert kinds. The
+    same series with exact windows needs the residual window as doubles and the shift
+    detector's tape (2 bytes a reading): about 33 kB."""
+    det = EntityDetector(AnomalyConfig())
     det.process(metric_events(signal(5000), 0), now=1.0)
     assert isinstance(det.series, EnsembleSeries)
-    size = len(pickle.dumps(det.state()))
-    legacy = {**det.state(), "series": ("ensemble", legacy_state(det.series))}
+    series = len(pickle.dumps(det.state()["series"]))
     tracker = len(pickle.dumps(det.state()["change"]))
+    assert series <= 8 * 1024
     assert tracker <= 24 * 192 + 200
-    assert size - tracker <= 34 * 1024
-    assert len(pickle.dumps(legacy)) - size >= 8 * cfg.rank_window  # the shift window is gone
+    exact_cfg = AnomalyConfig(**EXACT)
+    exact = EntityDetector(exact_cfg)
+    exact.process(metric_events(signal(5000), 0), now=1.0)
+    exact_series = len(pickle.dumps(exact.state()["series"]))
+    assert series * 4 <= exact_series <= 34 * 1024
+    legacy = len(pickle.dumps(("ensemble", legacy_state(exact.series))))  # type: ignore[arg-type]
+    assert legacy - exact_series >= 8 * exact_cfg.rank_window  # no window of shift means
 
 
 def test_snapshot_is_an_immutable_copy() -> None:
@@ -182,7 +207,7 @@ def test_snapshot_is_an_immutable_copy() -> None:
 def test_unversioned_snapshot_loads_and_continues_exactly() -> None:
     """A snapshot in the layout before format 2 resumes the same detector; its packed
     snapshots carry the shift's window explicitly until the tape covers one, then shrink."""
-    cfg = AnomalyConfig(rank_window=300)
+    cfg = AnomalyConfig(rank_window=300, **EXACT)
     readings = signal(2000, seed=5)
     live = EnsembleSeries(cfg)
     feed(live, readings[:1000])
@@ -197,7 +222,7 @@ def test_unversioned_snapshot_loads_and_continues_exactly() -> None:
 
 
 def test_snapshot_from_before_component_rest_loads() -> None:
-    cfg = AnomalyConfig(rank_window=300)
+    cfg = AnomalyConfig(rank_window=300, **EXACT)
     live = EnsembleSeries(cfg)
     feed(live, signal(700))
     resumed = EnsembleSeries(cfg, legacy_state(live)[:7])
@@ -209,11 +234,11 @@ def test_snapshot_from_before_component_rest_loads() -> None:
 def test_packed_under_another_window_resumes_like_an_unversioned_snapshot() -> None:
     """Restarted with another `rank_window` / `shift_span`: the packed snapshot rebuilds the
     detector it recorded and carries on from it exactly as from the unversioned layout."""
-    before = AnomalyConfig(rank_window=300, shift_span=30)
+    before = AnomalyConfig(rank_window=300, shift_span=30, **EXACT)
     det = EnsembleSeries(before)
     feed(det, signal(1000))
     readings = signal(300, seed=9)
-    for after in (AnomalyConfig(rank_window=200), AnomalyConfig(shift_span=20)):
+    for after in (AnomalyConfig(rank_window=200, **EXACT), AnomalyConfig(shift_span=20, **EXACT)):
         packed = EnsembleSeries(after, pickle.loads(pickle.dumps(det.state())))
         unversioned = EnsembleSeries(after, legacy_state(det))
         assert feed(packed, readings) == feed(unversioned, readings)
@@ -232,22 +257,34 @@ def test_packed_integers_round_trip(values: list[int]) -> None:
         assert len(packed) == 1 + len(values)  # one byte each when they fit
 
 
-def test_sketched_ensemble_resumes_exactly_from_a_small_snapshot() -> None:
-    """`rank_sketch_accuracy`: no rank windows, the snapshot stays a few KB, and a detector
-    resumed from it gives the same verdicts as one that never stopped."""
-    cfg = AnomalyConfig(rank_sketch_accuracy=0.02, rank_window=300, min_points=10)
-    rnd = random.Random(3)
-    rows = [
-        (1_600_000_000.0 + 300.0 * i, 50 + 20 * math.sin(i / 45.8) + rnd.gauss(0, 3))
-        for i in range(3000)
-    ]
-    live = EnsembleSeries(cfg)
-    for ts, v in rows[:2000]:
-        live.update(ts, v)
-    snap = pickle.loads(pickle.dumps(live.state()))
-    assert len(pickle.dumps(snap)) < 12_000
-    back = EnsembleSeries(cfg, snap)
-    assert [live.update(ts, v) for ts, v in rows[2000:]] == [
-        back.update(ts, v) for ts, v in rows[2000:]
-    ]
-    assert live.state() == back.state()
+def test_exact_window_snapshot_carries_on_under_the_sketch() -> None:
+    """A snapshot taken with exact windows (format 2), resumed under the default sketch: its
+    counters, slot means and contexts carry over, its windows go into the sketches (the
+    largest values exactly), and it keeps alerting on what the exact detector alerts on."""
+    exact_cfg, cfg = AnomalyConfig(**EXACT), AnomalyConfig()
+    readings = signal(6000, seed=4)
+    exact = EnsembleSeries(exact_cfg)
+    feed(exact, readings[:4000])
+    adopted = EnsembleSeries(cfg, pickle.loads(pickle.dumps(exact.state())))
+    assert adopted.tape is None and adopted.state()[0] == 4
+    assert adopted.n == exact.n and adopted.season.slot_mean == exact.season.slot_mean
+    window = sorted(exact.season.rank.state())
+    sketch = adopted.season.rank
+    for x in window[-cfg.rank_sketch_tail + 1 :]:
+        assert sketch.rank(x) == exact.season.rank.rank(x)
+    later = readings[4000:]
+    alerts_exact = [i for i, v in enumerate(feed(exact, later)) if v.alert]
+    alerts_adopted = [i for i, v in enumerate(feed(adopted, later)) if v.alert]
+    assert alerts_exact and alerts_adopted == alerts_exact
+
+
+def test_a_sketch_of_another_layout_starts_afresh() -> None:
+    """Format 3 (the earlier, decaying sketch) and sketches under other parameters are not
+    converted: the series learns again."""
+    det = EnsembleSeries(AnomalyConfig())
+    feed(det, signal(500))
+    snap = det.state()
+    for cfg in (AnomalyConfig(rank_sketch_tail=32), AnomalyConfig(rank_sketch_accuracy=0.1)):
+        assert EnsembleSeries(cfg, snap).n == 0
+    assert EnsembleSeries(AnomalyConfig(), (3, 0.02, *snap[2:])).n == 0
+    assert EnsembleSeries(AnomalyConfig(), snap).n == 500
