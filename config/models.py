@@ -569,7 +569,7 @@ class AnomalyConfig(Frozen):
     (0.999 -> 0.90)."""
     shift_span: int = Field(default=30, ge=2, le=1000)
     """Ensemble: readings the shift detector averages the residual ranks' surprise over."""
-    rank_sketch_accuracy: float | None = Field(default=0.2, gt=0, lt=0.5)
+    rank_sketch_accuracy: float | None = Field(default=0.1, gt=0, lt=0.5)
     """Ensemble: the relative accuracy of the log-spaced bins the seasonal residuals and the
     shift means are ranked in (`WindowSketch`: the same sliding window of `rank_window`
     readings, counted in `rank_sketch_blocks` blocks of bins, its `rank_sketch_tail` largest

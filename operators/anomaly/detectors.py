@@ -295,26 +295,27 @@ class Rank:
 
 
 class WindowSketch:
-    """`Rank` over the same sliding window in a few hundred bytes: exact near the top.
+    """`Rank` over the same sliding window in a few KB: exact for the window's largest values.
 
-    The window's values are counted in log-spaced bins (a value x > 0 falls in bin
-    floor(log(x) / log(gamma)), gamma = (1 + a) / (1 - a) for a relative `accuracy` a, offset
-    so that the first positive value lands mid-array and clamped into the `bins` bins;
-    values <= 0 share bin 0), one count array per block of `window / blocks` readings: the
-    oldest block leaves as a whole, so the counted window holds between `window - window /
-    blocks` and `window` readings. Next to the bins, the `tail` largest values of the exact
-    sliding window (the last `window` readings) are kept exactly with their arrival: every
-    value of the window above the smallest of them is among them, so a value above that
-    smallest one ranks exactly as `Rank` ranks it (the share of the last `window` values
-    strictly below it, 1.0 above them all). Only such ranks reach an alert (the ensemble
-    scores rank ** 100: a rank of 0.98 scores 0.13); below, the rank is the bins' share
-    below plus half its own bin, within one bin of the truth, which is what the shift
-    detector's mean surprise needs.
+    Two parts. The *bins*: the window's values counted in log-spaced bins (a value x > 0 in
+    bin floor(log(x) / log(gamma)), gamma = (1 + a) / (1 - a) for a relative `accuracy` a,
+    offset so that the first positive value lands mid-array, clamped into the `bins` bins;
+    values <= 0 in bin 0), one count array per block of `window / blocks` readings (rounded
+    up): the oldest block leaves as a whole, so the bins hold between one block less than
+    `window` and `window` readings. The *top*: the `tail` largest values seen, with their
+    arrivals, kept while they are in the exact sliding window (the last `window` readings),
+    and, per bin, the latest arrival of a window value that is not in the top (one that did
+    not make it, or was pushed out). Every window value in a bin above the highest such bin
+    is in the top, so a value in such a bin ranks exactly as `Rank` ranks it: the share of
+    the last `window` values strictly below it, 1.0 above them all (`exact(x)`). Those are
+    the ranks that reach an alert (the ensemble scores rank ** 100: a rank of 0.98 scores
+    0.13); below, the rank is the bins' share below plus half its own bin, within one bin
+    and one block of the truth, which is what the shift detector's mean surprise needs.
 
-    State (`pack()`): the bin offset, the reading count, per block its lowest bin and its
-    counts up to its highest, and the tail's values (doubles) and ages; typically 1-2 KB,
-    whatever the window's length. Integers and doubles only: a sketch rebuilt from it ranks
-    and updates exactly as the one it was taken from.
+    State (`pack()`): the bin offset, the reading count, per block its zero count, lowest
+    bin and counts up to its highest, the top's values (doubles) and ages and the bins' last
+    exclusions; a few KB whatever the window's length. Integers and doubles only: a sketch
+    rebuilt from it ranks and updates exactly as the one it was taken from.
     """
 
     __slots__ = (
@@ -323,15 +324,17 @@ class WindowSketch:
         "bins",
         "blocks",
         "cnt",
+        "excluded",
         "log_gamma",
         "max_blocks",
         "n",
+        "next_expiry",
+        "open_above",
         "pushes",
         "size",
         "tail",
-        "tail_at",
-        "tail_next",
-        "tail_v",
+        "top_at",
+        "top_v",
         "tree",
         "wide",
         "window",
@@ -339,17 +342,20 @@ class WindowSketch:
 
     def __init__(
         self,
-        accuracy: float = 0.2,
+        accuracy: float = 0.1,
         window: int = 3000,
         blocks: int = 16,
         tail: int = 64,
-        bins: int = 256,
+        bins: int | None = None,
         state: tuple[Any, ...] | None = None,
     ) -> None:
+        """`bins`: by default as many as span a factor of e ** 26 (about 1e11) either way of
+        the first positive value."""
         self.log_gamma = math.log((1 + accuracy) / (1 - accuracy))
+        bins = bins or 2 * math.ceil(26 / self.log_gamma) + 2
         self.window = window
         self.max_blocks = blocks
-        self.size = max(1, window // blocks)
+        self.size = -(-window // blocks)  # ceil: the blocks hold at least `window` readings
         self.wide = self.size > 255  # a block's counts need two bytes each
         self.tail = tail
         self.bins = bins
@@ -357,19 +363,25 @@ class WindowSketch:
         self.tree = [0] * (bins + 1)
         self.blocks: deque[bytearray | array[int]] = deque()
         self.n = 0
-        base, pushes, blocks_s, tail_v, tail_at = state or (None, 0, (), (), ())
+        base, pushes, blocks_s, top, excluded = state or (None, 0, (), ((), ()), ())
         self.base: int | None = base
         self.pushes: int = pushes
-        for lo, counts in blocks_s:
+        for zero, lo, counts in blocks_s:
             block = self._block()
-            for i, c in enumerate(counts, lo):
+            for i, c in ((0, zero), *enumerate(counts, lo)):
                 if c:
                     block[i] = c
                     self._add(i, c)
             self.blocks.append(block)
-        self.tail_v: list[float] = list(tail_v)
-        self.tail_at: list[int] = list(tail_at)
-        self.tail_next = min(self.tail_at, default=0)  # the oldest arrival in the tail
+        # The top, ascending by value: values and arrivals.
+        self.top_v: list[float] = list(top[0])
+        self.top_at: list[int] = list(top[1])
+        self.next_expiry = min(self.top_at, default=0)  # the oldest arrival in the top
+        # Bin -> the latest arrival of a window value in it that is not in the top; and the
+        # highest bin with one still in the window (-1: none), above which ranks are exact.
+        self.excluded: dict[int, int] = dict(excluded)
+        self.open_above = -1
+        self._settle()
         self._last: tuple[float, int] = (math.nan, 0)  # the last value binned, and its bin
 
     def __len__(self) -> int:
@@ -408,15 +420,27 @@ class WindowSketch:
             i -= i & -i
         return s
 
+    def _settle(self) -> None:
+        """Drop the exclusions that left the window; `open_above` = the highest left."""
+        expired = self.pushes - self.window
+        excluded = self.excluded
+        for b in [b for b, at in excluded.items() if at <= expired]:
+            del excluded[b]
+        self.open_above = max(excluded, default=-1)
+
+    def exact(self, x: float) -> bool:
+        """Whether `x` ranks exactly as in the window (its bin above every excluded one)."""
+        return bool(self.top_v) and self._bin(x) > self.open_above
+
     def rank(self, x: float) -> float:
-        tail_v = self.tail_v
-        if tail_v and x > tail_v[0]:
+        top = self.top_v
+        i = self._bin(x)
+        if top and i > self.open_above:
             m = min(self.pushes, self.window)
-            return (m - len(tail_v) + bisect_left(tail_v, x)) / m
+            return (m - len(top) + bisect_left(top, x)) / m
         n = self.n
         if not n:
             return 0.0
-        i = self._bin(x)
         return (self._below(i) + 0.5 * self.cnt[i]) / n
 
     def push(self, x: float) -> None:
@@ -431,68 +455,105 @@ class WindowSketch:
         i = self._bin(x)
         self.blocks[-1][i] += 1
         self._add(i, 1)
-        tail_v, tail_at = self.tail_v, self.tail_at
-        expired = self.pushes - self.window
-        if tail_at and self.tail_next <= expired:
-            keep = [k for k, at in enumerate(tail_at) if at > expired]
-            self.tail_v = tail_v = [tail_v[k] for k in keep]
-            self.tail_at = tail_at = [tail_at[k] for k in keep]
-            self.tail_next = min(tail_at, default=0)
-        if len(tail_v) < self.tail or x > tail_v[0]:
-            k = bisect_left(tail_v, x)
-            tail_v.insert(k, x)
-            tail_at.insert(k, self.pushes)
-            if len(tail_at) == 1:
-                self.tail_next = self.pushes
-            if len(tail_v) > self.tail:
-                gone = tail_at[0]
-                del tail_v[0], tail_at[0]
-                if gone == self.tail_next:
-                    self.tail_next = min(tail_at)
+        self._push_top(x, i)
 
-    def _used(self) -> list[tuple[int, bytearray | array[int]]]:
-        """Per block, its lowest bin with a count and its counts up to its highest."""
+    def _push_top(self, x: float, i: int) -> None:
+        top_v, top_at = self.top_v, self.top_at
+        p = self.pushes
+        expired = p - self.window
+        if top_at and self.next_expiry <= expired:
+            keep = [k for k, at in enumerate(top_at) if at > expired]
+            self.top_v = top_v = [top_v[k] for k in keep]
+            self.top_at = top_at = [top_at[k] for k in keep]
+            self.next_expiry = min(top_at, default=0)
+        if len(top_v) < self.tail or x > top_v[0]:
+            k = bisect_left(top_v, x)
+            top_v.insert(k, x)
+            top_at.insert(k, p)
+            if len(top_at) == 1:
+                self.next_expiry = p
+            if len(top_v) <= self.tail:
+                i = -1  # nothing left out
+            else:
+                x, at = top_v[0], top_at[0]
+                del top_v[0], top_at[0]
+                if at == self.next_expiry:
+                    self.next_expiry = min(top_at)
+                i = self._bin(x)
+        else:
+            at = p
+        if i >= 0:
+            excluded = self.excluded
+            excluded[i] = max(excluded.get(i, 0), at)
+            self.open_above = max(self.open_above, i)
+        open_above = self.open_above
+        if open_above >= 0 and self.excluded[open_above] <= expired:
+            self._settle()
+
+    def _used(self) -> list[tuple[int, int, bytearray | array[int]]]:
+        """Per block: its zero count, its lowest bin above 0 with a count and its counts up
+        to its highest."""
         out = []
         width = 2 if self.wide else 1
         for block in self.blocks:
-            raw = block.tobytes() if isinstance(block, array) else block
+            rest = block[1:]
+            raw = rest.tobytes() if isinstance(rest, array) else rest
             # zero counts are zero bytes whatever the byte order
             lo = (len(raw) - len(raw.lstrip(b"\0"))) // width
             hi = (len(raw.rstrip(b"\0")) + width - 1) // width
-            out.append((lo, block[lo:hi]) if hi > lo else (0, block[:0]))
+            out.append((block[0], lo + 1, rest[lo:hi]) if hi > lo else (block[0], 1, rest[:0]))
         return out
 
     def state(self) -> tuple[Any, ...]:
-        """(bin offset, readings pushed, per block (lowest bin, counts up to the highest),
-        tail values ascending, their arrivals)."""
-        blocks = tuple((lo, tuple(counts)) for lo, counts in self._used())
-        return (self.base, self.pushes, blocks, tuple(self.tail_v), tuple(self.tail_at))
+        """(bin offset, readings pushed, per block (zero count, lowest bin, counts up to the
+        highest), the top (values ascending, arrivals), the exclusions (bin, arrival))."""
+        return (
+            self.base,
+            self.pushes,
+            tuple((zero, lo, tuple(counts)) for zero, lo, counts in self._used()),
+            (tuple(self.top_v), tuple(self.top_at)),
+            tuple(self._exclusions()),
+        )
+
+    def _exclusions(self) -> list[tuple[int, int]]:
+        """(bin, latest arrival) of the exclusions still in the window (expired ones may
+        linger below `open_above` until it moves), by bin."""
+        expired = self.pushes - self.window
+        return sorted((b, at) for b, at in self.excluded.items() if at > expired)
 
     def pack(self) -> tuple[Any, ...]:
-        """`state()` with the counts (one byte each while a block holds at most 255 readings)
-        and the tail's ages (readings ago) as packed integers, its values as packed doubles."""
+        """`state()` with the counts (one byte each while a block holds at most 255 readings),
+        the top's ages (readings ago), the excluded bins and their ages as packed integers,
+        the top's values as packed doubles."""
         pushes = self.pushes
         if self.wide:
-            blocks = tuple((lo, b"H" + _le(array("H", c))) for lo, c in self._used())
+            blocks = tuple((z, lo, b"H" + _le(array("H", c))) for z, lo, c in self._used())
         else:
-            blocks = tuple((lo, b"B" + bytes(c)) for lo, c in self._used())
+            blocks = tuple((z, lo, b"B" + bytes(c)) for z, lo, c in self._used())
+        excluded = self._exclusions()
         return (
             self.base,
             pushes,
             blocks,
-            pack_floats(self.tail_v),
-            pack_ints(pushes - at for at in self.tail_at),
+            (pack_floats(self.top_v), pack_ints(pushes - at for at in self.top_at)),
+            (pack_ints(b for b, _ in excluded), pack_ints(pushes - at for _, at in excluded)),
         )
 
     @staticmethod
     def unpack(packed: tuple[Any, ...]) -> tuple[Any, ...]:
-        base, pushes, blocks, tail_v, ages = packed
+        base, pushes, blocks, (values, ages), (bins, excluded_ages) = packed
         return (
             base,
             pushes,
-            tuple((lo, tuple(unpack_ints(counts))) for lo, counts in blocks),
-            tuple(unpack_floats(tail_v)),
-            tuple(pushes - age for age in unpack_ints(ages)),
+            tuple((z, lo, tuple(unpack_ints(counts))) for z, lo, counts in blocks),
+            (tuple(unpack_floats(values)), tuple(pushes - age for age in unpack_ints(ages))),
+            tuple(
+                zip(
+                    unpack_ints(bins),
+                    (pushes - age for age in unpack_ints(excluded_ages)),
+                    strict=True,
+                )
+            ),
         )
 
 

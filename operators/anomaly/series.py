@@ -375,7 +375,7 @@ def _sketch_params(cfg: AnomalyConfig) -> tuple[Any, ...]:
 
 def _sketch(cfg: AnomalyConfig, state: tuple[Any, ...] | None = None) -> WindowSketch:
     return WindowSketch(
-        cfg.rank_sketch_accuracy or 0.2,
+        cfg.rank_sketch_accuracy or 0.1,
         cfg.rank_window,
         cfg.rank_sketch_blocks,
         cfg.rank_sketch_tail,

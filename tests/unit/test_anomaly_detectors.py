@@ -283,10 +283,10 @@ def test_ensemble_state_is_bounded() -> None:
             season, shift, *_ = legacy_state(det)
             assert len(season[1]) == 100 and len(shift[3]) == 100
         for sketch in (det.season.rank, det.shift.rank):
-            assert len(sketch) <= 100
+            assert len(sketch) <= 100 + 100 // cfg.rank_sketch_blocks + 1  # whole blocks
             if isinstance(sketch, WindowSketch):
                 assert len(sketch.blocks) <= cfg.rank_sketch_blocks
-                assert len(sketch.tail_v) <= cfg.rank_sketch_tail
+                assert len(sketch.top_v) <= cfg.rank_sketch_tail
         assert len(det.contexts) == len(cfg.context_levels)
         assert all(len(c.mem) <= 50 for c in det.contexts)
         assert len(det.recent()) == 4
