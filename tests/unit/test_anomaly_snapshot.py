@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from config.models import AnomalyConfig
 from core.records import Event, Kind
 from operators.anomaly import EntityDetector
-from operators.anomaly.detectors import pack_ints, unpack_ints
+from operators.anomaly.detectors import WindowSketch, pack_ints, unpack_ints
 from operators.anomaly.series import EnsembleSeries, Verdict, legacy_state
 
 T0 = 1_700_000_000.0 - (1_700_000_000.0 % 86_400)  # midnight UTC
@@ -271,6 +271,7 @@ def test_exact_window_snapshot_carries_on_under_the_sketch() -> None:
     assert adopted.n == exact.n and adopted.season.slot_mean == exact.season.slot_mean
     window = sorted(exact.season.rank.state())
     sketch = adopted.season.rank
+    assert isinstance(sketch, WindowSketch)
     checked = [x for x in window[-cfg.rank_sketch_tail :] if sketch.exact(x)]
     assert checked  # the largest values (those in bins above every one left out)
     assert [sketch.rank(x) for x in checked] == [exact.season.rank.rank(x) for x in checked]
