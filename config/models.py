@@ -588,6 +588,18 @@ class AnomalyConfig(Frozen):
     rate_factor: float = Field(default=5.0, gt=1)
     rate_min_count: int = Field(default=20, ge=1)
     rate_warmup_windows: int = Field(default=3, ge=1)
+    rate_series: bool = True
+    """Event rates of busy entities go through the series detector too (`detector`, the same
+    ensemble as metric series): each closed window's count, silent windows as zeros, is a
+    reading. False: the window threshold rule (`rate_factor`, `rate_min_count`) only."""
+    rate_series_min_baseline: float = Field(default=20.0, gt=0)
+    """Events per window that an entity's window baseline (the EWMA of its earlier windows)
+    must reach before it gets a rate series: sparse entities (most chat users) never get one.
+    Until the series is warm (`min_points` windows; `warmup` with `ewma`) the threshold rule
+    raises the entity's rate alerts."""
+    rate_series_quiet_windows: int = Field(default=180, ge=1)
+    """A rate series is dropped (its state freed) after this many windows in a row with fewer
+    than `rate_series_min_baseline / rate_factor` events (3 h with the defaults)."""
     allowed_lateness_s: float = Field(default=30.0, ge=0)
     late_policy: LatePolicy = "count"
     idle_ttl_s: float = Field(default=6 * 3600.0, gt=0)
