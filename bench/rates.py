@@ -11,6 +11,7 @@ the ensemble once warm) and without (the window threshold rule only). Scenarios:
 
 - `moderate`: a burst of 3x for 3 windows, a drop to 0.3x for 20 windows (below the rule's
   factor 5 both);
+- `moderate_drop_first`: the same drop, then (240 windows later) the same burst;
 - `strong`: a burst of 8x for 3 windows, an outage (no event) of 30 windows;
 - `strong_far`: the same with the outage 1,500 windows (a day) after the burst.
 
@@ -38,6 +39,7 @@ from support.rates import RateScenario, events, rate_scenario, window_start
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     "moderate": {},
+    "moderate_drop_first": {"drop_first": True},
     "strong": {"burst_factor": 8.0, "drop_factor": 0.0, "drop_len": 30},
     "strong_far": {"burst_factor": 8.0, "drop_factor": 0.0, "drop_len": 30, "gap": 1500},
 }

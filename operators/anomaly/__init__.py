@@ -1,4 +1,5 @@
-"""Anomaly detection per entity: metric series (detector ensemble) and event rates (windows).
+"""Anomaly detection per entity: metric series and busy entities' event rates (detector
+ensemble), event rates of the others (windows and a threshold rule).
 
 Pure logic, combined per entity key by one keyed `stateful_batch` step (`anomaly.detect`):
 
@@ -18,6 +19,35 @@ Pure logic, combined per entity key by one keyed `stateful_batch` step (`anomaly
   +infinity would close it, so a finite input's last burst is an alert; the windows stay
   open, because the end of input may be a graceful stop that a restart continues (see
   `RateWindows.report_open`).
+- `RateSeries`: the closed windows' counts of a *busy* entity as a series, through the same
+  series detector as metric readings (`make_series(cfg)`: the ensemble by default), one
+  reading per window (ts = the window's start), silent windows included as zeros (a drop is
+  a run of low counts). The series reads `log1p(count)`: a rate that triples and one that
+  falls to a third are equally far from the usual, and an outage (zeros) stays visible after
+  a large burst (with raw counts the burst's residuals outrank every later drop for
+  `rank_window` windows; operators/anomaly/NAB.md). Which entities get one, and for how long:
+
+  - An entity gets a rate series when a window closes whose baseline (the EWMA of its
+    earlier windows) is at least `rate_series_min_baseline` (20 events per window) and
+    `rate_series` is on. Chat users with a few events now and then never reach it, so they
+    never hold an ensemble (~38 kB pickled, against ~0.6 kB for windows and rule).
+  - Until the series is warm (`min_points` windows, and one season, `season_period_s /
+    rate_window_s`, since the seasonal residual only knows the usual rate at this time of
+    day after one; `warmup + 1` with `ewma`), the threshold rule raises the entity's rate
+    alerts as for every other entity, under its names `event_rate` / `event_rate_drop`; the
+    series learns meanwhile. Once warm, the series alone decides: `<detector>/event_rate/
+    <component>` (e.g. `ensemble/event_rate/seasonal_residual`), `window.kind` burst or drop
+    from the count against the expected one (the seasonal baseline), with the ensemble's
+    rest periods (no repeated alarms), and `change` named by the series' own
+    `ChangeTracker` (held like a metric alert's, for `change_hold_points` windows at most;
+    its levels in counts, its other statistics on the `log1p` readings).
+  - While an entity with a series is silent, its windows close on wall time as zero readings
+    (`RateWindows.close_silent`; events of those windows are late from then on), so an
+    outage is seen while it lasts. After `rate_series_quiet_windows` (180) windows in a row
+    with fewer than `rate_series_min_baseline / rate_factor` events the series is dropped
+    (its held alert goes out) and the entity is back on the rule: state stays bounded.
+  - At the end of input the open windows go through a copy of the series (its state does
+    not move), as `report_open` does for the rule.
 
 Every alert carries its evidence for the LLM "explain" route: recent values, baseline, score,
 threshold and the detector that raised it.
@@ -25,16 +55,18 @@ threshold and the detector that raised it.
 State per entity (snapshotted as plain tuples and small dicts, an immutable copy): the series
 detector's statistics (bounded by `rank_window`, `context_capacity`, `season_slots`), the open
 windows' counts (at most a few) and which of them were already reported at an end of input,
-the window baseline, and the wall time the detector last read (`now`). It is discarded after
+the window baseline, the wall time the detector last read (`now`), and for busy entities the
+rate series (`rate_series`: its detector's state, its change tracker, the quiet run and when
+its held alert was held; snapshots without it load as an entity without one). It is discarded after
 `idle_ttl_s` of wall time without events.
 
 Downtime does not count. The watermark of an idle entity and its idle expiry run on wall
 time, so a state resumed after a long stop would see every replayed reading as late and
 might expire at once. A detector rebuilt from a snapshot is therefore given the wall time of
-the restart (`EntityDetector(cfg, state, now=...)`) and moves its wall-clock stamps by the
-time since its last reading: the stop did not happen for it, consistently with Bytewax
-replaying every event after that snapshot. Snapshots without `now` (older ones) use the
-wall time of their last event instead.
+the restart (`EntityDetector(cfg, state, now=...)`) and moves its wall-clock stamps (a rate
+series' held alert's too) by the time since its last reading: the stop did not happen for
+it, consistently with Bytewax replaying every event after that snapshot. Snapshots without
+`now` (older ones) use the wall time of their last event instead.
 """
 
 from __future__ import annotations
@@ -43,7 +75,7 @@ import hashlib
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeGuard
 
@@ -206,8 +238,8 @@ class RateWindows:
         return how many (they start at the old `last_end`). Their events would be late from
         now on. Called after `close_due`, for entities with a rate series only: a series
         sees a busy entity's silence while it lasts."""
-        if self.last_end is None:
-            return 0
+        if self.last_end is None or self.last_end in self.open:
+            return 0  # (the hot path: a busy entity's next window is open)
         wm = self.watermark(now)
         first_open = min(self.open) if self.open else math.inf
         n = 0
@@ -332,6 +364,11 @@ class RateSeries:
     def warm(self) -> bool:
         return self.series.n >= self.warm_at
 
+    def update(self, ts: float, count: int) -> Verdict:
+        """The verdict on one window's count; the series reads `log1p(count)` (its baseline
+        too: `expm1` of it is the expected count)."""
+        return self.series.update(ts, math.log1p(count))
+
     def state(self) -> tuple[Any, ...]:
         return (
             self.series.name,
@@ -340,6 +377,24 @@ class RateSeries:
             self.quiet,
             self.held_wall,
         )
+
+
+def _in_counts(alerts: list[Alert]) -> list[Alert]:
+    """Rate alerts whose change was named on `log1p(count)` readings: its levels as counts
+    (`before_level`, `after_level`), the rest (`scale`, `z`, `slope`...) on those readings,
+    as `readings` says."""
+    out = []
+    for a in alerts:
+        c = a.change
+        if c is None or "readings" in c:
+            out.append(a)
+            continue
+        c = {**c, "readings": "log1p_count"}
+        for k in ("before_level", "after_level"):
+            if k in c:
+                c[k] = round(math.expm1(c[k]), 3)
+        out.append(replace(a, change=c))
+    return out
 
 
 @dataclass(frozen=True)
@@ -462,17 +517,17 @@ class EntityDetector:
             rates = self.rates
             at = None if rates is None else rates.held_wall
             if rates is not None and at is not None and now >= at + self.cfg.change_hold_s:
-                alerts.extend(rates.changes.flush())
+                alerts.extend(_in_counts(rates.changes.flush()))
                 rates.held_wall = None
         return alerts
 
     def release_at(self) -> float | None:
         """When a held metric or rate alert goes out without more readings (wall clock)."""
+        held = self.held_wall
         rates_held = None if self.rates is None else self.rates.held_wall
-        held = [t for t in (self.held_wall, rates_held) if t is not None]
-        if not held:
-            return None
-        return min(held) + self.cfg.change_hold_s
+        if rates_held is not None and (held is None or rates_held < held):
+            held = rates_held
+        return None if held is None else held + self.cfg.change_hold_s
 
     def next_wake(self) -> float | None:
         """The earliest wall time something is due without events: a window closing, a held
@@ -489,7 +544,7 @@ class EntityDetector:
         and the metric and rate alerts still held for their change."""
         alerts = self.tick(now)
         if self.rates is not None:
-            alerts.extend(self.rates.changes.flush())
+            alerts.extend(_in_counts(self.rates.changes.flush()))
             self.rates.held_wall = None
         # The open windows through a copy of the rate series, if there is one (the windows
         # stay open, the series unchanged); the windows that alerted are remembered.
@@ -497,7 +552,7 @@ class EntityDetector:
         self.rates = None if kept is None else RateSeries(self.cfg, kept.state())
         raised = self._rate_windows(self.rate.trial_close(), now)
         if self.rates is not None:
-            raised.extend(self.rates.changes.flush())
+            raised.extend(_in_counts(self.rates.changes.flush()))
         self.rates, self.held_wall = kept, held
         self.rate.mark_reported(
             a.window["start"] for a in raised if a.window["start"] in self.rate.open
@@ -527,7 +582,7 @@ class EntityDetector:
                 if w.alert:
                     alerts.append(self._rate_alert(w))
                 continue
-            v = rates.series.update(w.start, float(w.count))
+            v = rates.update(w.start, w.count)
             if not rates.warm:
                 if w.alert:
                     alerts.append(self._rate_alert(w))
@@ -547,14 +602,14 @@ class EntityDetector:
     def _observe(
         self, rates: RateSeries, ts: float, count: int, v: Verdict, alert: Alert | None, now: float
     ) -> list[Alert]:
-        out = rates.changes.observe(ts, float(count), v.baseline)
+        out = rates.changes.observe(ts, math.log1p(count), v.baseline)
         if rates.changes.held is None:
             rates.held_wall = None
         if alert is not None:
             out.extend(rates.changes.hold(alert))
             if rates.changes.held is not None and rates.held_wall is None:
                 rates.held_wall = now
-        return out
+        return _in_counts(out)
 
     def _silent(self, rates: RateSeries, start: float, n: int, now: float) -> list[Alert]:
         """`n` silent windows from `start` through the rate series (zero readings), until
@@ -565,7 +620,7 @@ class EntityDetector:
             w = ClosedWindow(
                 start + i * size, start + (i + 1) * size, 0, self.rate.baseline, False, ()
             )
-            v = rates.series.update(w.start, 0.0)
+            v = rates.update(w.start, 0)
             alert = self._series_rate_alert(rates, w, v) if v.alert and rates.warm else None
             alerts.extend(self._observe(rates, w.start, 0, v, alert, now))
             rates.quiet += 1
@@ -576,7 +631,7 @@ class EntityDetector:
     def _drop_rates(self, rates: RateSeries) -> list[Alert]:
         """The entity went quiet: its rate series goes, its held alert goes out."""
         self.rates = None
-        return rates.changes.flush()
+        return _in_counts(rates.changes.flush())
 
     def _metric_alert(self, e: Event, value: float, v: Verdict) -> Alert:
         series = self.series
@@ -639,7 +694,9 @@ class EntityDetector:
         """A rate alert of the rate series: a burst or a drop against what it expected (its
         seasonal baseline; the window baseline where it has none)."""
         series = rates.series
-        expected = v.baseline if v.baseline != w.count else w.baseline
+        expected = math.expm1(v.baseline)
+        if v.baseline == math.log1p(w.count):  # no seasonal baseline yet: the window's
+            expected = w.baseline
         kind = "drop" if w.count < expected else "burst"
         if v.detector == "ewma_zscore":
             score, what = v.raw, f"{v.raw:.1f} standard deviations from its usual rate"
@@ -656,7 +713,7 @@ class EntityDetector:
             "baseline": round(expected, 3),
             "component": v.detector,
             **series.evidence(),
-            "recent": list(series.recent()),
+            "recent": [round(math.expm1(x)) for x in series.recent()],
         }
         return Alert(
             alert_id=_alert_id(detector, self.tenant + "/" + self.entity, w.start),

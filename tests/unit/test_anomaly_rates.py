@@ -39,11 +39,10 @@ def chat(ts: float, eid: str) -> Event:
 
 
 def test_a_busy_entity_gets_its_burst_and_drop_from_the_ensemble() -> None:
-    """A daily-ish rate (30 +- 15 a window), then a drop to 0.3x and later a burst of 3x:
+    """A daily-ish rate (30 +- 15 a window), then a burst of 3x and later a drop to 0.3x:
     below the threshold rule's factor 5, so only the rate series sees them, at their first
-    windows. (The drop comes first: a drop within `rank_window` windows after a larger burst
-    is masked by the burst's residuals, see operators/anomaly/NAB.md.)"""
-    s = scenario(drop_first=True)
+    windows."""
+    s = scenario()
     det = EntityDetector(CFG)
     alerts = [a for _, a in run(det, events(s))]
     assert isinstance(det.rates, RateSeries) and det.rates.warm
@@ -114,15 +113,15 @@ def test_a_busy_entity_that_goes_quiet_drops_its_series() -> None:
 
 
 def test_a_restart_gives_the_same_rate_alerts_at_the_same_windows() -> None:
-    """Snapshots (pickled) taken warm before the drop, two windows into it (its alert held
-    for its change) and inside the burst's first window (open), resumed at the wall time of
+    """Snapshots (pickled) taken warm before the burst, two windows into it (its alert held
+    for its change) and inside the drop's first window (open), resumed at the wall time of
     the restart: the alerts and the state after it are the uninterrupted run's."""
-    s = scenario(seed=3, drop_first=True)
+    s = scenario(seed=3)
     evs = events(s)
     straight = run(EntityDetector(CFG), evs)
     assert any(a.detector.startswith("ensemble/event_rate/") for _, a in straight)
-    drop, burst = sum(s.counts[: s.drop_at]), sum(s.counts[: s.burst_at])
-    for cut in (drop - 300, drop + sum(s.counts[s.drop_at : s.drop_at + 2]), burst + 40):
+    burst, drop = sum(s.counts[: s.burst_at]), sum(s.counts[: s.drop_at])
+    for cut in (burst - 300, burst + sum(s.counts[s.burst_at : s.burst_at + 2]), drop + 4):
         live = EntityDetector(CFG)
         before = run(live, evs[:cut])
         snap = pickle.loads(pickle.dumps(live.state()))
