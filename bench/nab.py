@@ -4,7 +4,7 @@
     python -m bench.nab --cost [--points 20000]
     python -m bench.nab --throughput [--events 200000] [--repeat 2]
     python -m bench.nab --synthetic [--seeds 20] [--hold N]
-    python -m bench.nab --rates [--seeds 5] [--repeat 3]
+    python -m bench.nab --rates [--seeds 5] [--repeat 5]
 
 `--data` is laid out like NAB's `data/` folder (`<category>/<file>.csv`, columns
 `timestamp,value`, any depth). Each series goes through `operators.anomaly.series.make_series`
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rates:
         seeds = 5 if args.seeds == 20 else args.seeds  # 20 is --synthetic's default
         result = rates_bench.report(
-            load_anomaly_config(args.config, args.detector), seeds, max(args.repeat, 3)
+            load_anomaly_config(args.config, args.detector), seeds, max(args.repeat, 5)
         )
         print(json.dumps(result))
         return 0

@@ -20,7 +20,8 @@ kind starting within the change or 5 windows after it, the median delay (windows
 change's first window to the alerting window) and the detectors that raised them;
 `false_alarms_per_10k`: other alerts per 10,000 windows, counted from the end of the first
 day (before it the rule is in charge in both modes). `cost`: µs per event of `process`
-(the `moderate` scenario, seed 0, best of `--repeat`), and the pickled `EntityDetector.state()`
+(the `moderate` scenario, seed 0, best of `--repeat` runs, at least 5, the two modes
+alternating), and the pickled `EntityDetector.state()`
 bytes of that entity at the end. The last line is one JSON object of all that.
 """
 
@@ -110,11 +111,15 @@ def report(cfg: AnomalyConfig, seeds: int, repeat: int = 3) -> dict[str, Any]:
         result["scenarios"][name] = per_mode
     s = rate_scenario(0)
     n = sum(s.counts)
-    for mode, c in modes.items():
-        best = min(run(c, s)[2] for _ in range(repeat))
-        _, det, _ = run(c, s)
+    best = dict.fromkeys(modes, float("inf"))
+    dets = {}
+    for _ in range(repeat):  # the modes alternate, so a busy moment of the machine hits both
+        for mode, c in modes.items():
+            _, dets[mode], spent = run(c, s)
+            best[mode] = min(best[mode], spent)
+    for mode, det in dets.items():
         result["cost"][mode] = {
-            "us_per_event": round(best / n * 1e6, 2),
+            "us_per_event": round(best[mode] / n * 1e6, 2),
             "state_bytes": len(pickle.dumps(det.state())),
             "rate_series_bytes": len(pickle.dumps(det.state().get("rate_series"))),
         }
