@@ -459,7 +459,9 @@ class EntityDetector:
         self.held_wall: float | None = s.get("held_wall") if self.changes.held else None
         # A busy entity's event-rate series (None for most: see the module docstring).
         rates = s.get("rate_series")
-        self.rates: RateSeries | None = None if rates is None else RateSeries(cfg, rates)
+        self.rates: RateSeries | None = None
+        if rates is not None and cfg.rate_series:
+            self.rates = RateSeries(cfg, rates)
         self.last_wall: float = s.get("last_wall", 0.0)
         # The last wall time read (events, wake-ups, end of input): where a resume continues.
         self.now: float = s.get("now", self.last_wall)

@@ -147,6 +147,16 @@ def test_a_snapshot_without_a_rate_series_loads() -> None:
     assert resumed.rates is not None and resumed.rates.series.n <= 4
 
 
+def test_turning_rate_series_off_drops_a_resumed_one() -> None:
+    s = scenario(days=0.5, burst_len=0, drop_len=0, tail=0)
+    live = EntityDetector(CFG)
+    run(live, events(s))
+    assert live.rates is not None
+    off = CFG.model_copy(update={"rate_series": False})
+    resumed = EntityDetector(off, pickle.loads(pickle.dumps(live.state())), now=1.0)
+    assert resumed.rates is None and "rate_series" not in resumed.state()
+
+
 def test_the_end_of_input_reports_an_open_burst_once() -> None:
     """A finite input ending in a burst: the rate series raises it from the open window at
     the end of input (on a copy of its state), and not again when the window really closes
