@@ -106,6 +106,7 @@ __all__ = [
     "Flagged",
     "Late",
     "RankShift",
+    "RateSeries",
     "RateWindows",
     "SeasonalResidual",
     "SeriesDetector",
@@ -409,7 +410,8 @@ Flagged = Event | Alert | Late
 
 
 class EntityDetector:
-    """Both detectors for one entity key; pure, clock injected.
+    """Both detectors for one entity key (and a busy entity's rate series, `rates`: see the
+    module docstring); pure, clock injected.
 
     `state` is a snapshot (`state()`) to resume. `now`, given with it, is the wall time of
     the resume: the wall-clock stamps (`last_wall`, the rate windows' `wall_at_max`) move by
