@@ -541,7 +541,9 @@ class AnomalyConfig(Frozen):
     `detector` picks the metric-series detector: `ensemble` (the default: seasonal residual,
     a shift detector on its ranks and context novelty at three resolutions, fused, with a rest
     period; measured on NAB with `bench/nab.py`) or `ewma` (the cheap EWMA z-score against
-    `z_threshold`). Event-rate windows run with either.
+    `z_threshold`). Event-rate windows run with either; a busy entity's window counts also
+    go through the same detector once warm (`rate_series`, `rate_series_min_baseline`,
+    `rate_series_quiet_windows`; see `operators.anomaly`).
     """
 
     detector: MetricDetector = "ensemble"
