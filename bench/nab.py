@@ -4,6 +4,7 @@
     python -m bench.nab --cost [--points 20000]
     python -m bench.nab --throughput [--events 200000] [--repeat 2]
     python -m bench.nab --synthetic [--seeds 20] [--hold N]
+    python -m bench.nab --rates [--seeds 5] [--repeat 5]
 
 `--data` is laid out like NAB's `data/` folder (`<category>/<file>.csv`, columns
 `timestamp,value`, any depth). Each series goes through `operators.anomaly.series.make_series`
@@ -26,7 +27,9 @@ runs `bench.throughput`'s workload once through a Bytewax passthrough and then t
 pipeline with each metric detector, in one broker session, so the ratios compare.
 `--synthetic` runs generated series with known changes of each kind through the pipeline's
 per-entity detector and reports detection, delay, false alarms and the kinds named
-(`bench.synthetic`).
+(`bench.synthetic`). `--rates` runs generated busy event-rate entities with a known burst
+and drop through it, with and without the rate series (`bench.rates`): detection, delay,
+the detector that raised them, false alarms, µs per event and snapshot bytes.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import rates as rates_bench
 from bench import synthetic as kinds_bench
 from config.models import AnomalyConfig
 from operators.anomaly.series import make_series
@@ -213,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic", action="store_true", help="alert kinds on generated series")
     p.add_argument("--seeds", type=int, default=20, help="generated series per kind")
     p.add_argument("--hold", type=int, help="override anomaly.change_hold_points")
+    p.add_argument("--rates", action="store_true", help="event-rate series, burst and drop")
     args = p.parse_args(argv)
 
     if args.cost:
@@ -222,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.synthetic:
         result = kinds_bench.report(
             load_anomaly_config(args.config, args.detector), args.seeds, args.hold
+        )
+        print(json.dumps(result))
+        return 0
+    if args.rates:
+        seeds = 5 if args.seeds == 20 else args.seeds  # 20 is --synthetic's default
+        result = rates_bench.report(
+            load_anomaly_config(args.config, args.detector), seeds, max(args.repeat, 5)
         )
         print(json.dumps(result))
         return 0

@@ -541,7 +541,9 @@ class AnomalyConfig(Frozen):
     `detector` picks the metric-series detector: `ensemble` (the default: seasonal residual,
     a shift detector on its ranks and context novelty at three resolutions, fused, with a rest
     period; measured on NAB with `bench/nab.py`) or `ewma` (the cheap EWMA z-score against
-    `z_threshold`). Event-rate windows run with either.
+    `z_threshold`). Event-rate windows run with either; a busy entity's window counts also
+    go through the same detector once warm (`rate_series`, `rate_series_min_baseline`,
+    `rate_series_quiet_windows`; see `operators.anomaly`).
     """
 
     detector: MetricDetector = "ensemble"
@@ -574,7 +576,7 @@ class AnomalyConfig(Frozen):
     shift means are ranked in (`WindowSketch`: the same sliding window of `rank_window`
     readings, counted in `rank_sketch_blocks` blocks of bins, its `rank_sketch_tail` largest
     values kept exactly, so the ranks that can raise an alert are exact; a snapshot of about
-    5 KB). None: exact windows (8 bytes a value, a snapshot of about 33 KB)."""
+    6 KB). None: exact windows (8 bytes a value, a snapshot of about 33 KB)."""
     rank_sketch_blocks: int = Field(default=16, ge=1, le=1000)
     """Ensemble, sketch: blocks the window is counted in (the oldest leaves as a whole: the
     window holds between `rank_window` x (1 - 1 / blocks) and `rank_window` readings)."""
@@ -595,6 +597,18 @@ class AnomalyConfig(Frozen):
     rate_factor: float = Field(default=5.0, gt=1)
     rate_min_count: int = Field(default=20, ge=1)
     rate_warmup_windows: int = Field(default=3, ge=1)
+    rate_series: bool = True
+    """Event rates of busy entities go through the series detector too (`detector`, the same
+    ensemble as metric series): each closed window's count, silent windows as zeros, is a
+    reading. False: the window threshold rule (`rate_factor`, `rate_min_count`) only."""
+    rate_series_min_baseline: float = Field(default=20.0, gt=0)
+    """Events per window that an entity's window baseline (the EWMA of its earlier windows)
+    must reach before it gets a rate series: sparse entities (most chat users) never get one.
+    Until the series is warm (`min_points` windows; `warmup` with `ewma`) the threshold rule
+    raises the entity's rate alerts."""
+    rate_series_quiet_windows: int = Field(default=180, ge=1)
+    """A rate series is dropped (its state freed) after this many windows in a row with fewer
+    than `rate_series_min_baseline / rate_factor` events (3 h with the defaults)."""
     allowed_lateness_s: float = Field(default=30.0, ge=0)
     late_policy: LatePolicy = "count"
     idle_ttl_s: float = Field(default=6 * 3600.0, gt=0)

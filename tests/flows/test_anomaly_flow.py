@@ -18,6 +18,8 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from config.models import AnomalyConfig
 from core.records import Event, Kind
 from operators.anomaly import detect_anomalies
+from support.rates import events as rate_events
+from support.rates import rate_scenario, window_start
 
 T0 = 1_700_000_000.0 - (1_700_000_000.0 % 86_400)
 DAY = 288  # five-minute readings
@@ -189,3 +191,36 @@ def test_a_graceful_stop_mid_burst_neither_loses_the_window_nor_repeats_the_aler
     flow = build_rate(items, oks, again, late)
     run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)
     assert (len(oks), late, again) == (5 + 1, [], [])
+
+
+def test_a_busy_entity_s_rate_series_raises_its_burst_and_drop_in_the_flow() -> None:
+    """A busy entity's event rate (`support.rates`: 30 +- 15 a window over a four-hour season,
+    then a 3x burst and a 0.3x drop) through the operator, the clock following the events:
+    the burst and the drop come from the rate series (`ensemble/event_rate/...`), at their
+    first windows, with no event late."""
+    s = rate_scenario(0, period_s=4 * 3600.0)
+    evs = rate_events(s)
+    now = [evs[0].ts]
+
+    def follow(e: Event) -> Event:
+        now[0] = e.ts
+        return e
+
+    cfg = AnomalyConfig(season_period_s=4 * 3600.0, season_slots=48, rank_window=1000)
+    flow = Dataflow("anomaly_rate_series")
+    src = op.map("clock", op.input("in", flow, TestingSource(evs, batch_size=1)), follow)
+    out = detect_anomalies(
+        "anomaly", op.key_on("key", src, lambda e: e.key), cfg, clock=lambda: now[0]
+    )
+    alerts: list[Any] = []
+    late: list[Any] = []
+    op.output("alerts", out.alerts, TestingSink(alerts))
+    op.output("late", out.late, TestingSink(late))
+    run_main(flow)
+    assert late == []
+    found = {
+        (round((a.window["start"] - window_start(s, 0)) / 60), a.window["kind"])
+        for a in alerts
+        if a.detector.startswith("ensemble/event_rate/")
+    }
+    assert {(s.burst_at, "burst"), (s.drop_at, "drop")} <= found
