@@ -320,6 +320,7 @@ class WindowSketch:
 
     __slots__ = (
         "_last",
+        "_trimmed",
         "base",
         "bins",
         "blocks",
@@ -383,6 +384,8 @@ class WindowSketch:
         self.open_above = -1
         self._settle()
         self._last: tuple[float, int] = (math.nan, 0)  # the last value binned, and its bin
+        # `_trim` of the oldest blocks (all but the newest, which still changes), in order.
+        self._trimmed: deque[tuple[int, int, bytearray | array[int]]] = deque()
 
     def __len__(self) -> int:
         return self.n
@@ -447,6 +450,8 @@ class WindowSketch:
         if self.pushes % self.size == 0:  # a new block begins
             if len(self.blocks) == self.max_blocks:
                 old = self.blocks.popleft()
+                if self._trimmed:
+                    self._trimmed.popleft()
                 for i, c in enumerate(old):
                     if c:
                         self._add(i, -c)
@@ -492,17 +497,20 @@ class WindowSketch:
 
     def _used(self) -> list[tuple[int, int, bytearray | array[int]]]:
         """Per block: its zero count, its lowest bin above 0 with a count and its counts up
-        to its highest."""
-        out = []
+        to its highest. The blocks before the newest no longer change: theirs are cached."""
+        cache, blocks = self._trimmed, self.blocks
+        for k in range(len(cache), len(blocks) - 1):
+            cache.append(self._trim(blocks[k]))
+        return [*cache, self._trim(blocks[-1])] if blocks else []
+
+    def _trim(self, block: bytearray | array[int]) -> tuple[int, int, bytearray | array[int]]:
         width = 2 if self.wide else 1
-        for block in self.blocks:
-            rest = block[1:]
-            raw = rest.tobytes() if isinstance(rest, array) else rest
-            # zero counts are zero bytes whatever the byte order
-            lo = (len(raw) - len(raw.lstrip(b"\0"))) // width
-            hi = (len(raw.rstrip(b"\0")) + width - 1) // width
-            out.append((block[0], lo + 1, rest[lo:hi]) if hi > lo else (block[0], 1, rest[:0]))
-        return out
+        rest = block[1:]
+        raw = rest.tobytes() if isinstance(rest, array) else rest
+        # zero counts are zero bytes whatever the byte order
+        lo = (len(raw) - len(raw.lstrip(b"\0"))) // width
+        hi = (len(raw.rstrip(b"\0")) + width - 1) // width
+        return (block[0], lo + 1, rest[lo:hi]) if hi > lo else (block[0], 1, rest[:0])
 
     def state(self) -> tuple[Any, ...]:
         """(bin offset, readings pushed, per block (zero count, lowest bin, counts up to the
