@@ -151,7 +151,7 @@ def cost(points: int) -> dict[str, float]:
         det = make_series(load_anomaly_config(None, name))
         timed(f"series:{name}", det.update)
     # The baseline of the default sketches, in the same run: the ensemble on exact windows.
-    exact = load_anomaly_config(None).model_copy(update={"rank_sketch_accuracy": None})
+    exact = load_anomaly_config(None).model_copy(update={"exact_ranks": True})
     timed("series:ensemble(exact windows)", make_series(exact).update)
     return timings
 

@@ -6,7 +6,7 @@ Every key a Bytewax epoch touched is snapshotted again: the `anomaly.detect` ste
 key's `EntityDetector.state()`. This builds `--series` warmed, active series, touches each
 with one new reading, and sums the pickled size of each key's state, once with the default
 `AnomalyConfig` (ranks from `WindowSketch`es, format 4) and once, the baseline, with exact
-rank windows (`rank_sketch_accuracy = None`, format 2: what the flow wrote before the
+rank windows (`exact_ranks = true`, format 2: what the flow wrote before the
 sketches), both in this process on the same readings. The series' own part
 (`state["series"]`) is reported apart from the change tracker's (`state["change"]`), which is
 the same in both.
@@ -114,7 +114,7 @@ def measure_one(
 
 def measure(series: int, prototypes: int, readings: int) -> dict[str, Any]:
     sketch = measure_one(AnomalyConfig(), series, prototypes, readings)
-    exact = measure_one(AnomalyConfig(rank_sketch_accuracy=None), series, prototypes, readings)
+    exact = measure_one(AnomalyConfig(exact_ranks=True), series, prototypes, readings)
     return {
         "series": series,
         "bytes_per_series": round(sketch["bytes"], 1),

@@ -571,12 +571,15 @@ class AnomalyConfig(Frozen):
     (0.999 -> 0.90)."""
     shift_span: int = Field(default=30, ge=2, le=1000)
     """Ensemble: readings the shift detector averages the residual ranks' surprise over."""
-    rank_sketch_accuracy: float | None = Field(default=0.1, gt=0, lt=0.5)
+    exact_ranks: bool = False
+    """Ensemble: rank against exact windows of `rank_window` values (8 bytes a value, a
+    snapshot of about 33 KB) instead of the default sketches (`rank_sketch_*`, about 6 KB)."""
+    rank_sketch_accuracy: float = Field(default=0.1, gt=0, lt=0.5)
     """Ensemble: the relative accuracy of the log-spaced bins the seasonal residuals and the
     shift means are ranked in (`WindowSketch`: the same sliding window of `rank_window`
     readings, counted in `rank_sketch_blocks` blocks of bins, its `rank_sketch_tail` largest
     values kept exactly, so the ranks that can raise an alert are exact; a snapshot of about
-    6 KB). None: exact windows (8 bytes a value, a snapshot of about 33 KB)."""
+    6 KB)."""
     rank_sketch_blocks: int = Field(default=16, ge=1, le=1000)
     """Ensemble, sketch: blocks the window is counted in (the oldest leaves as a whole: the
     window holds between `rank_window` x (1 - 1 / blocks) and `rank_window` readings)."""

@@ -25,11 +25,11 @@ call it, so NAB scores measure the code that runs in the flow.
 Both return a `Verdict` per reading and snapshot as plain tuples (an immutable copy); memory
 per series is bounded by the config (`rank_window`, `context_capacity`, `season_slots`).
 
-The ensemble ranks with two `WindowSketch`es by default (`rank_sketch_accuracy` 0.2): the
+The ensemble ranks with two `WindowSketch`es by default (`rank_sketch_accuracy` 0.1): the
 same sliding window of `rank_window` readings, its largest values exact (so every rank that
 can raise an alert is the exact window's), the rest in log-spaced bins counted per block. Its
 snapshot (format `_SKETCH_FORMAT`, see `EnsembleSeries._sketched_state`) is about 5.5 KB per
-warmed series. With `rank_sketch_accuracy = None` it ranks against exact windows instead
+warmed series. With `exact_ranks = true` it ranks against exact windows instead
 (format `_FORMAT`, see `EnsembleSeries.state`): the seasonal residual window as doubles (8
 bytes a reading), the shift detector as its `RankTape` (2 bytes a reading instead of its
 window of 8-byte means), about 33 KB. Either snapshot resumes a detector that gives the same
@@ -61,7 +61,7 @@ _FORMAT = 2
 """Version of `EnsembleSeries.state()`'s packed layout (`legacy_state`'s had none)."""
 _FORMAT_LEN = 10
 _SKETCH_FORMAT = 4
-"""Layout of `EnsembleSeries.state()` with `rank_sketch_accuracy` set (`WindowSketch`es, no
+"""Layout of `EnsembleSeries.state()` without `exact_ranks` (`WindowSketch`es, no
 rank windows). Format 3 (an earlier sketch with decaying weights) is not read: such a series
 starts afresh."""
 _SKETCH_FORMAT_LEN = 11
@@ -117,7 +117,7 @@ class EnsembleSeries:
         self.threshold = cfg.alert_threshold
         self.sharpness = cfg.season_sharpness
         self.tape: RankTape | None = None
-        if cfg.rank_sketch_accuracy is not None:
+        if not cfg.exact_ranks:
             self._init_sketched(cfg, state)
             return
         tape_s = None
@@ -191,7 +191,7 @@ class EnsembleSeries:
             len(state) == _SKETCH_FORMAT_LEN and state[0] == _SKETCH_FORMAT and state[1] == params
         ):
             if isinstance(state[0], tuple) or state[0] == _FORMAT:
-                exact = cfg.model_copy(update={"rank_sketch_accuracy": None})
+                exact = cfg.model_copy(update={"exact_ranks": True})
                 self._adopt(EnsembleSeries(exact, state))
                 return
             state = None
@@ -375,7 +375,7 @@ def _sketch_params(cfg: AnomalyConfig) -> tuple[Any, ...]:
 
 def _sketch(cfg: AnomalyConfig, state: tuple[Any, ...] | None = None) -> WindowSketch:
     return WindowSketch(
-        cfg.rank_sketch_accuracy or 0.1,
+        cfg.rank_sketch_accuracy,
         cfg.rank_window,
         cfg.rank_sketch_blocks,
         cfg.rank_sketch_tail,
@@ -404,7 +404,7 @@ def legacy_state(det: EnsembleSeries) -> tuple[Any, ...]:
     """`det`'s snapshot in the unversioned layout that snapshots had before `_FORMAT`.
 
     `EnsembleSeries(cfg, legacy_state(det))` resumes `det` exactly (the loader keeps
-    accepting it). Exact windows only (`rank_sketch_accuracy` None): a sketched series has
+    accepting it). Exact windows only (`exact_ranks`): a sketched series has
     no unversioned layout.
     """
     if det.tape is None:

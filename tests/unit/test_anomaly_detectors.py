@@ -217,7 +217,7 @@ def test_component_rest_outlasts_the_overall_rest() -> None:
 
 
 def test_ensemble_resumes_a_snapshot_from_before_component_rest() -> None:
-    cfg = ens_cfg(rank_sketch_accuracy=None)  # exact windows: the layout had no sketches
+    cfg = ens_cfg(exact_ranks=True)  # exact windows: the layout had no sketches
     live = EnsembleSeries(cfg)
     feed(live, 400)
     old = legacy_state(live)[:7]  # the layout without per-component rest
@@ -271,7 +271,7 @@ def test_ensemble_state_is_bounded() -> None:
             context_capacity=50,
             season_slots=24,
             evidence_points=4,
-            rank_sketch_accuracy=None if exact else 0.2,
+            exact_ranks=exact,
         )
         det = EnsembleSeries(cfg)
         rnd = random.Random(9)

@@ -1,5 +1,5 @@
 """The ensemble's snapshots: exact resume and size, with ranks from `WindowSketch`es (the
-default, format 4) and from exact windows (`rank_sketch_accuracy = None`, format 2), and the
+default, format 4) and from exact windows (`exact_ranks`, format 2), and the
 older layouts they still load."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from operators.anomaly.detectors import WindowSketch, pack_ints, unpack_ints
 from operators.anomaly.series import EnsembleSeries, Verdict, legacy_state
 
 T0 = 1_700_000_000.0 - (1_700_000_000.0 % 86_400)  # midnight UTC
-EXACT: dict[str, Any] = {"rank_sketch_accuracy": None}
+EXACT: dict[str, Any] = {"exact_ranks": True}
 """Exact rank windows (and the shift detector's `RankTape`) instead of the default sketches."""
 MODES = [pytest.param({}, id="sketch"), pytest.param(EXACT, id="exact")]
 
