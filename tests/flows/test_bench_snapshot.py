@@ -1,5 +1,5 @@
-"""`python -m bench.snapshot --series 200` as a subprocess: the epoch's snapshot bytes for
-warmed ensemble series, the default sketches against exact rank windows."""
+"""`python -m bench.snapshot --series 200 --prototypes 4` as a subprocess: the epoch's
+snapshot bytes for warmed ensemble series, the default sketches against exact rank windows."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_bench_snapshot_short_run() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.snapshot", "--series", "200"],
+        [sys.executable, "-m", "bench.snapshot", "--series", "200", "--prototypes", "4"],
         cwd=REPO,
         capture_output=True,
         text=True,
