@@ -582,6 +582,13 @@ class AnomalyConfig(Frozen):
     window holds between `rank_window` x (1 - 1 / blocks) and `rank_window` readings)."""
     rank_sketch_tail: int = Field(default=64, ge=1, le=10_000)
     """Ensemble, sketch: the window's largest values kept exactly (8 bytes each)."""
+    shape_levels: int | None = Field(default=8, ge=2, le=1000)
+    """Ensemble: the seasonal residual may alarm only when the shape of the last 8 readings
+    is a new category (after ARTime: Haar details of the window and its last reading's level,
+    in units of the series' running range / `shape_levels`, rounded; `ShapeNovelty`). None:
+    no such gate. See operators/anomaly/NAB.md (issue 13, new-category gate)."""
+    shape_capacity: int = Field(default=128, ge=1, le=100_000)
+    """Ensemble: shape categories remembered (the least recently seen are forgotten)."""
     context_levels: tuple[int, ...] = (5, 6, 7)
     context_orders: tuple[int, ...] = (1, 1, 1)
     context_capacity: int = Field(default=2048, ge=16, le=100_000)

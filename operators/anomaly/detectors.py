@@ -244,6 +244,113 @@ class ContextNovelty:
         return (rng, hist, tuple(mem), t)
 
 
+_SHAPE_CLIP = 1 << 20
+"""Haar details beyond this many levels are clipped (a reading far outside the range)."""
+
+
+class ShapeNovelty:
+    """Is the shape of the last `WIDTH` (8) readings a new category? (after ARTime's alarms).
+
+    The window is scaled by the series' running range (of the readings before the latest, so
+    that the latest can fall outside it) to `levels` units and described by its Haar details:
+    the difference of its halves' means, of the quarters' means within each half, and of the
+    last two readings; plus the latest reading's level on that range (-1 below it, `levels`
+    above). Each rounded to an integer, that tuple is the window's category. `update` answers
+    whether the category was not in the memory of the `capacity` most recently seen ones
+    (least recently seen forgotten first), then remembers it. A window on a range of zero
+    width is the category (0,). The ensemble lets the seasonal residual alarm only on a new
+    category: a large residual whose shape the series has shown before (a spike of a familiar
+    size at a familiar level) is not an anomaly (ARTime raises an alarm only when its ART
+    network creates a category).
+
+    State: the range, the last `WIDTH` readings and the memory, least recently seen first.
+    """
+
+    WIDTH = 8
+    __slots__ = ("capacity", "levels", "mem", "range", "ring")
+
+    def __init__(
+        self, levels: int = 8, capacity: int = 128, state: tuple[Any, ...] | None = None
+    ) -> None:
+        self.levels = levels
+        self.capacity = capacity
+        if state is None:
+            self.range = Range()
+            self.ring: tuple[float, ...] = ()
+            self.mem: dict[tuple[int, ...], None] = {}
+        else:
+            rng, ring, mem = state
+            self.range = Range(rng)
+            self.ring = tuple(ring)
+            self.mem = dict.fromkeys(tuple(k) for k in mem[-capacity:])
+
+    def category(self) -> tuple[int, ...]:
+        """The category of the current window (`ring` full) on the current range."""
+        rng = self.range
+        lo = rng.lo
+        span = rng.hi - lo
+        if not span > 0.0:
+            return (0,)
+        levels = self.levels
+        f = levels / span
+        v0, v1, v2, v3, v4, v5, v6, v7 = self.ring
+        s01, s23, s45, s67 = v0 + v1, v2 + v3, v4 + v5, v6 + v7
+        # the details are differences, so the range's minimum cancels out of them
+        d1 = (s01 + s23 - s45 - s67) * f / 4
+        d2 = (s01 - s23) * f / 2
+        d3 = (s45 - s67) * f / 2
+        d4 = (v6 - v7) * f
+        t = (v7 - lo) * f
+        last = -1 if t < 0.0 else levels if t >= levels else int(t)
+        cap = _SHAPE_CLIP
+        if -cap < d1 < cap and -cap < d2 < cap and -cap < d3 < cap and -cap < d4 < cap:
+            return (round(d1), round(d2), round(d3), round(d4), last)
+        return (*(min(max(round(d), -cap), cap) for d in (d1, d2, d3, d4)), last)
+
+    def update(self, x: float) -> bool:
+        """Push `x`; True if the window ending at `x` is a category not in the memory."""
+        ring = self.ring = (*self.ring[1 - self.WIDTH :], x)
+        new = False
+        if len(ring) == self.WIDTH:
+            key = self.category()
+            mem = self.mem
+            if key in mem:
+                del mem[key]  # re-insert below: dict order is recency order
+            else:
+                new = True
+            mem[key] = None
+            if len(mem) > self.capacity:
+                del mem[next(iter(mem))]
+        self.range.update(x)
+        return new
+
+    def state(self) -> tuple[Any, ...]:
+        return (self.range.state(), self.ring, tuple(self.mem))
+
+    def pack(self) -> tuple[Any, ...]:
+        """`state()` with the memory as two packed arrays: each category's length and the
+        categories end to end, least recently seen first."""
+        mem = self.mem
+        return (
+            self.range.state(),
+            pack_floats(self.ring),
+            pack_ints(len(key) for key in mem),
+            pack_ints(v for key in mem for v in key),
+        )
+
+    @staticmethod
+    def unpack(packed: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The `state()` layout of a `pack()`."""
+        rng, ring, lengths, flat_b = packed
+        flat = unpack_ints(flat_b)
+        mem = []
+        i = 0
+        for length in unpack_ints(lengths):
+            mem.append(tuple(flat[i : i + length]))
+            i += length
+        return (rng, tuple(unpack_floats(ring)), tuple(mem))
+
+
 class Rank:
     """Where a value ranks among the last `window` values: the share of them strictly below it.
 
