@@ -8,7 +8,10 @@ call it, so NAB scores measure the code that runs in the flow.
   the usual value at this time of day, ranked against recent residuals), a shift detector on
   those ranks (their mean surprise over `shift_span` readings, ranked against its own
   history: catches level and variance shifts that no single reading shows) and context
-  novelty at several quantization levels (after CAD OSE). The fused score is the largest of
+  novelty at several quantization levels (after CAD OSE). The seasonal residual counts only
+  when the shape of the last 8 readings is a new category (`ShapeNovelty`, `shape_levels`;
+  after ARTime, which alarms only when it creates a category): a large residual of a
+  familiar shape is left out. The fused score is the largest of
   the two `rank ** sharpness` and the mean novelty. The last stage turns scores into alerts
   without repeated alarms, in two steps. Per component (alarm deduplication by source): a component
   whose score reached `alert_threshold` in its previous `component_rest_points` readings
@@ -180,7 +183,7 @@ class EnsembleSeries:
         shapes_s: Any,
     ) -> None:
         self.shapes: ShapeNovelty | None = None
-        if cfg.shape_levels is not None:
+        if cfg.shape_levels:
             # (levels, state): categories named under other levels are other categories
             kept = shapes_s[1] if shapes_s is not None and shapes_s[0] == cfg.shape_levels else None
             self.shapes = ShapeNovelty(cfg.shape_levels, cfg.shape_capacity, kept)
@@ -359,7 +362,8 @@ class EnsembleSeries:
     def state(self) -> tuple[Any, ...]:
         """The packed snapshot (format `_FORMAT`): a tuple of numbers, short tuples and bytes.
 
-        `(_FORMAT, n, last_hit, parts, comp_hit, comp_peak, recent, season, tape, contexts)`:
+        `(_FORMAT, n, last_hit, parts, comp_hit, comp_peak, recent, season, tape, contexts,
+        shapes)`:
         `recent` as packed doubles; `season` = `SeasonalResidual.pack()` (slot mask, slot
         means, residual window); `tape` = `RankTape.pack()`, from which the shift detector is
         rebuilt, window and all; `contexts` = `ContextNovelty.pack()` per resolution. An
@@ -385,8 +389,9 @@ class EnsembleSeries:
     def _sketched_state(self) -> tuple[Any, ...]:
         """The `_SKETCH_FORMAT` snapshot: `(_SKETCH_FORMAT, (accuracy, blocks, tail, window),
         n, last_hit, parts, comp_hit, comp_peak, recent, (slot mask, slot means, residual
-        sketch), (shift ring, total, count, mean sketch), contexts)`: the sketches as
-        `WindowSketch.pack()`."""
+        sketch), (shift ring, total, count, mean sketch), contexts, shapes)`: the sketches as
+        `WindowSketch.pack()`, `shapes` as `(shape_levels, ShapeNovelty.pack())` (None: no
+        gate)."""
         shift = self.shift
         assert isinstance(shift.rank, WindowSketch)
         return (

@@ -388,25 +388,27 @@ def test_event_rate_drop_alert() -> None:
 
 def test_shape_novelty_knows_a_repeated_shape_and_forgets_beyond_capacity() -> None:
     pattern = [0.0, 10.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0]  # eight phases, eight windows
-    shapes = ShapeNovelty(levels=8, capacity=16)
+    shapes = ShapeNovelty(levels=(8,), capacity=16)
     first = [shapes.update(x) for x in pattern * 2]
     assert not any(first[:7])  # no full window yet
     assert first[7]  # the first full window is a new category
     again = [shapes.update(x) for x in pattern * 2]
     assert not any(again)  # every window seen before, on the same range
     assert shapes.update(100.0)  # beyond the range: a category of its own
-    small = ShapeNovelty(levels=8, capacity=4)  # fewer than the cycle's eight categories
+    small = ShapeNovelty(levels=(7, 8, 9), capacity=4)  # fewer than the cycle's eight categories
     seen = [small.update(x) for x in pattern * 4]
     assert all(seen[16:])  # each is forgotten before it comes round again
-    assert len(small.mem) == 4
+    assert [len(mem) for mem in small.mems] == [4, 4, 4]
 
 
 def test_shape_novelty_pack_round_trip_continues_identically() -> None:
     rnd = random.Random(3)
-    live = ShapeNovelty(levels=8, capacity=64)
+    live = ShapeNovelty(levels=(7, 8, 9), capacity=64)
     for _ in range(500):
         live.update(rnd.choice((0.0, 1.0, 2.0, 9.0)))
-    resumed = ShapeNovelty(8, 64, ShapeNovelty.unpack(pickle.loads(pickle.dumps(live.pack()))))
+    resumed = ShapeNovelty(
+        (7, 8, 9), 64, ShapeNovelty.unpack(pickle.loads(pickle.dumps(live.pack())))
+    )
     assert resumed.state() == live.state()
     xs = [rnd.choice((0.0, 1.0, 2.0, 9.0, 20.0)) for _ in range(300)]
     assert [live.update(x) for x in xs] == [resumed.update(x) for x in xs]
@@ -422,12 +424,12 @@ def test_seasonal_alarm_needs_a_new_shape() -> None:
     spikes = {first: 150.0, second: 149.0, third: 149.8}
     rnd = random.Random(5)
     values = [spikes.get(i, 50.0 + rnd.gauss(0, 0.5)) for i in range(third + 5)]
-    alerts = {}
-    for levels in (8, None):
+    alerts: dict[tuple[int, ...], list[int]] = {}
+    for levels in ((7, 8, 9), ()):
         det = EnsembleSeries(ens_cfg(rank_window=1500, shape_levels=levels))
         verdicts = [det.update(T0 + i * STEP, v) for i, v in enumerate(values)]
         alerts[levels] = [i for i, v in enumerate(verdicts) if v.alert and i >= 288 * 3]
-        if levels is None:
+        if not levels:
             assert verdicts[third].detector == "seasonal_residual"
-    assert {first, second, third} <= set(alerts[None])
-    assert {first, second} <= set(alerts[8]) and third not in alerts[8]
+    assert {first, second, third} <= set(alerts[()])
+    assert {first, second} <= set(alerts[(7, 8, 9)]) and third not in alerts[(7, 8, 9)]
