@@ -53,7 +53,7 @@ Every alert carries its evidence for the LLM "explain" route: recent values, bas
 threshold and the detector that raised it.
 
 State per entity (snapshotted as plain tuples and small dicts, an immutable copy): the series
-detector's statistics (bounded by `rank_window`, `context_capacity`, `shape_capacity`, `season_slots`), the open
+detector's statistics (bounded by `rank_window`, `context_capacity`, `season_slots`), the open
 windows' counts (at most a few) and which of them were already reported at an end of input,
 the window baseline, the wall time the detector last read (`now`), and for busy entities the
 rate series (`rate_series`: its detector's state, its change tracker, the quiet run and when
