@@ -122,6 +122,7 @@ def cost(points: int) -> dict[str, float]:
         EwmaZScore,
         RankShift,
         SeasonalResidual,
+        ShapeNovelty,
     )
 
     cfg = load_anomaly_config(None)
@@ -147,12 +148,17 @@ def cost(points: int) -> dict[str, float]:
     for lv, order in zip(cfg.context_levels, cfg.context_orders, strict=True):
         ctx = ContextNovelty(lv, order, cfg.context_capacity)
         timed(f"context_novelty(levels={lv},orders={order})", lambda ts, v, c=ctx: c.update(v))
+    shapes = ShapeNovelty(cfg.shape_levels or (8,), cfg.shape_capacity)
+    timed(f"shape_novelty(levels={shapes.levels})", lambda ts, v: shapes.update(v))
     for name in ("ewma", "ensemble"):
         det = make_series(load_anomaly_config(None, name))
         timed(f"series:{name}", det.update)
     # The baseline of the default sketches, in the same run: the ensemble on exact windows.
     exact = load_anomaly_config(None).model_copy(update={"exact_ranks": True})
     timed("series:ensemble(exact windows)", make_series(exact).update)
+    # and without the new-category gate on the seasonal residual (`shape_levels = ()`)
+    ungated = load_anomaly_config(None).model_copy(update={"shape_levels": ()})
+    timed("series:ensemble(no shape gate)", make_series(ungated).update)
     return timings
 
 

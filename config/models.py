@@ -585,6 +585,15 @@ class AnomalyConfig(Frozen):
     window holds between `rank_window` x (1 - 1 / blocks) and `rank_window` readings)."""
     rank_sketch_tail: int = Field(default=64, ge=1, le=10_000)
     """Ensemble, sketch: the window's largest values kept exactly (8 bytes each)."""
+    shape_levels: tuple[int, ...] = (8, 10)
+    """Ensemble: the seasonal residual may alarm only when the shape of the last 8 readings
+    is a new category at one of these resolutions at least (after ARTime: Haar details of the
+    window and its last reading's level, in units of the series' running range / L, rounded;
+    `ShapeNovelty`). Empty: no such gate. See operators/anomaly/NAB.md (issue 13, the
+    new-category gate)."""
+    shape_capacity: int = Field(default=64, ge=1, le=100_000)
+    """Ensemble: shape categories remembered per resolution (the least recently seen are
+    forgotten)."""
     context_levels: tuple[int, ...] = (5, 6, 7)
     context_orders: tuple[int, ...] = (1, 1, 1)
     context_capacity: int = Field(default=2048, ge=16, le=100_000)
@@ -633,6 +642,9 @@ class AnomalyConfig(Frozen):
             raise ValueError(msg)
         if any(v < 2 for v in self.context_levels) or any(o < 1 for o in self.context_orders):
             msg = "anomaly.context_levels need >= 2 levels and context_orders >= 1"
+            raise ValueError(msg)
+        if any(v < 2 for v in self.shape_levels):
+            msg = "anomaly.shape_levels need >= 2 levels each"
             raise ValueError(msg)
         return self
 

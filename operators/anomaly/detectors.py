@@ -244,6 +244,144 @@ class ContextNovelty:
         return (rng, hist, tuple(mem), t)
 
 
+_SHAPE_CLIP = 1 << 20
+"""Haar details beyond this many levels are clipped (a reading far outside the range)."""
+
+
+class ShapeNovelty:
+    """Is the shape of the last `WIDTH` (8) readings a new category? (after ARTime's alarms).
+
+    The window is described by its Haar details: the difference of its halves' means, of the
+    quarters' means within each half, and of its last two readings; plus the latest reading's
+    position on the series' running range (of the readings before it, so that the latest can
+    fall outside). At each resolution L of `levels`, the details in units of range / L,
+    rounded, and the latest reading's level (0..L-1; -1 below the range, L above) are the
+    window's category there. `update` answers whether the category is new at any resolution,
+    i.e. not in that resolution's memory of the `capacity` most recently seen ones (least
+    recently seen forgotten first), then remembers it. A window on a range of zero width is
+    the category (0,). The ensemble lets the seasonal residual alarm only on a new category:
+    a large residual whose shape the series has shown before (a spike of a familiar size at a
+    familiar level) is not an anomaly (ARTime raises an alarm only when its ART network
+    creates a category). Several resolutions, like the context novelty's, keep a category
+    boundary that happens to fall between two similar windows at one resolution from
+    deciding alone.
+
+    State: the range, the last `WIDTH` readings and a memory per resolution, least recently
+    seen first.
+    """
+
+    WIDTH = 8
+    __slots__ = ("capacity", "levels", "mems", "range", "ring")
+
+    def __init__(
+        self,
+        levels: tuple[int, ...] = (8, 10),
+        capacity: int = 64,
+        state: tuple[Any, ...] | None = None,
+    ) -> None:
+        self.levels = tuple(levels)
+        self.capacity = capacity
+        self.mems: list[dict[tuple[int, ...], None]]
+        if state is None:
+            self.range = Range()
+            self.ring: tuple[float, ...] = ()
+            self.mems = [{} for _ in self.levels]
+        else:
+            rng, ring, mems = state
+            self.range = Range(rng)
+            self.ring = tuple(ring)
+            self.mems = [dict.fromkeys(tuple(k) for k in mem[-capacity:]) for mem in mems]
+
+    def categories(self) -> list[tuple[int, ...]]:
+        """The current window's (`ring` full) category at each resolution."""
+        return self._categories(self.ring, self.range.lo, self.range.hi)
+
+    def _categories(self, ring: tuple[float, ...], lo: float, hi: float) -> list[tuple[int, ...]]:
+        span = hi - lo
+        if not span > 0.0:
+            return [(0,)] * len(self.levels)
+        v0, v1, v2, v3, v4, v5, v6, v7 = ring
+        s01, s23, s45, s67 = v0 + v1, v2 + v3, v4 + v5, v6 + v7
+        # in units of the range; the details are differences, so its minimum cancels out
+        d1 = (s01 + s23 - s45 - s67) / (4 * span)
+        d2 = (s01 - s23) / (2 * span)
+        d3 = (s45 - s67) / (2 * span)
+        d4 = (v6 - v7) / span
+        pos = (v7 - lo) / span
+        cap = _SHAPE_CLIP / max(self.levels)
+        if -cap < d1 < cap and -cap < d2 < cap and -cap < d3 < cap and -cap < d4 < cap:
+            r = round
+            if 0.0 <= pos < 1.0:
+                return [
+                    (r(d1 * n), r(d2 * n), r(d3 * n), r(d4 * n), int(pos * n)) for n in self.levels
+                ]
+            return [
+                (r(d1 * n), r(d2 * n), r(d3 * n), r(d4 * n), -1 if pos < 0.0 else n)
+                for n in self.levels
+            ]
+        clip = _SHAPE_CLIP
+        return [
+            (
+                *(min(max(round(d * n), -clip), clip) for d in (d1, d2, d3, d4)),
+                -1 if pos < 0.0 else n if pos >= 1.0 else int(pos * n),
+            )
+            for n in self.levels
+        ]
+
+    def update(self, x: float) -> bool:
+        """Push `x`; True if the window ending at `x` is a category new at some resolution."""
+        ring = self.ring = (*self.ring[1 - self.WIDTH :], x)
+        rng = self.range
+        lo, hi = rng.lo, rng.hi
+        rng.n += 1  # the range takes `x` after the categories are named on the range before it
+        if x < lo:
+            rng.lo = x
+        if x > hi:
+            rng.hi = x
+        if len(ring) < self.WIDTH:
+            return False
+        new = False
+        capacity = self.capacity
+        for key, mem in zip(self._categories(ring, lo, hi), self.mems, strict=True):
+            # pop and re-insert: dict order is recency order (a missing key pops 0)
+            if mem.pop(key, 0) is not None:
+                new = True
+            mem[key] = None
+            if len(mem) > capacity:
+                del mem[next(iter(mem))]
+        return new
+
+    def state(self) -> tuple[Any, ...]:
+        return (self.range.state(), self.ring, tuple(tuple(mem) for mem in self.mems))
+
+    def pack(self) -> tuple[Any, ...]:
+        """`state()` with each memory as two packed arrays: each category's length and the
+        categories end to end, least recently seen first."""
+        return (
+            self.range.state(),
+            pack_floats(self.ring),
+            tuple(
+                (pack_ints(len(key) for key in mem), pack_ints(v for key in mem for v in key))
+                for mem in self.mems
+            ),
+        )
+
+    @staticmethod
+    def unpack(packed: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The `state()` layout of a `pack()`."""
+        rng, ring, mems = packed
+        out = []
+        for lengths, flat_b in mems:
+            flat = unpack_ints(flat_b)
+            mem = []
+            i = 0
+            for length in unpack_ints(lengths):
+                mem.append(tuple(flat[i : i + length]))
+                i += length
+            out.append(tuple(mem))
+        return (rng, tuple(unpack_floats(ring)), tuple(out))
+
+
 class Rank:
     """Where a value ranks among the last `window` values: the share of them strictly below it.
 

@@ -8,7 +8,10 @@ call it, so NAB scores measure the code that runs in the flow.
   the usual value at this time of day, ranked against recent residuals), a shift detector on
   those ranks (their mean surprise over `shift_span` readings, ranked against its own
   history: catches level and variance shifts that no single reading shows) and context
-  novelty at several quantization levels (after CAD OSE). The fused score is the largest of
+  novelty at several quantization levels (after CAD OSE). The seasonal residual counts only
+  when the shape of the last 8 readings is a new category (`ShapeNovelty`, `shape_levels`;
+  after ARTime, which alarms only when it creates a category): a large residual of a
+  familiar shape is left out. The fused score is the largest of
   the two `rank ** sharpness` and the mean novelty. The last stage turns scores into alerts
   without repeated alarms, in two steps. Per component (alarm deduplication by source): a component
   whose score reached `alert_threshold` in its previous `component_rest_points` readings
@@ -52,6 +55,7 @@ from operators.anomaly.detectors import (
     RankShift,
     RankTape,
     SeasonalResidual,
+    ShapeNovelty,
     WindowSketch,
     pack_floats,
     unpack_floats,
@@ -59,13 +63,14 @@ from operators.anomaly.detectors import (
 
 _FORMAT = 2
 """Version of `EnsembleSeries.state()`'s packed layout (`legacy_state`'s had none)."""
-_FORMAT_LEN = 10
-_SKETCH_FORMAT = 4
-"""Layout of `EnsembleSeries.state()` without `exact_ranks` (`WindowSketch`es, no
-rank windows). Format 3 (an earlier sketch with decaying weights) is not read: such a series
-starts afresh."""
-_SKETCH_FORMAT_LEN = 11
-_STATE_LEN = 9  # the legacy layout
+_FORMAT_LEN = 11
+"""Format 2 snapshots of 10 fields (from before the shape gate) still load (no shape memory)."""
+_SKETCH_FORMAT = 5
+"""Layout of `EnsembleSeries.state()` without `exact_ranks` (`WindowSketch`es, no rank
+windows). Format 4 (the same without the shape memory) loads with an empty one; format 3
+(an earlier sketch with decaying weights) is not read: such a series starts afresh."""
+_SKETCH_FORMAT_LEN = 12
+_STATE_LEN = 10  # the legacy layout (9 fields before the shape gate, 7 before component rest)
 _COMPONENTS = 3  # seasonal residual, residual shift, context novelty
 
 
@@ -122,18 +127,29 @@ class EnsembleSeries:
             return
         tape_s = None
         if state and isinstance(state[0], int):  # versioned; the legacy layout starts with a tuple
-            if state[0] == _FORMAT and len(state) == _FORMAT_LEN:
+            if state[0] == _FORMAT and len(state) in (_FORMAT_LEN - 1, _FORMAT_LEN):
                 state, tape_s = _unpack(state)
             else:
                 state = None  # a format this code does not know: start afresh
-        if state is not None and len(state) == _STATE_LEN - 2:
+        if state is not None and len(state) == _STATE_LEN - 3:
             # a snapshot from before per-component rest: no component is resting
             state = (*state, (None,) * _COMPONENTS, (0.0,) * _COMPONENTS)
+        if state is not None and len(state) == _STATE_LEN - 1:
+            state = (*state, None)  # a snapshot from before the shape gate: no shape memory
         if state is not None and len(state) != _STATE_LEN:
             state = None  # a snapshot of an earlier layout: start afresh
-        season_s, shift_s, contexts_s, n, last_hit, recent, parts, comp_hit, comp_peak = state or (
-            (None,) * 5 + ((), (), (None,) * _COMPONENTS, (0.0,) * _COMPONENTS)
-        )
+        (
+            season_s,
+            shift_s,
+            contexts_s,
+            n,
+            last_hit,
+            recent,
+            parts,
+            comp_hit,
+            comp_peak,
+            shapes_s,
+        ) = state or ((None,) * 5 + ((), (), (None,) * _COMPONENTS, (0.0,) * _COMPONENTS, None))
         if contexts_s is not None and len(contexts_s) != len(cfg.context_levels):
             contexts_s = None  # the resolutions changed
         self.season = SeasonalResidual(
@@ -150,7 +166,9 @@ class EnsembleSeries:
                 shift_s = RankTape.unpack(tape_s).resume().state()
             self.shift = RankShift(cfg.shift_span, cfg.rank_window, shift_s)
             self.tape = RankTape.after(self.shift, cfg.rank_window, len(self.season.rank))
-        self._init_common(cfg, contexts_s, n, last_hit, recent, parts, comp_hit, comp_peak)
+        self._init_common(
+            cfg, contexts_s, n, last_hit, recent, parts, comp_hit, comp_peak, shapes_s
+        )
 
     def _init_common(
         self,
@@ -162,7 +180,13 @@ class EnsembleSeries:
         parts: Any,
         comp_hit: Any,
         comp_peak: Any,
+        shapes_s: Any,
     ) -> None:
+        self.shapes: ShapeNovelty | None = None
+        if cfg.shape_levels:
+            # (levels, state): categories named under other levels are other categories
+            kept = shapes_s[1] if shapes_s is not None and shapes_s[0] == cfg.shape_levels else None
+            self.shapes = ShapeNovelty(cfg.shape_levels, cfg.shape_capacity, kept)
         self.contexts = [
             ContextNovelty(lv, order, cfg.context_capacity, s)
             for lv, order, s in zip(
@@ -187,6 +211,13 @@ class EnsembleSeries:
         legacy layout) is converted (its windows pushed into the sketches, in order); any
         other (an earlier sketch's format 3) starts the series afresh."""
         params = _sketch_params(cfg)
+        if (
+            state is not None
+            and len(state) == _SKETCH_FORMAT_LEN - 1
+            and state[0] == _SKETCH_FORMAT - 1
+            and state[1] == params
+        ):
+            state = (_SKETCH_FORMAT, *state[1:], None)  # before the shape gate: no shape memory
         if state is not None and not (
             len(state) == _SKETCH_FORMAT_LEN and state[0] == _SKETCH_FORMAT and state[1] == params
         ):
@@ -195,8 +226,10 @@ class EnsembleSeries:
                 self._adopt(EnsembleSeries(exact, state))
                 return
             state = None
-        n, last_hit, parts, comp_hit, comp_peak, recent, season, shift, ctx = (
-            state[2:] if state is not None else (0, None, (), None, None, b"", None, None, None)
+        n, last_hit, parts, comp_hit, comp_peak, recent, season, shift, ctx, shapes = (
+            state[2:]
+            if state is not None
+            else (0, None, (), None, None, b"", None, None, None, None)
         )
         season_s = shift_s = season_r = shift_r = None
         if season is not None:
@@ -224,6 +257,7 @@ class EnsembleSeries:
             parts,
             comp_hit or (None,) * _COMPONENTS,
             comp_peak or (0.0,) * _COMPONENTS,
+            None if shapes is None else (shapes[0], ShapeNovelty.unpack(shapes[1])),
         )
 
     def _adopt(self, exact: EnsembleSeries) -> None:
@@ -252,12 +286,15 @@ class EnsembleSeries:
         self.n, self.last_hit, self.parts = exact.n, exact.last_hit, exact.parts
         self._recent = exact._recent
         self.comp_hit, self.comp_peak = exact.comp_hit, exact.comp_peak
+        self.shapes = exact.shapes
 
     def update(self, ts: float, value: float) -> Verdict:
         baseline = self.season.baseline(ts)
         rank, code = self.season.update_coded(value, ts)
         sharp = self.sharpness
-        seasonal = rank**sharp
+        shapes = self.shapes
+        # The new-category gate: the seasonal residual alarms only on a shape not seen before.
+        seasonal = rank**sharp if shapes is None or shapes.update(value) else 0.0
         shift_detector = self.shift
         shift = shift_detector.update(rank) ** sharp
         if self.tape is not None:
@@ -325,7 +362,8 @@ class EnsembleSeries:
     def state(self) -> tuple[Any, ...]:
         """The packed snapshot (format `_FORMAT`): a tuple of numbers, short tuples and bytes.
 
-        `(_FORMAT, n, last_hit, parts, comp_hit, comp_peak, recent, season, tape, contexts)`:
+        `(_FORMAT, n, last_hit, parts, comp_hit, comp_peak, recent, season, tape, contexts,
+        shapes)`:
         `recent` as packed doubles; `season` = `SeasonalResidual.pack()` (slot mask, slot
         means, residual window); `tape` = `RankTape.pack()`, from which the shift detector is
         rebuilt, window and all; `contexts` = `ContextNovelty.pack()` per resolution. An
@@ -345,13 +383,15 @@ class EnsembleSeries:
             self.season.pack(),
             self.tape.pack(),
             tuple(c.pack() for c in self.contexts),
+            None if self.shapes is None else (self.shapes.levels, self.shapes.pack()),
         )
 
     def _sketched_state(self) -> tuple[Any, ...]:
         """The `_SKETCH_FORMAT` snapshot: `(_SKETCH_FORMAT, (accuracy, blocks, tail, window),
         n, last_hit, parts, comp_hit, comp_peak, recent, (slot mask, slot means, residual
-        sketch), (shift ring, total, count, mean sketch), contexts)`: the sketches as
-        `WindowSketch.pack()`."""
+        sketch), (shift ring, total, count, mean sketch), contexts, shapes)`: the sketches as
+        `WindowSketch.pack()`, `shapes` as `(shape_levels, ShapeNovelty.pack())` (None: no
+        gate)."""
         shift = self.shift
         assert isinstance(shift.rank, WindowSketch)
         return (
@@ -366,6 +406,7 @@ class EnsembleSeries:
             self.season.pack(),
             (pack_floats(shift.ring), shift.total, shift.n, shift.rank.pack()),
             tuple(c.pack() for c in self.contexts),
+            None if self.shapes is None else (self.shapes.levels, self.shapes.pack()),
         )
 
 
@@ -385,7 +426,7 @@ def _sketch(cfg: AnomalyConfig, state: tuple[Any, ...] | None = None) -> WindowS
 
 def _unpack(state: tuple[Any, ...]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     """A packed snapshot as the legacy layout (with no shift state) and the packed tape."""
-    _, n, last_hit, parts, comp_hit, comp_peak, recent, season, tape, contexts = state
+    _, n, last_hit, parts, comp_hit, comp_peak, recent, season, tape, contexts, *shapes = state
     legacy = (
         SeasonalResidual.unpack(season),
         None,
@@ -396,6 +437,9 @@ def _unpack(state: tuple[Any, ...]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         parts,
         comp_hit,
         comp_peak,
+        None
+        if not shapes or shapes[0] is None
+        else (shapes[0][0], ShapeNovelty.unpack(shapes[0][1])),
     )
     return legacy, tape
 
@@ -420,6 +464,7 @@ def legacy_state(det: EnsembleSeries) -> tuple[Any, ...]:
         det.parts,
         tuple(det.comp_hit),
         tuple(det.comp_peak),
+        None if det.shapes is None else (det.shapes.levels, det.shapes.state()),
     )
 
 

@@ -18,6 +18,7 @@ from operators.anomaly.detectors import (
     Rank,
     RankShift,
     SeasonalResidual,
+    ShapeNovelty,
     WindowSketch,
 )
 from operators.anomaly.series import EnsembleSeries, EwmaSeries, legacy_state, make_series
@@ -380,3 +381,55 @@ def test_event_rate_drop_alert() -> None:
     assert alert.detector == "event_rate_drop"
     assert alert.value == 1.0 and alert.baseline >= 10
     assert alert.window["kind"] == "drop" and alert.threshold == 0.2
+
+
+# --- ShapeNovelty (the new-category gate) ----------------------------------------------------
+
+
+def test_shape_novelty_knows_a_repeated_shape_and_forgets_beyond_capacity() -> None:
+    pattern = [0.0, 10.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0]  # eight phases, eight windows
+    shapes = ShapeNovelty(levels=(8,), capacity=16)
+    first = [shapes.update(x) for x in pattern * 2]
+    assert not any(first[:7])  # no full window yet
+    assert first[7]  # the first full window is a new category
+    again = [shapes.update(x) for x in pattern * 2]
+    assert not any(again)  # every window seen before, on the same range
+    assert shapes.update(100.0)  # beyond the range: a category of its own
+    small = ShapeNovelty(levels=(7, 8, 9), capacity=4)  # fewer than the cycle's eight categories
+    seen = [small.update(x) for x in pattern * 4]
+    assert all(seen[16:])  # each is forgotten before it comes round again
+    assert [len(mem) for mem in small.mems] == [4, 4, 4]
+
+
+def test_shape_novelty_pack_round_trip_continues_identically() -> None:
+    rnd = random.Random(3)
+    live = ShapeNovelty(levels=(7, 8, 9), capacity=64)
+    for _ in range(500):
+        live.update(rnd.choice((0.0, 1.0, 2.0, 9.0)))
+    resumed = ShapeNovelty(
+        (7, 8, 9), 64, ShapeNovelty.unpack(pickle.loads(pickle.dumps(live.pack())))
+    )
+    assert resumed.state() == live.state()
+    xs = [rnd.choice((0.0, 1.0, 2.0, 9.0, 20.0)) for _ in range(300)]
+    assert [live.update(x) for x in xs] == [resumed.update(x) for x in xs]
+
+
+def test_seasonal_alarm_needs_a_new_shape() -> None:
+    # Three spikes on a flat series. The first sets the range; the second (a little lower) and
+    # the third (between them) have the same shape on that range. When the third comes the
+    # first has left the 1500-reading rank window, so the seasonal residual ranks the third
+    # above everything (an alarm without the gate); with the gate its familiar shape keeps it
+    # quiet. (Within the range, the context novelty does not see it either.)
+    first, second, third = 874, 1400, 2500
+    spikes = {first: 150.0, second: 149.0, third: 149.8}
+    rnd = random.Random(5)
+    values = [spikes.get(i, 50.0 + rnd.gauss(0, 0.5)) for i in range(third + 5)]
+    alerts: dict[tuple[int, ...], list[int]] = {}
+    for levels in ((7, 8, 9), ()):
+        det = EnsembleSeries(ens_cfg(rank_window=1500, shape_levels=levels))
+        verdicts = [det.update(T0 + i * STEP, v) for i, v in enumerate(values)]
+        alerts[levels] = [i for i, v in enumerate(verdicts) if v.alert and i >= 288 * 3]
+        if not levels:
+            assert verdicts[third].detector == "seasonal_residual"
+    assert {first, second, third} <= set(alerts[()])
+    assert {first, second} <= set(alerts[(7, 8, 9)]) and third not in alerts[(7, 8, 9)]

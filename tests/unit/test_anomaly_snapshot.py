@@ -170,10 +170,11 @@ def test_entity_detector_resumes_exactly_from_its_pickled_snapshot() -> None:
 
 def test_warmed_snapshot_size() -> None:
     """The pickled state Bytewax writes per warmed entity (default configuration): the series
-    in at most 8 KiB (its two sketches, the slot means as doubles, the contexts), plus the
+    in at most 8 KiB (its two sketches, the slot means as doubles, the contexts, the shape
+    memories: 1.3 kB), plus the
     change tracker's last 192 event times, readings and baselines that name alert kinds. The
     same series with exact windows needs the residual window as doubles and the shift
-    detector's tape (2 bytes a reading): about 33 kB."""
+    detector's tape (2 bytes a reading): about 34 kB."""
     det = EntityDetector(AnomalyConfig())
     det.process(metric_events(signal(5000), 0), now=1.0)
     assert isinstance(det.series, EnsembleSeries)
@@ -185,7 +186,7 @@ def test_warmed_snapshot_size() -> None:
     exact = EntityDetector(exact_cfg)
     exact.process(metric_events(signal(5000), 0), now=1.0)
     exact_series = len(pickle.dumps(exact.state()["series"]))
-    assert series * 4 <= exact_series <= 34 * 1024
+    assert series * 4 <= exact_series <= 36 * 1024
     legacy = len(pickle.dumps(("ensemble", legacy_state(exact.series))))  # type: ignore[arg-type]
     assert legacy - exact_series >= 8 * exact_cfg.rank_window  # no window of shift means
 
@@ -231,6 +232,32 @@ def test_snapshot_from_before_component_rest_loads() -> None:
     assert resumed.shift.state() == live.shift.state()
 
 
+def test_snapshot_from_before_the_shape_gate_loads() -> None:
+    """Snapshots without the shape memory (sketch format 4, format 2 of 10 fields, the
+    unversioned layout of 9) resume everything else; the shape memory starts empty. Under
+    other `shape_levels` the memory (other categories) starts empty too."""
+    readings = signal(900, seed=6)
+    for cfg in (AnomalyConfig(), AnomalyConfig(rank_window=300, **EXACT)):
+        live = EnsembleSeries(cfg)
+        feed(live, readings)
+        snap = live.state()
+        assert snap[-1] is not None and live.shapes is not None and all(live.shapes.mems)
+        old = (4, *snap[1:-1]) if snap[0] == 5 else snap[:-1]
+        resumed = EnsembleSeries(cfg, pickle.loads(pickle.dumps(old)))
+        assert resumed.n == live.n == 900 and resumed.comp_hit == live.comp_hit
+        assert resumed.season.slot_mean == live.season.slot_mean
+        assert resumed.shapes is not None and not any(resumed.shapes.mems)
+        other = EnsembleSeries(cfg.model_copy(update={"shape_levels": (6,)}), snap)
+        assert other.n == 900 and other.shapes is not None and not any(other.shapes.mems)
+        same = EnsembleSeries(cfg, snap)
+        assert same.shapes is not None and same.shapes.state() == live.shapes.state()
+    exact = AnomalyConfig(rank_window=300, **EXACT)
+    live = EnsembleSeries(exact)
+    feed(live, readings)
+    resumed = EnsembleSeries(exact, legacy_state(live)[:9])
+    assert resumed.n == 900 and resumed.shapes is not None and not any(resumed.shapes.mems)
+
+
 def test_packed_under_another_window_resumes_like_an_unversioned_snapshot() -> None:
     """Restarted with another `rank_window` / `shift_span`: the packed snapshot rebuilds the
     detector it recorded and carries on from it exactly as from the unversioned layout."""
@@ -267,7 +294,7 @@ def test_exact_window_snapshot_carries_on_under_the_sketch() -> None:
     exact = EnsembleSeries(exact_cfg)
     feed(exact, readings[:4000])
     adopted = EnsembleSeries(cfg, pickle.loads(pickle.dumps(exact.state())))
-    assert adopted.tape is None and adopted.state()[0] == 4
+    assert adopted.tape is None and adopted.state()[0] == 5
     assert adopted.n == exact.n and adopted.season.slot_mean == exact.season.slot_mean
     window = sorted(exact.season.rank.state())
     sketch = adopted.season.rank
