@@ -578,8 +578,8 @@ class AnomalyConfig(Frozen):
     """Ensemble: the relative accuracy of the log-spaced bins the seasonal residuals and the
     shift means are ranked in (`WindowSketch`: the same sliding window of `rank_window`
     readings, counted in `rank_sketch_blocks` blocks of bins, its `rank_sketch_tail` largest
-    values kept exactly, so the ranks that can raise an alert are exact; a snapshot of about
-    6 KB)."""
+    values kept exactly, so the ranks that can raise an alert are exact; with the rest of the
+    series a snapshot of about 7 KB)."""
     rank_sketch_blocks: int = Field(default=16, ge=1, le=1000)
     """Ensemble, sketch: blocks the window is counted in (the oldest leaves as a whole: the
     window holds between `rank_window` x (1 - 1 / blocks) and `rank_window` readings)."""
