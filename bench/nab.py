@@ -159,6 +159,9 @@ def cost(points: int) -> dict[str, float]:
     # and without the new-category gate on the seasonal residual (`shape_levels = ()`)
     ungated = load_anomaly_config(None).model_copy(update={"shape_levels": ()})
     timed("series:ensemble(no shape gate)", make_series(ungated).update)
+    # and with neither: the ensemble as it was before both (stop 19)
+    before = exact.model_copy(update={"shape_levels": ()})
+    timed("series:ensemble(exact windows, no gate)", make_series(before).update)
     return timings
 
 
