@@ -82,7 +82,7 @@ def run_llm(
         model="sim-1",
         mode=cfg.pop("mode", "pack"),
         max_batch=cfg.pop("max_batch", 8),
-        max_wait_ms=20,
+        max_wait_ms=cfg.pop("max_wait_ms", 20),
     )
     cfg = {"backoff_base_s": 0.02, "backoff_max_s": 0.5, "timeout_s": 5, **cfg}
     settings = LLMConfig(tasks=(task,), routes=(), **cfg)
@@ -331,7 +331,9 @@ def mixed_items(n: int) -> tuple[list[WorkItem], set[str]]:
 def test_packs_over_the_context_are_halved_then_asked_alone(llm_sim_factory, tmp_path):
     sim = llm_sim_factory(latency_ms=5, max_context_tokens=SHORT_TOKENS_LIMIT)
     work, long_ids = mixed_items(16)
-    run = run_llm(sim, tmp_path, work, max_batch=8)
+    # Two full packs of 8: a batch that waits 20 ms may close at 7 on a loaded machine (the
+    # halving then starts from 7, and the sizes below are no longer 8, 4, 2, 1).
+    run = run_llm(sim, tmp_path, work, max_batch=8, max_wait_ms=2000)
     assert_each_once(run, work)
     assert {e.event_id for e in run.errs} == long_ids
     for e in run.errs:
