@@ -62,7 +62,8 @@ def unpack_floats(packed: bytes) -> array[float]:
 
 
 def pack_ints(values: Iterable[int]) -> bytes:
-    """Integers in the narrowest signed type that holds them all, its type code first."""
+    """Integers in the narrowest type that holds them all (unsigned when none is negative),
+    its type code first."""
     vals = list(values)
     lo, hi = min(vals, default=0), max(vals, default=0)
     for code in "BHIQbhiq" if lo >= 0 else "bhiq":
