@@ -2,6 +2,7 @@
 
     python -m bench.nab --data DIR --out DIR [--config config/local.toml] [--detector NAME]
     python -m bench.nab --cost [--points 20000]
+    python -m bench.nab --cost --against REV [--points 40000] [--repeat 3]
     python -m bench.nab --throughput [--events 200000] [--repeat 2]
     python -m bench.nab --synthetic [--seeds 20] [--hold N]
     python -m bench.nab --rates [--seeds 5] [--repeat 5]
@@ -22,7 +23,10 @@ part of this project, and scorers usually need numpy, which is not a project dep
 The last stdout line is one JSON object: `files`, `readings`, `seconds`, `detector`,
 `alert_threshold`.
 
-`--cost` times each detector alone on a synthetic series (µs per reading). `--throughput`
+`--cost` times each detector alone on a synthetic series (µs per reading); with `--against
+REV` it times the default series detector of this checkout against that of git revision REV
+(checked out in a temporary worktree), in alternating subprocesses on the same readings,
+best of `--repeat` rounds each: the budget check against an earlier release. `--throughput`
 runs `bench.throughput`'s workload once through a Bytewax passthrough and then through the
 pipeline with each metric detector, in one broker session, so the ratios compare.
 `--synthetic` runs generated series with known changes of each kind through the pipeline's
@@ -165,6 +169,63 @@ def cost(points: int) -> dict[str, float]:
     return timings
 
 
+_TIMED_CHILD = """
+import pickle, sys, time
+sys.path.insert(0, sys.argv[1])
+from bench.nab import load_anomaly_config
+from operators.anomaly.series import make_series
+series = pickle.loads(sys.stdin.buffer.read())
+det = make_series(load_anomaly_config(None))
+started = time.perf_counter()
+for ts, v in series:
+    det.update(ts, v)
+print((time.perf_counter() - started) / len(series) * 1e6)
+"""
+
+
+def cost_against(rev: str, points: int, rounds: int) -> dict[str, Any]:
+    """µs per reading of the default series detector here and at git revision `rev`.
+
+    `rev` is checked out in a temporary worktree (removed afterwards); each round times both
+    trees in fresh subprocesses, alternating, on the same synthetic readings, and the best
+    round of each counts (a shared machine's noise only ever adds time)."""
+    import pickle
+    import subprocess
+    import tempfile
+
+    here = Path(__file__).resolve().parent.parent
+    payload = pickle.dumps(synthetic(points))
+
+    def timed(tree: Path) -> float:
+        out = subprocess.run(
+            [sys.executable, "-c", _TIMED_CHILD, str(tree)],
+            input=payload,
+            capture_output=True,
+            cwd=tree,
+            check=True,
+        )
+        return float(out.stdout.decode().split()[-1])
+
+    with tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp) / "rev"
+        git = ["git", "-C", str(here)]
+        subprocess.run([*git, "worktree", "add", "-q", "--detach", str(old), rev], check=True)
+        try:
+            runs: dict[str, list[float]] = {"here": [], rev: []}
+            for _ in range(rounds):
+                runs[rev].append(timed(old))
+                runs["here"].append(timed(here))
+        finally:
+            subprocess.run([*git, "worktree", "remove", "--force", str(old)], check=False)
+    best = {k: min(v) for k, v in runs.items()}
+    return {
+        "points": points,
+        "us_per_reading": {k: [round(x, 2) for x in v] for k, v in runs.items()},
+        "best": {k: round(v, 2) for k, v in best.items()},
+        "ratio": round(best["here"] / best[rev], 3),
+    }
+
+
 # --- throughput -----------------------------------------------------------------------------
 
 
@@ -219,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="deployment TOML whose [anomaly] table to use")
     p.add_argument("--detector", choices=["ensemble", "ewma"], help="override anomaly.detector")
     p.add_argument("--cost", action="store_true", help="µs per reading of each detector")
-    p.add_argument("--points", type=int, default=20_000)
+    p.add_argument("--points", type=int, help="readings timed (20,000; 40,000 with --against)")
+    p.add_argument("--against", metavar="REV", help="with --cost: this checkout vs git REV")
     p.add_argument("--throughput", action="store_true", help="pipeline events/s per detector")
     p.add_argument("--events", type=int, default=200_000)
     p.add_argument("--repeat", type=int, default=1)
@@ -229,8 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", action="store_true", help="event-rate series, burst and drop")
     args = p.parse_args(argv)
 
+    if args.cost and args.against:
+        result = cost_against(args.against, args.points or 40_000, max(args.repeat, 3))
+        for name, us in result["best"].items():
+            rounds = result["us_per_reading"][name]
+            print(f"series:ensemble at {name:12s} {us:7.2f} µs/reading (rounds {rounds})")
+        print(f"ratio here / {args.against}: {result['ratio']:.2f}")
+        print(json.dumps(result))
+        return 0
     if args.cost:
-        for name, us in cost(args.points).items():
+        for name, us in cost(args.points or 20_000).items():
             print(f"{name:45s} {us:7.2f} µs/reading")
         return 0
     if args.synthetic:

@@ -195,12 +195,37 @@ class ContextNovelty:
         return min(int((x - lo) / span * self.levels), self.levels - 1)
 
     def update(self, x: float) -> float:
-        cur = self.level(x)
-        self.range.update(x)
+        rng = self.range
+        lo, hi = rng.lo, rng.hi
+        # `level(x)` on the range before `x`, then `Range.update(x)`, inline (this runs per
+        # reading and resolution)
+        if x < lo:
+            cur = -1
+            rng.lo = x
+            if x > hi:
+                rng.hi = x
+        elif x > hi:
+            cur = self.levels
+            rng.hi = x
+        else:
+            span = hi - lo
+            levels = self.levels
+            cur = min(int((x - lo) / span * levels), levels - 1) if span > 0.0 else 0
+        rng.n += 1
         hist = self.hist
         mem = self.mem
         self.t += 1
         t = self.t
+        if self.orders == 1:
+            self.hist = (cur,)
+            if not hist:
+                return 0.0
+            pair = (hist[0], cur)
+            fresh = mem.pop(pair, None) is None
+            mem[pair] = t  # re-insert: dict order is recency order
+            while len(mem) > self.capacity:
+                del mem[next(iter(mem))]
+            return 1.0 if fresh else 0.0
         novel = 0
         seen = 0
         for k in range(1, min(len(hist), self.orders) + 1):
@@ -208,11 +233,11 @@ class ContextNovelty:
             seen += 1
             if mem.pop(key, None) is None:
                 novel += 1
-            mem[key] = t  # re-insert: dict order is recency order
+            mem[key] = t
         if len(mem) > self.capacity:
             for key in list(mem)[: len(mem) - self.capacity]:
                 del mem[key]
-        self.hist = (*hist[1 - self.orders :], cur) if self.orders > 1 else (cur,)
+        self.hist = (*hist[1 - self.orders :], cur)
         return novel / seen if seen else 0.0
 
     def state(self) -> tuple[Any, ...]:
@@ -272,7 +297,7 @@ class ShapeNovelty:
     """
 
     WIDTH = 8
-    __slots__ = ("capacity", "levels", "mems", "range", "ring")
+    __slots__ = ("_cap", "capacity", "levels", "mems", "range", "ring")
 
     def __init__(
         self,
@@ -281,6 +306,7 @@ class ShapeNovelty:
         state: tuple[Any, ...] | None = None,
     ) -> None:
         self.levels = tuple(levels)
+        self._cap = _SHAPE_CLIP / max(self.levels)  # details within it need no clipping
         self.capacity = capacity
         self.mems: list[dict[tuple[int, ...], None]]
         if state is None:
@@ -309,7 +335,7 @@ class ShapeNovelty:
         d3 = (s45 - s67) / (2 * span)
         d4 = (v6 - v7) / span
         pos = (v7 - lo) / span
-        cap = _SHAPE_CLIP / max(self.levels)
+        cap = self._cap
         if -cap < d1 < cap and -cap < d2 < cap and -cap < d3 < cap and -cap < d4 < cap:
             r = round
             if 0.0 <= pos < 1.0:
@@ -341,10 +367,38 @@ class ShapeNovelty:
             rng.hi = x
         if len(ring) < self.WIDTH:
             return False
+        span = hi - lo
+        pos = (x - lo) / span if span > 0.0 else -1.0
+        if not 0.0 <= pos < 1.0:
+            return self._remember(self._categories(ring, lo, hi))
+        # The common case, inline (this runs per reading): `_categories` within the range.
+        v0, v1, v2, v3, v4, v5, v6, v7 = ring
+        s01, s23, s45, s67 = v0 + v1, v2 + v3, v4 + v5, v6 + v7
+        d1 = (s01 + s23 - s45 - s67) / (4 * span)
+        d2 = (s01 - s23) / (2 * span)
+        d3 = (s45 - s67) / (2 * span)
+        d4 = (v6 - v7) / span
+        cap = self._cap
+        if not (-cap < d1 < cap and -cap < d2 < cap and -cap < d3 < cap and -cap < d4 < cap):
+            return self._remember(self._categories(ring, lo, hi))
         new = False
         capacity = self.capacity
-        for key, mem in zip(self._categories(ring, lo, hi), self.mems, strict=True):
+        r = round
+        for n, mem in zip(self.levels, self.mems, strict=True):
+            key = (r(d1 * n), r(d2 * n), r(d3 * n), r(d4 * n), int(pos * n))
             # pop and re-insert: dict order is recency order (a missing key pops 0)
+            if mem.pop(key, 0) is not None:
+                new = True
+            mem[key] = None
+            if len(mem) > capacity:
+                del mem[next(iter(mem))]
+        return new
+
+    def _remember(self, keys: list[tuple[int, ...]]) -> bool:
+        """Refresh each resolution's memory with its category; True if one was new."""
+        new = False
+        capacity = self.capacity
+        for key, mem in zip(keys, self.mems, strict=True):
             if mem.pop(key, 0) is not None:
                 new = True
             mem[key] = None
@@ -583,7 +637,11 @@ class WindowSketch:
         n = self.n
         if not n:
             return 0.0
-        return (self._below(i) + 0.5 * self.cnt[i]) / n
+        tree, j, below = self.tree, i, 0  # `_below(i)`, inline
+        while j > 0:
+            below += tree[j]
+            j -= j & -j
+        return (below + 0.5 * self.cnt[i]) / n
 
     def push(self, x: float) -> None:
         if self.pushes % self.size == 0:  # a new block begins
@@ -595,11 +653,27 @@ class WindowSketch:
                     if c:
                         self._add(i, -c)
             self.blocks.append(self._block())
-        self.pushes += 1
+        self.pushes = p = self.pushes + 1
         i = self._bin(x)
         self.blocks[-1][i] += 1
-        self._add(i, 1)
-        self._push_top(x, i)
+        self.cnt[i] += 1  # `_add(i, 1)`, inline: this runs per reading
+        self.n += 1
+        tree, j, bins = self.tree, i + 1, self.bins
+        while j <= bins:
+            tree[j] += 1
+            j += j & -j
+        top_v = self.top_v
+        expired = p - self.window
+        if len(top_v) < self.tail or x > top_v[0] or self.next_expiry <= expired:
+            self._push_top(x, i)
+            return
+        # The common case: `x` stays out of a full top that loses nothing now, so it is its
+        # bin's latest exclusion (`_push_top`'s last lines).
+        excluded = self.excluded
+        excluded[i] = p
+        self.open_above = max(self.open_above, i)
+        if excluded[self.open_above] <= expired:
+            self._settle()
 
     def _push_top(self, x: float, i: int) -> None:
         top_v, top_at = self.top_v, self.top_at

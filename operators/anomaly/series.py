@@ -300,7 +300,10 @@ class EnsembleSeries:
         if self.tape is not None:
             self.tape.record(code, shift_detector)
         contexts = self.contexts
-        novelty = sum(c.update(value) for c in contexts) / len(contexts)
+        novelty = 0.0
+        for c in contexts:
+            novelty += c.update(value)
+        novelty /= len(contexts)
         self._recent.append(value)
         self.n += 1
         self.parts = (seasonal, shift, novelty)

@@ -90,3 +90,35 @@ def test_bench_nab_config_and_detector_override(tmp_path: Path) -> None:
     ewma_rows = read_rows(tmp_path / "ewma" / "catA" / "with_spike.csv")
     assert [r["timestamp"] for r in ewma_rows] == [r["timestamp"] for r in rows]
     assert [r["anomaly_score"] for r in ewma_rows] != [r["anomaly_score"] for r in rows]
+
+
+def test_bench_nab_cost_against_a_revision() -> None:
+    """`--cost --against REV`: this checkout's default detector timed against REV's (here
+    HEAD, in a temporary worktree that is removed afterwards), both on the same readings."""
+    worktrees = _worktrees()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.nab", "--cost", "--against", "HEAD", "--points", "400"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["points"] == 400, proc.stdout
+    assert [len(v) for v in result["us_per_reading"].values()] == [3, 3]
+    assert all(v > 0 for v in result["best"].values())
+    assert result["ratio"] == round(result["best"]["here"] / result["best"]["HEAD"], 3)
+    assert "ratio here / HEAD" in proc.stdout
+    assert _worktrees() == worktrees, proc.stderr
+
+
+def _worktrees() -> set[str]:
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "list", "--porcelain"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {line.split(" ", 1)[1] for line in listed.splitlines() if line.startswith("worktree ")}
