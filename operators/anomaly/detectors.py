@@ -64,15 +64,27 @@ def unpack_floats(packed: bytes) -> array[float]:
 def pack_ints(values: Iterable[int]) -> bytes:
     """Integers in the narrowest type that holds them all (unsigned when none is negative),
     its type code first."""
-    vals = list(values)
-    lo, hi = min(vals, default=0), max(vals, default=0)
-    for code in "BHIQbhiq" if lo >= 0 else "bhiq":
-        bits = 8 * array(code).itemsize
-        if code.isupper() and hi < 1 << bits:
-            break
-        if -(1 << (bits - 1)) <= lo and hi < 1 << (bits - 1):
-            break
+    vals = values if isinstance(values, list) else list(values)
+    lo, hi = (min(vals), max(vals)) if vals else (0, 0)
+    codes = _UNSIGNED if lo >= 0 else _SIGNED
+    # the widest when none holds them: `array` then raises OverflowError
+    code = next((c for c, low, high in codes if low <= lo and hi < high), codes[-1][0])
     return code.encode() + _le(array(code, vals))
+
+
+def _int_codes(codes: str) -> list[tuple[str, int, int]]:
+    """Per array type code: the lowest value it holds and one past its highest."""
+    out = []
+    for code in codes:
+        bits = 8 * array(code).itemsize
+        out.append(
+            (code, 0, 1 << bits) if code.isupper() else (code, -(1 << bits - 1), 1 << bits - 1)
+        )
+    return out
+
+
+_UNSIGNED = _int_codes("BHIQ")
+_SIGNED = _int_codes("bhiq")
 
 
 def unpack_ints(packed: bytes) -> array[int]:
@@ -251,9 +263,9 @@ class ContextNovelty:
         return (
             self.range.state(),
             self.hist,
-            pack_ints(len(key) for key in mem),
-            pack_ints(level for key in mem for level in key),
-            pack_ints(t - seen for seen in mem.values()),
+            pack_ints([len(key) for key in mem]),
+            pack_ints([level for key in mem for level in key]),
+            pack_ints([t - seen for seen in mem.values()]),
             t,
         )
 
@@ -416,7 +428,7 @@ class ShapeNovelty:
             self.range.state(),
             pack_floats(self.ring),
             tuple(
-                (pack_ints(len(key) for key in mem), pack_ints(v for key in mem for v in key))
+                (pack_ints([len(key) for key in mem]), pack_ints([v for key in mem for v in key]))
                 for mem in self.mems
             ),
         )
@@ -756,8 +768,8 @@ class WindowSketch:
             self.base,
             pushes,
             blocks,
-            (pack_floats(self.top_v), pack_ints(pushes - at for at in self.top_at)),
-            (pack_ints(b for b, _ in excluded), pack_ints(pushes - at for _, at in excluded)),
+            (pack_floats(self.top_v), pack_ints([pushes - at for at in self.top_at])),
+            (pack_ints([b for b, _ in excluded]), pack_ints([pushes - at for _, at in excluded])),
         )
 
     @staticmethod
@@ -852,7 +864,7 @@ class SeasonalResidual:
         for slot in slots:
             mask |= 1 << slot
         width = slots[-1] // 8 + 1 if slots else 0
-        means = pack_floats(self.slot_mean[slot] for slot in slots)
+        means = pack_floats([self.slot_mean[slot] for slot in slots])
         return (mask.to_bytes(width, "little"), means, self.rank.pack())
 
     @staticmethod
