@@ -168,8 +168,9 @@ def classify(
         ev["after_level"] = _r(median(values[max(0, at - 8) :]))
         return Change(ChangeKind.VARIANCE, ev)
 
-    step_sse, split = _step_fit(z)
-    hinge_sse, hinge_at, slope = _hinge_fit(z)
+    sums = _prefix(z)
+    step_sse, split = _step_fit(z, sums)
+    hinge_sse, hinge_at, slope = _hinge_fit(z, sums)
     post = z[split:]
     ev["after_level"] = _r(median(values[start + split :]))
     ev["change_at"] = float(split - ia)  # readings from the alert to where the change began
@@ -194,36 +195,57 @@ def classify(
     return Change(ChangeKind.LEVEL_SHIFT, ev)
 
 
-def _sse(xs: Sequence[float]) -> float:
-    mu = sum(xs) / len(xs)
-    return sum((x - mu) ** 2 for x in xs)
+def _prefix(z: Sequence[float]) -> tuple[list[float], list[float], list[float]]:
+    """Running sums of z, z^2 and t*z (each with a leading 0): the fits below in O(m)."""
+    s, q, w = [0.0], [0.0], [0.0]
+    a = b = c = 0.0
+    for t, x in enumerate(z):
+        a += x
+        b += x * x
+        c += t * x
+        s.append(a)
+        q.append(b)
+        w.append(c)
+    return s, q, w
 
 
-def _step_fit(z: Sequence[float]) -> tuple[float, int]:
+def _step_fit(z: Sequence[float], sums: tuple[list[float], ...]) -> tuple[float, int]:
     """The best step (two means, least squares): its sum of squared errors and where the
     second part begins."""
+    s, q, _ = sums
+    m = len(z)
     best, split = math.inf, 1
-    for c in range(2, len(z) - 1):
-        sse = _sse(z[:c]) + _sse(z[c:])
+    for c in range(2, m - 1):
+        left = q[c] - s[c] * s[c] / c
+        r = s[m] - s[c]
+        sse = left + (q[m] - q[c]) - r * r / (m - c)
         if sse < best:
             best, split = sse, c
     return best, split
 
 
-def _hinge_fit(z: Sequence[float]) -> tuple[float, int, float]:
+def _hinge_fit(z: Sequence[float], sums: tuple[list[float], ...]) -> tuple[float, int, float]:
     """The best hinge (least squares): flat at the mean of `z[:c]` (0 where c is 0), then a
-    line from there with the best slope. Its sum of squared errors, c and the slope."""
-    best, at, slope = math.inf, 0, 0.0
+    line from there with the best slope, `base + slope * k` at `z[c + k - 1]`. Its sum of
+    squared errors, c and the slope."""
+    s, q, w = sums
     m = len(z)
+    best, at, slope = math.inf, 0, 0.0
     for c in range(0, m - 3):
-        base = sum(z[:c]) / c if c else 0.0
-        u = range(1, m - c + 1)
-        s = sum((z[c + k - 1] - base) * k for k in u) / sum(k * k for k in u)
-        sse = sum((x - base) ** 2 for x in z[:c]) + sum(
-            (z[c + k - 1] - base - s * k) ** 2 for k in u
-        )
+        base = s[c] / c if c else 0.0
+        n = m - c
+        sz = s[m] - s[c]
+        # sum of z_t * k over the line's part, k = t - c + 1
+        szk = (w[m] - w[c]) - (c - 1) * sz
+        sk = n * (n + 1) / 2
+        skk = n * (n + 1) * (2 * n + 1) / 6
+        syk = szk - base * sk
+        sl = syk / skk
+        left = q[c] - 2 * base * s[c] + c * base * base
+        syy = (q[m] - q[c]) - 2 * base * sz + n * base * base
+        sse = left + syy - sl * syk
         if sse < best:
-            best, at, slope = sse, c, s
+            best, at, slope = sse, c, sl
     return best, at, slope
 
 
