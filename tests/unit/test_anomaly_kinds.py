@@ -14,7 +14,7 @@ import random
 from config.models import AnomalyConfig
 from core.records import Alert, Event, Kind
 from operators.anomaly import EntityDetector
-from operators.anomaly.kinds import classify
+from operators.anomaly.kinds import _hinge_fit, _prefix, _step_fit, classify
 from support.changes import changed_series
 
 CHANGE = 500
@@ -199,3 +199,36 @@ def test_a_step_that_then_moves_with_the_profile_is_seasonal() -> None:
     # The same step, flat after it: a level shift.
     flat = [b + (6.0 if i >= c else 0.0) + rnd.gauss(0.0, 1.0) for i, b in enumerate(base)]
     assert classify(flat, base, c, ts, _profile).to_json()["kind"] == "level_shift"
+
+
+def test_the_fits_from_running_sums_are_the_direct_least_squares() -> None:
+    """`_step_fit` and `_hinge_fit` (O(m), from running sums) against the fits computed
+    directly, split by split: the same best split and start, the same errors and slope."""
+
+    def sse(xs: list[float]) -> float:
+        mu = sum(xs) / len(xs)
+        return sum((x - mu) ** 2 for x in xs)
+
+    rnd = random.Random(11)
+    for trial in range(20):
+        m = 20 + trial * 5
+        z = [
+            rnd.gauss(0.0, 1.0) + (0.2 * max(0, i - m // 2) if trial % 2 else 0.0) for i in range(m)
+        ]
+        sums = _prefix(z)
+        step = min((sse(z[:c]) + sse(z[c:]), c) for c in range(2, m - 1))
+        got_sse, got_split = _step_fit(z, sums)
+        assert got_split == step[1] and math.isclose(got_sse, step[0], rel_tol=1e-9)
+        hinges = []
+        for c in range(m - 3):
+            base = sum(z[:c]) / c if c else 0.0
+            ks = range(1, m - c + 1)
+            s = sum((z[c + k - 1] - base) * k for k in ks) / sum(k * k for k in ks)
+            e = sum((x - base) ** 2 for x in z[:c]) + sum(
+                (z[c + k - 1] - base - s * k) ** 2 for k in ks
+            )
+            hinges.append((e, c, s))
+        e, c, s = min(hinges)
+        h_sse, h_at, h_slope = _hinge_fit(z, sums)
+        assert h_at == c and math.isclose(h_sse, e, rel_tol=1e-9, abs_tol=1e-9)
+        assert math.isclose(h_slope, s, rel_tol=1e-9, abs_tol=1e-12)
