@@ -30,7 +30,8 @@ trough, or a phase shift where the old and new profile run parallel) reads as a 
 `ChangeTracker` keeps what `classify` needs per series, bounded: the last `HISTORY` readings
 and baselines, and at most one alert held back (`hold` readings at most, so that the change
 has readings after it to be named by; a spike is named as soon as the last three readings
-are back, each within two reference spreads of the level before it). Its
+are back, each within two reference spreads of the level before it, none since the alert
+having been far out). Its
 snapshot (`state()`) is plain data (packed doubles and the held alert's fields), an
 immutable copy; a tracker resumed from it names the same kinds at the same readings.
 """
@@ -307,7 +308,8 @@ class ChangeTracker:
     `observe(ts, value, baseline)` per reading (O(1)); `hold(alert)` when the series detector
     alerts on the reading just observed; both return the alerts that are now due, with their
     `change`. An alert is due `hold` readings after its own, or as soon as the last
-    `_BACK` readings are back near the level before it (a spike). `flush()` names and returns a
+    `_BACK` readings are back near the level before it and none since it was far out (a
+    spike). `flush()` names and returns a
     held alert at once (the end of the input). `hold` 0 names every alert on its own reading.
     `profile` (the series detector's seasonal baseline at an event time, over `period`
     seconds) lets seasonal changes be named; it is not part of the state.
@@ -359,7 +361,8 @@ class ChangeTracker:
         return []
 
     def _back(self) -> bool:
-        """The last `_BACK` readings are back near the level before the held alert's."""
+        """The last `_BACK` readings are back near the level before the held alert's, and
+        none since it was far out (a spike is one reading)."""
         vals, since = self.values, self.since
         at = len(vals) - 1 - since
         if at < 8 or since < _BACK:
@@ -368,8 +371,12 @@ class ChangeTracker:
         ref = res[max(0, at - _REF) : at]
         m0 = median(ref)
         s0 = max(_mad(ref, m0), 1e-12)
-        near = _NEAR * s0
-        return abs(res[at] - m0) >= _FAR * s0 and all(abs(r - m0) < near for r in res[-_BACK:])
+        near, far = _NEAR * s0, _FAR * s0
+        return (
+            abs(res[at] - m0) >= far
+            and all(abs(r - m0) < far for r in res[at + 1 :])
+            and all(abs(r - m0) < near for r in res[-_BACK:])
+        )
 
     def hold(self, alert: Alert) -> list[Alert]:
         """Hold `alert` (raised on the reading just observed). While one is held, a new

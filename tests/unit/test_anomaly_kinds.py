@@ -14,7 +14,7 @@ import random
 from config.models import AnomalyConfig
 from core.records import Alert, Event, Kind
 from operators.anomaly import EntityDetector
-from operators.anomaly.kinds import _hinge_fit, _prefix, _step_fit, classify
+from operators.anomaly.kinds import ChangeTracker, _hinge_fit, _prefix, _step_fit, classify
 from support.changes import changed_series
 
 CHANGE = 500
@@ -232,3 +232,40 @@ def test_the_fits_from_running_sums_are_the_direct_least_squares() -> None:
         h_sse, h_at, h_slope = _hinge_fit(z, sums)
         assert h_at == c and math.isclose(h_sse, e, rel_tol=1e-9, abs_tol=1e-9)
         assert math.isclose(h_slope, s, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_a_held_alert_is_not_a_spike_when_a_reading_after_it_was_far_out() -> None:
+    """The tracker releases an alert early (a spike) only when the last three readings are
+    back and none since the alert was far out: wider scatter that happens to calm for three
+    readings waits for the full hold, and is then named from all its readings."""
+    tracker = ChangeTracker(12)
+    values = _noise(2)[:200]
+    values[-1] = 9.0  # the reading that alerted
+    for i, v in enumerate(values):
+        tracker.observe(float(i), v, 0.0)
+    alert = Alert(
+        alert_id="a",
+        detector="series",
+        tenant="t",
+        entity="e",
+        ts=199.0,
+        score=1.0,
+        value=9.0,
+        baseline=0.0,
+        threshold=0.5,
+        window={},
+        event_ids=("m199",),
+        source="s",
+        message="m",
+    )
+    assert tracker.hold(alert) == []
+    # one far reading, then three quiet ones: not back
+    for i, v in enumerate([-8.0, 0.3, -0.2, 0.1]):
+        assert tracker.observe(200.0 + i, v, 0.0) == []
+    assert tracker.held is not None
+    quiet = ChangeTracker(12)
+    for i, v in enumerate(values):
+        quiet.observe(float(i), v, 0.0)
+    quiet.hold(alert)
+    out = [a for i, v in enumerate([0.3, -0.2, 0.1]) for a in quiet.observe(200.0 + i, v, 0.0)]
+    assert len(out) == 1 and out[0].change is not None and out[0].change["kind"] == "spike"
