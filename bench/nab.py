@@ -4,7 +4,7 @@
     python -m bench.nab --cost [--points 20000]
     python -m bench.nab --cost --against REV [--points 40000] [--repeat 3]
     python -m bench.nab --throughput [--events 200000] [--repeat 2]
-    python -m bench.nab --synthetic [--seeds 20] [--hold N]
+    python -m bench.nab --synthetic [--seeds 20] [--seed-offset 0] [--hold N]
     python -m bench.nab --rates [--seeds 5] [--repeat 5]
 
 `--data` is laid out like NAB's `data/` folder (`<category>/<file>.csv`, columns
@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--synthetic", action="store_true", help="alert kinds on generated series")
     p.add_argument("--seeds", type=int, default=20, help="generated series per kind")
+    p.add_argument("--seed-offset", type=int, default=0, help="--synthetic: first seed")
     p.add_argument("--hold", type=int, help="override anomaly.change_hold_points")
     p.add_argument("--rates", action="store_true", help="event-rate series, burst and drop")
     args = p.parse_args(argv)
@@ -305,7 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.synthetic:
         result = kinds_bench.report(
-            load_anomaly_config(args.config, args.detector), args.seeds, args.hold
+            load_anomaly_config(args.config, args.detector),
+            args.seeds,
+            args.hold,
+            args.seed_offset,
         )
         print(json.dumps(result))
         return 0

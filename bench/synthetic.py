@@ -1,10 +1,11 @@
 """Alert kinds on generated series with known change points (`python -m bench.nab --synthetic`).
 
-    python -m bench.nab --synthetic [--seeds 20] [--hold N] [--config FILE]
+    python -m bench.nab --synthetic [--seeds 20] [--seed-offset 0] [--hold N] [--config FILE]
 
 For each change kind (`support.changes.KINDS`: spike, level shift, trend, variance,
-seasonality) and for clean series, `--seeds` generated series (five-minute readings of a daily
-pattern with noise, three quiet days or more, then the change) go through
+seasonality) and for clean series, `--seeds` generated series (seeds from `--seed-offset`,
+default 0; five-minute readings of a daily pattern with noise, three quiet days or more, then
+the change) go through
 `operators.anomaly.EntityDetector`, the pipeline's own per-entity detector (the series
 detector of `[anomaly]`, default the ensemble, and the change tracker that names each
 alert's kind), as metric events, the wall clock following the event times. Per kind:
@@ -67,7 +68,7 @@ def run_series(cfg: AnomalyConfig, kind: str | None, seed: int) -> dict[str, Any
     return {"change_at": series.change_at, "n": len(series.ts), "alerts": alerts}
 
 
-def synthetic(cfg: AnomalyConfig, seeds: int) -> dict[str, Any]:
+def synthetic(cfg: AnomalyConfig, seeds: int, offset: int = 0) -> dict[str, Any]:
     kinds: dict[str, Any] = {}
     fa_alerts = fa_readings = 0
     for kind in (*KINDS, None):
@@ -75,7 +76,7 @@ def synthetic(cfg: AnomalyConfig, seeds: int) -> dict[str, Any]:
         delays: list[int] = []
         held: list[int] = []
         named: Counter[str] = Counter()
-        for seed in range(seeds):
+        for seed in range(offset, offset + seeds):
             run = run_series(cfg, kind, seed)
             c = run["change_at"] if run["change_at"] is not None else run["n"]
             fa_alerts += sum(1 for at, _, _ in run["alerts"] if at < c)
@@ -100,21 +101,22 @@ def synthetic(cfg: AnomalyConfig, seeds: int) -> dict[str, Any]:
         }
     return {
         "seeds": seeds,
+        "seed_offset": offset,
         "hold": cfg.change_hold_points,
         "kinds": kinds,
         "false_alarms_per_10k": round(fa_alerts / max(1, fa_readings) * 10_000, 2),
     }
 
 
-def report(cfg: AnomalyConfig, seeds: int, hold: int | None) -> dict[str, Any]:
+def report(cfg: AnomalyConfig, seeds: int, hold: int | None, offset: int = 0) -> dict[str, Any]:
     if hold is not None:
         cfg = cfg.model_copy(update={"change_hold_points": hold})
     # The generated series are event-time only: no reading is late, the wall clock follows.
     cfg = cfg.model_copy(update={"allowed_lateness_s": 1e12})
-    result = synthetic(cfg, seeds)
+    result = synthetic(cfg, seeds, offset)
     print(
-        f"{seeds} series per kind, detector {cfg.detector}, change_hold_points "
-        f"{cfg.change_hold_points}"
+        f"{seeds} series per kind (seeds from {offset}), detector {cfg.detector}, "
+        f"change_hold_points {cfg.change_hold_points}"
     )
     print(f"{'kind':13s} {'detected':>8s} {'delay':>6s} {'held':>5s} {'kind ok':>8s}  named")
     for kind, r in result["kinds"].items():

@@ -7,20 +7,31 @@ mean of the ensemble, the EWMA mean of `ewma`), scaled by the median and MAD of 
 reference stretch (z-scores):
 
 - `spike`: the alert reading is far out (|z| >= 3.5) and the readings after it are back (at
-  most a quarter of them far out), as were the readings just before it;
-- `variance`: the readings around the alert scatter (robust spread >= 2.5 times the
-  reference's) about a median that did not move much (at most 0.6 of the spread);
-- otherwise the residuals of the recent stretch are fitted by three models, each by the sum
-  of absolute errors: a step (two medians, best split: `level_shift`), a hinge (flat, then a
-  line with a median slope from the best start: `trend`) and the seasonal profile's own
-  shape after the best split (least squares on the centred profile and its slope:
-  `seasonality`, tried only where the profile moves by at least one reference spread over
-  the stretch). A model must beat the step by 20 % to be chosen: a level shift is the
-  default.
+  most a quarter of them far out, and their median |z| at most 1.5), as were the readings
+  just before it;
+- `variance`: the readings after the alert (with fewer than 6 of them, the stretch around it)
+  scatter (robust spread >= 2.5 times the reference's) about a median that did not move more
+  than the spread (0.6 of it around the alert);
+- otherwise the residuals of the recent stretch (96 readings before the alert, those after
+  it) are fitted, by least squares in z-scores, by a step (two means, the best split) and a
+  hinge (flat, then a line from the best start). Unless the step fits clearly better (by 8,
+  the sum of squared z-scores: a likelihood ratio of about e^4), the change is gradual: a
+  `trend`, from where the hinge starts. An abrupt change is a `level_shift` when the
+  readings after the step are flat, and `seasonality` when they keep moving (slope over its
+  standard error >= 2.5) where the seasonal profile moves by at least four reference
+  spreads over the period (the evidence then says how the profile was reshaped: scaled about
+  its mean, `profile_gain`, or moved in time, `phase_shift`, least absolute errors).
+
+A seasonal change is told from a level shift only by how the readings after it move: with
+the dozen readings an alert is held for, one where the profile is flat (near its peak or
+trough, or a phase shift where the old and new profile run parallel) reads as a level shift
+(operators/anomaly/NAB.md, "Alert kinds: accuracy and cost").
 
 `ChangeTracker` keeps what `classify` needs per series, bounded: the last `HISTORY` readings
 and baselines, and at most one alert held back (`hold` readings at most, so that the change
-has readings after it to be named by; a spike is named as soon as a reading is back). Its
+has readings after it to be named by; a spike is named as soon as the last three readings
+are back, each within two reference spreads of the level before it, none since the alert
+having been far out). Its
 snapshot (`state()`) is plain data (packed doubles and the held alert's fields), an
 immutable copy; a tracker resumed from it names the same kinds at the same readings.
 """
@@ -48,8 +59,13 @@ _BEFORE = 96
 """Readings before the alert that the models are fitted on (with those after it)."""
 _FAR = 3.5
 _MAD_SCALE = 1.4826
-_MARGIN = 0.8
 _BACK = 3
+_NEAR = 2.0
+"""A spike's readings after it are back: each within this many reference spreads of the
+level before it (`ChangeTracker`), their median too (`_BACK_MEDIAN`, in `classify`)."""
+_BACK_MEDIAN = 1.5
+_ABRUPT = 8.0
+_SLOPE_T = 2.5
 
 
 def pack_times(ts: Sequence[float]) -> bytes | tuple[int, int, bytes]:
@@ -97,11 +113,6 @@ def _mad(xs: Sequence[float], center: float) -> float:
     return _MAD_SCALE * median([abs(x - center) for x in xs])
 
 
-def _sae_median(xs: Sequence[float]) -> tuple[float, float]:
-    m = median(xs)
-    return sum(abs(x - m) for x in xs), m
-
-
 def _r(x: float) -> float:
     return round(x, 4) if math.isfinite(x) else 0.0
 
@@ -143,72 +154,114 @@ def classify(
     def share_far(xs: Sequence[float]) -> float:
         return sum(1 for x in xs if abs(x) >= _FAR) / len(xs) if xs else 0.0
 
-    if abs(za) >= _FAR and share_far(after) <= 0.25 and share_far(before_near) <= 0.25:
+    back = len(after) < _BACK or median([abs(x) for x in after]) <= _BACK_MEDIAN
+    if abs(za) >= _FAR and share_far(after) <= 0.25 and share_far(before_near) <= 0.25 and back:
         ev["after_level"] = _r(median(values[at + 1 :]) if after else values[at])
         return Change(ChangeKind.SPIKE, ev)
 
-    near = z[max(0, ia - 8) :]
+    # Variance: the readings after the alert scatter about the level before it (with few
+    # readings after it, the stretch around it).
+    near = after if len(after) >= 6 else z[max(0, ia - 8) :]
     mid = median(near)
     spread = _mad(near, mid)
-    if spread >= 2.5 and abs(mid) <= 0.6 * spread:
+    if spread >= 2.5 and abs(mid) <= (1.0 if near is after else 0.6) * spread:
         ev["variance_ratio"] = _r(spread)
         ev["after_level"] = _r(median(values[max(0, at - 8) :]))
         return Change(ChangeKind.VARIANCE, ev)
 
-    m = len(z)
-    step_sae, split = math.inf, 1
-    for c in range(2, m - 1):
-        left, _ = _sae_median(z[:c])
-        right, _ = _sae_median(z[c:])
-        if left + right < step_sae:
-            step_sae, split = left + right, c
+    sums = _prefix(z)
+    step_sse, split = _step_fit(z, sums)
+    hinge_sse, hinge_at, slope = _hinge_fit(z, sums)
     post = z[split:]
-    height = median(post) - median(z[:split])
-    after_level = median(values[start + split :])
-    ev["after_level"] = _r(after_level)
+    ev["after_level"] = _r(median(values[start + split :]))
     ev["change_at"] = float(split - ia)  # readings from the alert to where the change began
     ev["variance_ratio"] = _r(_mad(post, median(post)))
-
-    hinge_sae, hinge_at, slope = math.inf, 0, 0.0
-    for c in range(0, m - 3):
-        base = median(z[:c]) if c else 0.0
-        s = median([(z[t] - base) / (t - c + 1) for t in range(c, m)])
-        sae = sum(abs(z[t] - base) for t in range(c)) + sum(
-            abs(z[t] - base - s * (t - c + 1)) for t in range(c, m)
-        )
-        if sae < hinge_sae:
-            hinge_sae, hinge_at, slope = sae, c, s
     ev["slope"] = _r(slope * s0)  # value units per reading
-    # The rise within the changed stretch, against the step's height: a level shift is flat
-    # after its step, a drift keeps going.
-    rise = _theil_sen(post) * len(post)
-    ev["rise_ratio"] = _r(rise / height if height else 0.0)
-
-    if profile is not None and ts is not None and len(post) >= 6:
-        x_post = values[start + split :]
-        t_post = ts[start + split :]
-        season = _seasonal_fit(x_post, t_post, profile, period, s0)
-        if season is not None:
-            sae_season, what, amount = season
-            p_post = baselines[start + split :]
-            sae_level, _ = _sae_median([x - p for x, p in zip(x_post, p_post, strict=True)])
-            if sae_season < 0.7 * sae_level:
-                ev[what] = _r(amount)
-                return Change(ChangeKind.SEASONALITY, ev)
-    drifting = len(post) >= 8 and rise * height > 0 and abs(rise) >= 0.6 * abs(height)
-    trend = hinge_sae < _MARGIN * step_sae or drifting
-    if trend:
+    # A step must fit clearly better than a ramp (by `_ABRUPT` in squared z-scores) for the
+    # change to be abrupt; otherwise it is gradual: a trend.
+    ev["ramp_gain"] = _r(step_sse - hinge_sse)
+    if step_sse - hinge_sse > -_ABRUPT:
         ev["change_at"] = float(hinge_at - ia)
         return Change(ChangeKind.TREND, ev)
+    # Abrupt. A level shift is flat after its step; a seasonal change follows the reshaped
+    # profile, which moves: a significant slope after the step (where the profile moves).
+    t_post = _slope_t(post)
+    ev["post_slope_t"] = _r(t_post)
+    if profile is not None and ts is not None and len(post) >= 6 and abs(t_post) >= _SLOPE_T:
+        season = _seasonal_fit(values[start + split :], ts[start + split :], profile, period, s0)
+        if season is not None:
+            _, what, amount = season
+            ev[what] = _r(amount)
+            return Change(ChangeKind.SEASONALITY, ev)
     return Change(ChangeKind.LEVEL_SHIFT, ev)
 
 
-def _theil_sen(xs: Sequence[float]) -> float:
-    """Median of the pairwise slopes (at most 48 points, evenly picked)."""
+def _prefix(z: Sequence[float]) -> tuple[list[float], list[float], list[float]]:
+    """Running sums of z, z^2 and t*z (each with a leading 0): the fits below in O(m)."""
+    s, q, w = [0.0], [0.0], [0.0]
+    a = b = c = 0.0
+    for t, x in enumerate(z):
+        a += x
+        b += x * x
+        c += t * x
+        s.append(a)
+        q.append(b)
+        w.append(c)
+    return s, q, w
+
+
+def _step_fit(z: Sequence[float], sums: tuple[list[float], ...]) -> tuple[float, int]:
+    """The best step (two means, least squares): its sum of squared errors and where the
+    second part begins."""
+    s, q, _ = sums
+    m = len(z)
+    best, split = math.inf, 1
+    for c in range(2, m - 1):
+        left = q[c] - s[c] * s[c] / c
+        r = s[m] - s[c]
+        sse = left + (q[m] - q[c]) - r * r / (m - c)
+        if sse < best:
+            best, split = sse, c
+    return best, split
+
+
+def _hinge_fit(z: Sequence[float], sums: tuple[list[float], ...]) -> tuple[float, int, float]:
+    """The best hinge (least squares): flat at the mean of `z[:c]` (0 where c is 0), then a
+    line from there with the best slope, `base + slope * k` at `z[c + k - 1]`. Its sum of
+    squared errors, c and the slope."""
+    s, q, w = sums
+    m = len(z)
+    best, at, slope = math.inf, 0, 0.0
+    for c in range(0, m - 3):
+        base = s[c] / c if c else 0.0
+        n = m - c
+        sz = s[m] - s[c]
+        # sum of z_t * k over the line's part, k = t - c + 1
+        szk = (w[m] - w[c]) - (c - 1) * sz
+        sk = n * (n + 1) / 2
+        skk = n * (n + 1) * (2 * n + 1) / 6
+        syk = szk - base * sk
+        sl = syk / skk
+        left = q[c] - 2 * base * s[c] + c * base * base
+        syy = (q[m] - q[c]) - 2 * base * sz + n * base * base
+        sse = left + syy - sl * syk
+        if sse < best:
+            best, at, slope = sse, c, sl
+    return best, at, slope
+
+
+def _slope_t(xs: Sequence[float]) -> float:
+    """The least-squares slope of `xs` over its standard error (the residuals' spread, at
+    least 1: z-scores)."""
     n = len(xs)
-    idx = list(range(n)) if n <= 48 else [round(i * (n - 1) / 47) for i in range(48)]
-    slopes = [(xs[j] - xs[i]) / (j - i) for a, i in enumerate(idx) for j in idx[a + 1 :] if j > i]
-    return median(slopes) if slopes else 0.0
+    if n < 3:
+        return 0.0
+    tm = (n - 1) / 2
+    mu = sum(xs) / n
+    sxx = sum((i - tm) ** 2 for i in range(n))
+    b = sum((i - tm) * (x - mu) for i, x in enumerate(xs)) / sxx
+    sd = math.sqrt(sum((x - mu - b * (i - tm)) ** 2 for i, x in enumerate(xs)) / (n - 2))
+    return b * math.sqrt(sxx) / max(sd, 1.0)
 
 
 def _seasonal_fit(
@@ -255,7 +308,8 @@ class ChangeTracker:
     `observe(ts, value, baseline)` per reading (O(1)); `hold(alert)` when the series detector
     alerts on the reading just observed; both return the alerts that are now due, with their
     `change`. An alert is due `hold` readings after its own, or as soon as the last
-    `_BACK` readings are back near the level before it (a spike). `flush()` names and returns a
+    `_BACK` readings are back near the level before it and none since it was far out (a
+    spike). `flush()` names and returns a
     held alert at once (the end of the input). `hold` 0 names every alert on its own reading.
     `profile` (the series detector's seasonal baseline at an event time, over `period`
     seconds) lets seasonal changes be named; it is not part of the state.
@@ -307,7 +361,8 @@ class ChangeTracker:
         return []
 
     def _back(self) -> bool:
-        """The last `_BACK` readings are back near the level before the held alert's."""
+        """The last `_BACK` readings are back near the level before the held alert's, and
+        none since it was far out (a spike is one reading)."""
         vals, since = self.values, self.since
         at = len(vals) - 1 - since
         if at < 8 or since < _BACK:
@@ -316,7 +371,12 @@ class ChangeTracker:
         ref = res[max(0, at - _REF) : at]
         m0 = median(ref)
         s0 = max(_mad(ref, m0), 1e-12)
-        return abs(res[at] - m0) >= _FAR * s0 and all(abs(r - m0) < _FAR * s0 for r in res[-_BACK:])
+        near, far = _NEAR * s0, _FAR * s0
+        return (
+            abs(res[at] - m0) >= far
+            and all(abs(r - m0) < far for r in res[at + 1 :])
+            and all(abs(r - m0) < near for r in res[-_BACK:])
+        )
 
     def hold(self, alert: Alert) -> list[Alert]:
         """Hold `alert` (raised on the reading just observed). While one is held, a new
