@@ -26,7 +26,8 @@ The last stdout line is one JSON object: `files`, `readings`, `seconds`, `detect
 `--cost` times each detector alone on a synthetic series (µs per reading); with `--against
 REV` it times the default series detector of this checkout against that of git revision REV
 (checked out in a temporary worktree), in alternating subprocesses on the same readings,
-best of `--repeat` rounds each: the budget check against an earlier release. `--throughput`
+best of `--repeat` rounds each, on one long series (`steady`) and on 200 young series
+interleaved (`young`): the budget check against an earlier release. `--throughput`
 runs `bench.throughput`'s workload once through a Bytewax passthrough and then through the
 pipeline with each metric detector, in one broker session, so the ratios compare.
 `--synthetic` runs generated series with known changes of each kind through the pipeline's
@@ -174,29 +175,46 @@ import pickle, sys, time
 sys.path.insert(0, sys.argv[1])
 from bench.nab import load_anomaly_config
 from operators.anomaly.series import make_series
-series = pickle.loads(sys.stdin.buffer.read())
-det = make_series(load_anomaly_config(None))
+n, readings = pickle.loads(sys.stdin.buffer.read())
+dets = [make_series(load_anomaly_config(None)) for _ in range(n)]
 started = time.perf_counter()
-for ts, v in series:
-    det.update(ts, v)
-print((time.perf_counter() - started) / len(series) * 1e6)
+for k, ts, v in readings:
+    dets[k].update(ts, v)
+print((time.perf_counter() - started) / len(readings) * 1e6)
 """
+
+YOUNG_SERIES, YOUNG_READINGS = 200, 400
+"""`cost_against`'s second workload: this many series, interleaved, of (at most) this many
+readings each (`points` / 100)."""
 
 
 def cost_against(rev: str, points: int, rounds: int) -> dict[str, Any]:
     """µs per reading of the default series detector here and at git revision `rev`.
 
-    `rev` is checked out in a temporary worktree (removed afterwards); each round times both
-    trees in fresh subprocesses, alternating, on the same synthetic readings, and the best
-    round of each counts (a shared machine's noise only ever adds time)."""
+    Two workloads: one long series (`synthetic(points)`, a detector in its steady state) and
+    `YOUNG_SERIES` series interleaved, up to `YOUNG_READINGS` noisy readings each (bench.snapshot's
+    prototypes: detectors learning, as in a pipeline that just met its entities). `rev` is
+    checked out in a temporary worktree (removed afterwards); each round times both trees in
+    fresh subprocesses, alternating, on the same readings, and the best round of each counts
+    (a shared machine's noise only ever adds time)."""
     import pickle
     import subprocess
     import tempfile
 
-    here = Path(__file__).resolve().parent.parent
-    payload = pickle.dumps(synthetic(points))
+    from bench.snapshot import STEP_S, T0, reading
 
-    def timed(tree: Path) -> float:
+    here = Path(__file__).resolve().parent.parent
+    young = [
+        (k, T0 + STEP_S * i, reading(k % 16, i))
+        for i in range(min(YOUNG_READINGS, max(points // 100, 1)))
+        for k in range(YOUNG_SERIES)
+    ]
+    workloads = {
+        "steady": pickle.dumps((1, [(0, ts, v) for ts, v in synthetic(points)])),
+        "young": pickle.dumps((YOUNG_SERIES, young)),
+    }
+
+    def timed(tree: Path, payload: bytes) -> float:
         out = subprocess.run(
             [sys.executable, "-c", _TIMED_CHILD, str(tree)],
             input=payload,
@@ -206,24 +224,27 @@ def cost_against(rev: str, points: int, rounds: int) -> dict[str, Any]:
         )
         return float(out.stdout.decode().split()[-1])
 
+    runs: dict[str, dict[str, list[float]]] = {w: {"here": [], rev: []} for w in workloads}
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "rev"
         git = ["git", "-C", str(here)]
         subprocess.run([*git, "worktree", "add", "-q", "--detach", str(old), rev], check=True)
         try:
-            runs: dict[str, list[float]] = {"here": [], rev: []}
             for _ in range(rounds):
-                runs[rev].append(timed(old))
-                runs["here"].append(timed(here))
+                for w, payload in workloads.items():
+                    runs[w][rev].append(timed(old, payload))
+                    runs[w]["here"].append(timed(here, payload))
         finally:
             subprocess.run([*git, "worktree", "remove", "--force", str(old)], check=False)
-    best = {k: min(v) for k, v in runs.items()}
-    return {
-        "points": points,
-        "us_per_reading": {k: [round(x, 2) for x in v] for k, v in runs.items()},
-        "best": {k: round(v, 2) for k, v in best.items()},
-        "ratio": round(best["here"] / best[rev], 3),
-    }
+    result: dict[str, Any] = {"points": points, "rev": rev}
+    for w, by_tree in runs.items():
+        best = {k: min(v) for k, v in by_tree.items()}
+        result[w] = {
+            "us_per_reading": {k: [round(x, 2) for x in v] for k, v in by_tree.items()},
+            "best": {k: round(v, 2) for k, v in best.items()},
+            "ratio": round(best["here"] / best[rev], 3),
+        }
+    return result
 
 
 # --- throughput -----------------------------------------------------------------------------
@@ -294,10 +315,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.cost and args.against:
         result = cost_against(args.against, args.points or 40_000, max(args.repeat, 3))
-        for name, us in result["best"].items():
-            rounds = result["us_per_reading"][name]
-            print(f"series:ensemble at {name:12s} {us:7.2f} µs/reading (rounds {rounds})")
-        print(f"ratio here / {args.against}: {result['ratio']:.2f}")
+        for w in ("steady", "young"):
+            for name, us in result[w]["best"].items():
+                rounds = result[w]["us_per_reading"][name]
+                print(f"{w:6s} series:ensemble at {name:12s} {us:7.2f} µs/reading {rounds}")
+            print(f"{w} ratio here / {args.against}: {result[w]['ratio']:.2f}")
         print(json.dumps(result))
         return 0
     if args.cost:

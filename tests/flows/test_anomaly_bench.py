@@ -106,11 +106,13 @@ def test_bench_nab_cost_against_a_revision() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["points"] == 400, proc.stdout
-    assert [len(v) for v in result["us_per_reading"].values()] == [3, 3]
-    assert all(v > 0 for v in result["best"].values())
-    assert result["ratio"] == round(result["best"]["here"] / result["best"]["HEAD"], 3)
-    assert "ratio here / HEAD" in proc.stdout
+    assert (result["points"], result["rev"]) == (400, "HEAD"), proc.stdout
+    for workload in ("steady", "young"):
+        w = result[workload]
+        assert [len(v) for v in w["us_per_reading"].values()] == [3, 3]
+        assert all(v > 0 for v in w["best"].values())
+        assert abs(w["ratio"] - w["best"]["here"] / w["best"]["HEAD"]) < 0.01  # (rounded)
+        assert f"{workload} ratio here / HEAD" in proc.stdout
     assert _worktrees() == worktrees, proc.stderr
 
 
