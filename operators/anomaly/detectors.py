@@ -381,18 +381,17 @@ class ShapeNovelty:
             return False
         span = hi - lo
         pos = (x - lo) / span if span > 0.0 else -1.0
-        if not 0.0 <= pos < 1.0:
+        if not 0.0 <= pos <= 1.0:
             return self._remember(self._categories(ring, lo, hi))
-        # The common case, inline (this runs per reading): `_categories` within the range.
+        # The common case, inline (this runs per reading): `_categories` with every reading of
+        # the window in the range (the earlier ones are, the range having taken them), so
+        # every detail is within 1 (no clipping) and the level is int(pos * n) (n at the top).
         v0, v1, v2, v3, v4, v5, v6, v7 = ring
         s01, s23, s45, s67 = v0 + v1, v2 + v3, v4 + v5, v6 + v7
         d1 = (s01 + s23 - s45 - s67) / (4 * span)
         d2 = (s01 - s23) / (2 * span)
         d3 = (s45 - s67) / (2 * span)
         d4 = (v6 - v7) / span
-        cap = self._cap
-        if not (-cap < d1 < cap and -cap < d2 < cap and -cap < d3 < cap and -cap < d4 < cap):
-            return self._remember(self._categories(ring, lo, hi))
         new = False
         capacity = self.capacity
         r = round
