@@ -25,7 +25,8 @@ The last stdout line is one JSON object: `files`, `readings`, `seconds`, `detect
 
 `--cost` times each detector alone on a synthetic series (µs per reading); with `--against
 REV` it times the default series detector of this checkout against that of git revision REV
-(checked out in a temporary worktree), in alternating subprocesses on the same readings,
+(checked out in a temporary worktree; or of the checkout in directory REV), in alternating
+subprocesses on the same readings,
 best of `--repeat` rounds each, on one long series (`steady`) and on 200 young series
 interleaved (`young`): the budget check against an earlier release. `--throughput`
 runs `bench.throughput`'s workload once through a Bytewax passthrough and then through the
@@ -189,7 +190,8 @@ readings each (`points` / 100)."""
 
 
 def cost_against(rev: str, points: int, rounds: int) -> dict[str, Any]:
-    """µs per reading of the default series detector here and at git revision `rev`.
+    """µs per reading of the default series detector here and at git revision `rev` (or in
+    the checkout at the directory `rev`).
 
     Two workloads: one long series (`synthetic(points)`, a detector in its steady state) and
     `YOUNG_SERIES` series interleaved, up to `YOUNG_READINGS` noisy readings each (bench.snapshot's
@@ -225,17 +227,24 @@ def cost_against(rev: str, points: int, rounds: int) -> dict[str, Any]:
         return float(out.stdout.decode().split()[-1])
 
     runs: dict[str, dict[str, list[float]]] = {w: {"here": [], rev: []} for w in workloads}
-    with tempfile.TemporaryDirectory() as tmp:
-        old = Path(tmp) / "rev"
-        git = ["git", "-C", str(here)]
-        subprocess.run([*git, "worktree", "add", "-q", "--detach", str(old), rev], check=True)
-        try:
-            for _ in range(rounds):
-                for w, payload in workloads.items():
-                    runs[w][rev].append(timed(old, payload))
-                    runs[w]["here"].append(timed(here, payload))
-        finally:
-            subprocess.run([*git, "worktree", "remove", "--force", str(old)], check=False)
+
+    def alternate(old: Path) -> None:
+        for _ in range(rounds):
+            for w, payload in workloads.items():
+                runs[w][rev].append(timed(old, payload))
+                runs[w]["here"].append(timed(here, payload))
+
+    if Path(rev).is_dir():  # another checkout, as it is
+        alternate(Path(rev).resolve())
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            old = Path(tmp) / "rev"
+            git = ["git", "-C", str(here)]
+            subprocess.run([*git, "worktree", "add", "-q", "--detach", str(old), rev], check=True)
+            try:
+                alternate(old)
+            finally:
+                subprocess.run([*git, "worktree", "remove", "--force", str(old)], check=False)
     result: dict[str, Any] = {"points": points, "rev": rev}
     for w, by_tree in runs.items():
         best = {k: min(v) for k, v in by_tree.items()}
@@ -302,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--detector", choices=["ensemble", "ewma"], help="override anomaly.detector")
     p.add_argument("--cost", action="store_true", help="µs per reading of each detector")
     p.add_argument("--points", type=int, help="readings timed (20,000; 40,000 with --against)")
-    p.add_argument("--against", metavar="REV", help="with --cost: this checkout vs git REV")
+    p.add_argument(
+        "--against", metavar="REV", help="with --cost: this checkout vs git REV (or a directory)"
+    )
     p.add_argument("--throughput", action="store_true", help="pipeline events/s per detector")
     p.add_argument("--events", type=int, default=200_000)
     p.add_argument("--repeat", type=int, default=1)
