@@ -414,6 +414,75 @@ def test_shape_novelty_pack_round_trip_continues_identically() -> None:
     assert [live.update(x) for x in xs] == [resumed.update(x) for x in xs]
 
 
+def _streams() -> list[list[float]]:
+    """Streams that take every path of the per-reading code: flat starts, readings at the
+    top and bottom of the range and beyond it, repeats, ties and noise."""
+    rnd = random.Random(11)
+    out = [[5.0] * 20 + [5.0, 6.0, 5.0, 7.0, 7.0, 3.0] * 30]
+    for _ in range(6):
+        xs = [rnd.choice((0.0, 1.0, 1.0, 2.5)) for _ in range(200)]
+        xs += [rnd.gauss(0, 1) * (10 if rnd.random() < 0.02 else 1) for _ in range(600)]
+        xs += [max(xs)] * 5 + [min(xs) - 1.0] + [rnd.choice(xs) for _ in range(300)]
+        out.append(xs)
+    return out
+
+
+def test_shape_novelty_update_names_what_categories_names() -> None:
+    """`update` (which names in-range windows inline) flags a window new exactly when the
+    categories `_categories` names for it (on the range before its last reading) were not
+    all in the memories, and remembers them."""
+    for xs in _streams():
+        live = ShapeNovelty((8, 10), 16)
+        mems: list[list[tuple[int, ...]]] = [[], []]  # a plain LRU list per resolution
+        for i, x in enumerate(xs):
+            lo, hi = live.range.lo, live.range.hi
+            new = live.update(x)
+            if i < ShapeNovelty.WIDTH - 1:
+                assert not new
+                continue
+            expected = False
+            for key, mem in zip(live._categories(live.ring, lo, hi), mems, strict=True):
+                if key in mem:
+                    mem.remove(key)
+                else:
+                    expected = True
+                mem.append(key)
+                del mem[:-16]
+            assert new == expected, i
+            assert [list(m) for m in live.mems] == mems
+
+
+def test_first_order_context_novelty_is_the_level_pair_lookup() -> None:
+    """`ContextNovelty.update` with first-order contexts (inline) against the definition:
+    the pair (previous level, level) on the range before the reading, new or not, in a
+    memory of the `capacity` most recently seen pairs."""
+    for xs in _streams():
+        live = ContextNovelty(levels=6, orders=1, capacity=12)
+        lo, hi = math.inf, -math.inf
+        prev: int | None = None
+        mem: list[tuple[int, int]] = []
+        for x in xs:
+            if x < lo:
+                level = -1
+            elif x > hi:
+                level = 6
+            else:
+                level = min(int((x - lo) / (hi - lo) * 6), 5) if hi > lo else 0
+            lo, hi = min(lo, x), max(hi, x)
+            expected = 0.0
+            if prev is not None:
+                pair = (prev, level)
+                expected = 0.0 if pair in mem else 1.0
+                if pair in mem:
+                    mem.remove(pair)
+                mem.append(pair)
+                del mem[:-12]
+            prev = level
+            assert live.update(x) == expected
+            assert list(live.mem) == mem
+            assert (live.range.lo, live.range.hi) == (lo, hi)
+
+
 def test_seasonal_alarm_needs_a_new_shape() -> None:
     # Three spikes on a flat series. The first sets the range; the second (a little lower) and
     # the third (between them) have the same shape on that range. When the third comes the
