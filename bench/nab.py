@@ -316,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--throughput", action="store_true", help="pipeline events/s per detector")
     p.add_argument("--events", type=int, default=200_000)
-    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument(
+        "--repeat", type=int, help="rounds (--throughput 1, --cost --against 3, --rates 5 at least)"
+    )
     p.add_argument("--synthetic", action="store_true", help="alert kinds on generated series")
     p.add_argument("--seeds", type=int, default=20, help="generated series per kind")
     p.add_argument("--seed-offset", type=int, default=0, help="--synthetic: first seed")
@@ -325,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.cost and args.against:
-        result = cost_against(args.against, args.points or 40_000, max(args.repeat, 3))
+        result = cost_against(args.against, args.points or 40_000, args.repeat or 3)
         for w in ("steady", "young"):
             for name, us in result[w]["best"].items():
                 rounds = result[w]["us_per_reading"][name]
@@ -349,12 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.rates:
         seeds = 5 if args.seeds == 20 else args.seeds  # 20 is --synthetic's default
         result = rates_bench.report(
-            load_anomaly_config(args.config, args.detector), seeds, max(args.repeat, 5)
+            load_anomaly_config(args.config, args.detector), seeds, max(args.repeat or 5, 5)
         )
         print(json.dumps(result))
         return 0
     if args.throughput:
-        result = throughput(args.events, args.repeat, ["ewma", "ensemble"])
+        result = throughput(args.events, args.repeat or 1, ["ewma", "ensemble"])
         for name, rate in result["events_per_s"].items():
             ratio = result["ratio_to_passthrough"].get(name)
             extra = f"   ratio to passthrough {ratio:.2f}" if ratio is not None else ""
