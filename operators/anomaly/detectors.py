@@ -286,6 +286,20 @@ _SHAPE_CLIP = 1 << 20
 """Haar details beyond this many levels are clipped (a reading far outside the range)."""
 
 
+def _haar(ring: tuple[float, ...], lo: float, span: float) -> tuple[float, ...]:
+    """The Haar details of an 8-reading window and its last reading's position, in units of
+    the range `span` above `lo` (the details are differences: `lo` cancels out of them)."""
+    v0, v1, v2, v3, v4, v5, v6, v7 = ring
+    s01, s23, s45, s67 = v0 + v1, v2 + v3, v4 + v5, v6 + v7
+    return (
+        (s01 + s23 - s45 - s67) / (4 * span),
+        (s01 - s23) / (2 * span),
+        (s45 - s67) / (2 * span),
+        (v6 - v7) / span,
+        (v7 - lo) / span,
+    )
+
+
 class ShapeNovelty:
     """Is the shape of the last `WIDTH` (8) readings a new category? (after ARTime's alarms).
 
@@ -339,18 +353,11 @@ class ShapeNovelty:
         span = hi - lo
         if not span > 0.0:
             return [(0,)] * len(self.levels)
-        v0, v1, v2, v3, v4, v5, v6, v7 = ring
-        s01, s23, s45, s67 = v0 + v1, v2 + v3, v4 + v5, v6 + v7
-        # in units of the range; the details are differences, so its minimum cancels out
-        d1 = (s01 + s23 - s45 - s67) / (4 * span)
-        d2 = (s01 - s23) / (2 * span)
-        d3 = (s45 - s67) / (2 * span)
-        d4 = (v6 - v7) / span
-        pos = (v7 - lo) / span
+        d1, d2, d3, d4, pos = _haar(ring, lo, span)
         cap = self._cap
         if -cap < d1 < cap and -cap < d2 < cap and -cap < d3 < cap and -cap < d4 < cap:
             r = round
-            if 0.0 <= pos < 1.0:
+            if 0.0 <= pos <= 1.0:
                 return [
                     (r(d1 * n), r(d2 * n), r(d3 * n), r(d4 * n), int(pos * n)) for n in self.levels
                 ]
@@ -380,30 +387,25 @@ class ShapeNovelty:
         if len(ring) < self.WIDTH:
             return False
         span = hi - lo
-        pos = (x - lo) / span if span > 0.0 else -1.0
-        if not 0.0 <= pos <= 1.0:
-            return self._remember(self._categories(ring, lo, hi))
-        # The common case, inline (this runs per reading): `_categories` with every reading of
-        # the window in the range (the earlier ones are, the range having taken them), so
-        # every detail is within 1 (no clipping) and the level is int(pos * n) (n at the top).
-        v0, v1, v2, v3, v4, v5, v6, v7 = ring
-        s01, s23, s45, s67 = v0 + v1, v2 + v3, v4 + v5, v6 + v7
-        d1 = (s01 + s23 - s45 - s67) / (4 * span)
-        d2 = (s01 - s23) / (2 * span)
-        d3 = (s45 - s67) / (2 * span)
-        d4 = (v6 - v7) / span
-        new = False
-        capacity = self.capacity
-        r = round
-        for n, mem in zip(self.levels, self.mems, strict=True):
-            key = (r(d1 * n), r(d2 * n), r(d3 * n), r(d4 * n), int(pos * n))
-            # pop and re-insert: dict order is recency order (a missing key pops 0)
-            if mem.pop(key, 0) is not None:
-                new = True
-            mem[key] = None
-            if len(mem) > capacity:
-                del mem[next(iter(mem))]
-        return new
+        if span > 0.0:
+            d1, d2, d3, d4, pos = _haar(ring, lo, span)
+            if 0.0 <= pos <= 1.0:
+                # The common case, inline (this runs per reading): every reading of the window
+                # in the range (the earlier ones are: the range took them), so every detail is
+                # within 1 and needs no clipping.
+                new = False
+                capacity = self.capacity
+                r = round
+                for n, mem in zip(self.levels, self.mems, strict=True):
+                    key = (r(d1 * n), r(d2 * n), r(d3 * n), r(d4 * n), int(pos * n))
+                    # `_remember`, inline: pop and re-insert (dict order is recency order)
+                    if mem.pop(key, 0) is not None:
+                        new = True
+                    mem[key] = None
+                    if len(mem) > capacity:
+                        del mem[next(iter(mem))]
+                return new
+        return self._remember(self._categories(ring, lo, hi))
 
     def _remember(self, keys: list[tuple[int, ...]]) -> bool:
         """Refresh each resolution's memory with its category; True if one was new."""
