@@ -34,9 +34,10 @@ def write_data(data: Path) -> None:
     write_series(data / "catB" / "quiet.csv", 800, spike=None)
 
 
-def run_nab(data: Path, out: Path, *extra: str) -> dict[str, Any]:
+def bench_nab(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m bench.nab ARGS` from the repository root; it must succeed."""
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.nab", "--data", str(data), "--out", str(out), *extra],
+        [sys.executable, "-m", "bench.nab", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -44,6 +45,11 @@ def run_nab(data: Path, out: Path, *extra: str) -> dict[str, Any]:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def run_nab(data: Path, out: Path, *extra: str) -> dict[str, Any]:
+    proc = bench_nab("--data", str(data), "--out", str(out), *extra)
     summary: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return summary
 
@@ -109,18 +115,7 @@ def test_bench_nab_cost_against_another_checkout(tmp_path: Path) -> None:
         "support",
     ):
         shutil.copytree(REPO / part, other / part, ignore=shutil.ignore_patterns("__pycache__"))
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "bench.nab", "--cost", "--against", str(other)),
-            *("--points", "400", "--repeat", "2"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = bench_nab("--cost", "--against", str(other), "--points", "400", "--repeat", "2")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     rev = str(other)
     assert (result["points"], result["rev"]) == (400, rev), proc.stdout
