@@ -248,7 +248,8 @@ def graceful(ctx: Ctx) -> Outcome:
     """SIGTERM, then SIGINT, under load (input still arriving): each exits within 10 s with a
     documented code (0: drained with a final snapshot; 143/130: drain deadline passed); the
     restarts lose nothing and repeat no answered LLM call."""
-    # Long enough that input still arrives at the second signal, after a stop and a start.
+    # Long enough that input still arrives at the second signal (the feeder pauses while
+    # the flow is down).
     n, rate = (40_000, 2_000) if ctx.quick else (100_000, 4_000)
     with _sim(latency_ms=300, jitter_ms=100, max_concurrency=64) as sim:
         dep = _new_dep(ctx, "graceful", sim, partitions=2, tail=True)
@@ -259,10 +260,15 @@ def graceful(ctx: Ctx) -> Outcome:
         try:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 runner.start()
+                # The feeder writes while the flow is up (it has a backlog when it comes
+                # back): a slow stop or start must not use up the input before a signal.
+                _wait_for(lambda: "flow built" in runner.tail() or not runner.alive(), 60)
+                feeder.resume()
                 _wait_for(lambda: sim.in_flight > 0 or not runner.alive(), 60, 0.05)
                 time.sleep(1.0 if ctx.quick else 5.0)
                 answered = len(dep.drain("responses", idle_s=0.2))
                 runner.signal(sig, in_flight=sim.in_flight)
+                feeder.pause()
                 code = runner.wait(30)
                 g = runner.current
                 log = runner.tail(chars=2000)

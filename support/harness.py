@@ -778,7 +778,11 @@ class TopicCounter:
 
 class Feeder:
     """Writes `sent`'s records to the input topics at about `rate` records/s, in a thread,
-    so the flow runs under load (input keeps arriving while faults are injected)."""
+    so the flow runs under load (input keeps arriving while faults are injected).
+
+    `pause()` holds the writing back (between chunks) until `resume()`: a scenario that
+    needs input still arriving at its last fault pauses the feeder while the flow is down,
+    so that a slow restart does not use up the input before the fault."""
 
     def __init__(self, dep: Deployment, sent: Sent, rate: float, chunk: int = 500) -> None:
         self.dep = dep
@@ -789,6 +793,8 @@ class Feeder:
         self.queue.sort(key=lambda nv: hash(nv[1]) % 1000)
         self.written = 0
         self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
         self._thread = threading.Thread(target=self._run, daemon=True, name="feeder")
 
     def start(self) -> Feeder:
@@ -799,6 +805,7 @@ class Feeder:
         from support.broker import produce
 
         while self.written < len(self.queue) and not self._stop.is_set():
+            self._running.wait()
             t0 = time.monotonic()
             part = self.queue[self.written : self.written + self.chunk]
             by_topic: dict[str, list[bytes | None]] = defaultdict(list)
@@ -819,7 +826,15 @@ class Feeder:
     def done(self) -> bool:
         return self.written >= len(self.queue)
 
+    def pause(self) -> None:
+        """Stop writing after the chunk in progress, until `resume()`."""
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
     def finish(self, timeout_s: float = 600) -> None:
         """Write the rest at full speed and wait for the thread."""
         self.rate = 1e9
+        self._running.set()
         self._thread.join(timeout_s)
