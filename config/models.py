@@ -585,12 +585,12 @@ class AnomalyConfig(Frozen):
     window holds between `rank_window` x (1 - 1 / blocks) and `rank_window` readings)."""
     rank_sketch_tail: int = Field(default=64, ge=1, le=10_000)
     """Ensemble, sketch: the window's largest values kept exactly (8 bytes each)."""
-    shape_levels: tuple[int, ...] = (8, 10)
+    shape_levels: tuple[int, ...] = (8,)
     """Ensemble: the seasonal residual may alarm only when the shape of the last 8 readings
     is a new category at one of these resolutions at least (after ARTime: Haar details of the
     window and its last reading's level, in units of the series' running range / L, rounded;
     `ShapeNovelty`). Empty: no such gate. See operators/anomaly/NAB.md (issue 13, the
-    new-category gate)."""
+    new-category gate; one resolution of 8 chosen by cross-validation in stop 22)."""
     shape_capacity: int = Field(default=64, ge=1, le=100_000)
     """Ensemble: shape categories remembered per resolution (the least recently seen are
     forgotten)."""

@@ -327,7 +327,7 @@ class ShapeNovelty:
 
     def __init__(
         self,
-        levels: tuple[int, ...] = (8, 10),
+        levels: tuple[int, ...] = (8,),
         capacity: int = 64,
         state: tuple[Any, ...] | None = None,
     ) -> None:
